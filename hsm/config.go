@@ -1,0 +1,188 @@
+package hsm
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DefaultModule is where Debian's softhsm2 package installs the SoftHSM2 PKCS#11 module. It is a symlink;
+// use the same string everywhere in one process, because crypto11 counts module references by path.
+const DefaultModule = "/usr/lib/softhsm/libsofthsm2.so"
+
+// Defaults for the session pool. MaxSessions is always set: crypto11's pool otherwise grows to 1023
+// sessions even with one goroutine (pkcs11-notes §1.3).
+const (
+	DefaultMaxSessions     = 16
+	DefaultPoolWaitTimeout = 5 * time.Second
+)
+
+// Config says which module and token to open and how to log in. Exactly one of TokenLabel,
+// TokenSerial and Slot selects the token (a PKCS#11 URI is parsed into these by ParseURI).
+type Config struct {
+	// Module is the path of the PKCS#11 shared library.
+	Module string
+	// TokenLabel selects the token by label (at most 32 bytes).
+	TokenLabel string
+	// TokenSerial selects the token by serial number.
+	TokenSerial string
+	// Slot selects the token by slot ID.
+	Slot *uint
+	// PIN is the user PIN. It is never logged and never appears in an error.
+	PIN string
+	// MaxSessions bounds the sessions signerd keeps open on the token, for crypto11's pool and for the
+	// pool used for Ed25519 and metadata, each. At least 2.
+	MaxSessions int
+	// PoolWaitTimeout bounds how long an operation waits for a free session.
+	PoolWaitTimeout time.Duration
+}
+
+// validate checks the parts of c that the PKCS#11 library would otherwise report badly or not at all.
+func (c *Config) validate() error {
+	var errs []error
+	if c.Module == "" {
+		errs = append(errs, errors.New("module: empty"))
+	}
+	n := 0
+	if c.TokenLabel != "" {
+		n++
+		if len(c.TokenLabel) > 32 {
+			errs = append(errs, fmt.Errorf("token label %q: longer than 32 bytes, can never match", c.TokenLabel))
+		}
+	}
+	if c.TokenSerial != "" {
+		n++
+	}
+	if c.Slot != nil {
+		n++
+	}
+	if n != 1 {
+		errs = append(errs, fmt.Errorf("exactly one of token label, token serial and slot must select the token, got %d", n))
+	}
+	if c.PIN == "" {
+		errs = append(errs, errors.New("pin: empty"))
+	}
+	if c.MaxSessions < 2 {
+		errs = append(errs, fmt.Errorf("max sessions: %d, want at least 2", c.MaxSessions))
+	}
+	if c.PoolWaitTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("pool wait timeout: %v, want > 0", c.PoolWaitTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// PINSource says where a PIN comes from. The PIN itself is never written in a config file.
+type PINSource struct {
+	// File is a file holding the PIN (systemd LoadCredential= puts one in $CREDENTIALS_DIRECTORY).
+	// Surrounding whitespace is trimmed.
+	File string `yaml:"pin_file"`
+	// Env names an environment variable holding the PIN.
+	Env string `yaml:"pin_env"`
+}
+
+// ErrNoPIN is returned when a PINSource names no source or its source is empty.
+var ErrNoPIN = errors.New("hsm: no PIN")
+
+// Read returns the PIN. Its errors name the source, never the PIN.
+func (s PINSource) Read() (string, error) {
+	switch {
+	case s.File != "" && s.Env != "":
+		return "", errors.New("hsm: PIN source: set pin_file or pin_env, not both")
+	case s.File != "":
+		b, err := os.ReadFile(s.File)
+		if err != nil {
+			return "", fmt.Errorf("hsm: read PIN file: %w", err)
+		}
+		pin := strings.TrimSpace(string(b))
+		if pin == "" {
+			return "", fmt.Errorf("%w: file %s is empty", ErrNoPIN, s.File)
+		}
+		return pin, nil
+	case s.Env != "":
+		pin := strings.TrimSpace(os.Getenv(s.Env))
+		if pin == "" {
+			return "", fmt.Errorf("%w: environment variable %s is unset or empty", ErrNoPIN, s.Env)
+		}
+		return pin, nil
+	}
+	return "", fmt.Errorf("%w: set pin_file or pin_env", ErrNoPIN)
+}
+
+// URI is the part of an RFC 7512 PKCS#11 URI that selects a module, a token and a PIN source.
+type URI struct {
+	// Token, Serial and Slot are the "token", "serial" and "slot-id" attributes.
+	Token  string
+	Serial string
+	Slot   *uint
+	// ModulePath is the "module-path" query attribute.
+	ModulePath string
+	// PINSource is the "pin-source" query attribute: a file path or file: URI.
+	PINSource string
+}
+
+// ParseURI parses a PKCS#11 URI such as
+// "pkcs11:token=signerd;slot-id=3?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/run/pin".
+// Attributes that do not select a token (object, id, type, manufacturer, model) are refused, since a URI
+// here names a token, and so is "pin-value": the PIN never sits in configuration.
+func ParseURI(s string) (URI, error) {
+	var u URI
+	rest, ok := strings.CutPrefix(s, "pkcs11:")
+	if !ok {
+		return u, fmt.Errorf("hsm: PKCS#11 URI %q: must start with \"pkcs11:\"", s)
+	}
+	path, query, _ := strings.Cut(rest, "?")
+	if path != "" {
+		for _, attr := range strings.Split(path, ";") {
+			name, raw, ok := strings.Cut(attr, "=")
+			if !ok {
+				return u, fmt.Errorf("hsm: PKCS#11 URI: attribute %q has no value", attr)
+			}
+			val, err := url.PathUnescape(raw)
+			if err != nil {
+				return u, fmt.Errorf("hsm: PKCS#11 URI: attribute %s: %w", name, err)
+			}
+			switch name {
+			case "token":
+				u.Token = val
+			case "serial":
+				u.Serial = val
+			case "slot-id":
+				n, err := strconv.ParseUint(val, 10, 0)
+				if err != nil {
+					return u, fmt.Errorf("hsm: PKCS#11 URI: slot-id %q: not a number", val)
+				}
+				slot := uint(n)
+				u.Slot = &slot
+			default:
+				return u, fmt.Errorf("hsm: PKCS#11 URI: unsupported path attribute %q", name)
+			}
+		}
+	}
+	if query != "" {
+		for _, attr := range strings.Split(query, "&") {
+			name, raw, ok := strings.Cut(attr, "=")
+			if !ok {
+				return u, fmt.Errorf("hsm: PKCS#11 URI: query attribute %q has no value", attr)
+			}
+			val, err := url.PathUnescape(raw)
+			if err != nil {
+				return u, fmt.Errorf("hsm: PKCS#11 URI: query attribute %s: %w", name, err)
+			}
+			switch name {
+			case "module-path":
+				u.ModulePath = val
+			case "pin-source":
+				u.PINSource = strings.TrimPrefix(val, "file:")
+			case "pin-value":
+				return u, errors.New("hsm: PKCS#11 URI: pin-value is refused; use pin-source or pin_file/pin_env")
+			default:
+				return u, fmt.Errorf("hsm: PKCS#11 URI: unsupported query attribute %q", name)
+			}
+		}
+	}
+	return u, nil
+}

@@ -1,0 +1,79 @@
+package hsm
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestParseURI(t *testing.T) {
+	u, err := ParseURI("pkcs11:token=my%20token;slot-id=7?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/run/pin")
+	if err != nil {
+		t.Fatalf("ParseURI = %v", err)
+	}
+	if u.Token != "my token" || u.Slot == nil || *u.Slot != 7 || u.ModulePath != DefaultModule || u.PINSource != "/run/pin" {
+		t.Errorf("ParseURI = %+v", u)
+	}
+	for _, bad := range []string{
+		"token=x",
+		"pkcs11:token",
+		"pkcs11:slot-id=x",
+		"pkcs11:object=key",
+		"pkcs11:token=x?pin-value=1234",
+		"pkcs11:token=%zz",
+		"pkcs11:token=x?foo=bar",
+	} {
+		if _, err := ParseURI(bad); err == nil {
+			t.Errorf("ParseURI(%q) = nil error, want one", bad)
+		} else if strings.Contains(err.Error(), "1234") {
+			t.Errorf("ParseURI(%q) error repeats the PIN: %v", bad, err)
+		}
+	}
+}
+
+func FuzzParseURI(f *testing.F) {
+	f.Add("pkcs11:token=a;serial=b;slot-id=1?module-path=/x&pin-source=file:/y")
+	f.Add("pkcs11:")
+	f.Fuzz(func(t *testing.T, s string) {
+		u, err := ParseURI(s)
+		if err == nil && !strings.HasPrefix(s, "pkcs11:") {
+			t.Fatalf("ParseURI(%q) = %+v, want error", s, u)
+		}
+	})
+}
+
+func TestPINSource(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "pin")
+	if err := os.WriteFile(file, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SIGNERD_TEST_PIN", "envpin")
+	tests := []struct {
+		src     PINSource
+		want    string
+		wantErr bool
+	}{
+		{PINSource{File: file}, "s3cret", false},
+		{PINSource{Env: "SIGNERD_TEST_PIN"}, "envpin", false},
+		{PINSource{File: empty}, "", true},
+		{PINSource{Env: "SIGNERD_TEST_UNSET"}, "", true},
+		{PINSource{}, "", true},
+		{PINSource{File: file, Env: "SIGNERD_TEST_PIN"}, "", true},
+		{PINSource{File: filepath.Join(dir, "missing")}, "", true},
+	}
+	for _, tc := range tests {
+		got, err := tc.src.Read()
+		if (err != nil) != tc.wantErr || got != tc.want {
+			t.Errorf("%+v.Read() = %q, %v; want %q, error %v", tc.src, got, err, tc.want, tc.wantErr)
+		}
+		if err != nil && strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("%+v.Read() error contains the PIN", tc.src)
+		}
+	}
+}

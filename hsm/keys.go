@@ -1,0 +1,442 @@
+package hsm
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/asn1"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/ThalesGroup/crypto11"
+	"github.com/miekg/pkcs11"
+)
+
+// PKCS#11 3.0 constants for Ed25519. miekg/pkcs11 v1.1.x is generated from the 2.40 headers and lacks
+// them (pkcs11-notes §2.4).
+const (
+	ckkECEdwards           = 0x40
+	ckmECEdwardsKeyPairGen = 0x1055
+	ckmEdDSA               = 0x1057
+)
+
+// oidEd25519 is CKA_EC_PARAMS for Ed25519: the DER OID 1.3.101.112.
+var oidEd25519 = []byte{0x06, 0x03, 0x2b, 0x65, 0x70}
+
+// KeyType is the kind of key pair.
+type KeyType int
+
+// Key types signerd generates.
+const (
+	RSA KeyType = iota + 1
+	ECDSA
+	Ed25519
+)
+
+func (k KeyType) String() string {
+	switch k {
+	case RSA:
+		return "RSA"
+	case ECDSA:
+		return "ECDSA"
+	case Ed25519:
+		return "Ed25519"
+	}
+	return fmt.Sprintf("KeyType(%d)", int(k))
+}
+
+// MinRSABits is the smallest RSA modulus signerd generates or loads.
+const MinRSABits = 2048
+
+// KeySpec describes a key pair: its type, size, and the one signing mechanism the private key is
+// limited to.
+type KeySpec struct {
+	Type KeyType
+	// Bits is the RSA modulus size.
+	Bits int
+	// Curve is the ECDSA curve: P-256, P-384 or P-521.
+	Curve elliptic.Curve
+	// PSS limits an RSA key to RSA-PSS; otherwise it is limited to PKCS#1 v1.5.
+	PSS bool
+}
+
+func (s KeySpec) String() string {
+	switch s.Type {
+	case RSA:
+		if s.PSS {
+			return fmt.Sprintf("RSA-%d-PSS", s.Bits)
+		}
+		return fmt.Sprintf("RSA-%d", s.Bits)
+	case ECDSA:
+		if s.Curve != nil {
+			return "ECDSA-" + s.Curve.Params().Name
+		}
+	}
+	return s.Type.String()
+}
+
+func (s KeySpec) validate() error {
+	switch s.Type {
+	case RSA:
+		if s.Bits < MinRSABits || s.Bits > 16384 {
+			return fmt.Errorf("RSA key size %d: want %d to 16384", s.Bits, MinRSABits)
+		}
+	case ECDSA:
+		if s.Curve != elliptic.P256() && s.Curve != elliptic.P384() && s.Curve != elliptic.P521() {
+			return errors.New("ECDSA curve: want P-256, P-384 or P-521")
+		}
+	case Ed25519:
+	default:
+		return fmt.Errorf("unknown key type %v", s.Type)
+	}
+	return nil
+}
+
+// mechanisms returns the key generation and signing mechanisms of s.
+func (s KeySpec) mechanisms() (gen, sign uint) {
+	switch s.Type {
+	case RSA:
+		if s.PSS {
+			return pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, pkcs11.CKM_RSA_PKCS_PSS
+		}
+		return pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, pkcs11.CKM_RSA_PKCS
+	case ECDSA:
+		return pkcs11.CKM_EC_KEY_PAIR_GEN, pkcs11.CKM_ECDSA
+	}
+	return ckmECEdwardsKeyPairGen, ckmEdDSA
+}
+
+// IDLen is the length of the random CKA_ID given to every key pair.
+const IDLen = 16
+
+// Generate creates a key pair for spec inside the token and returns its CKA_ID and signer. The private
+// half is a sensitive, non-extractable, private token object that can sign and do nothing else; where the
+// token supports it, CKA_ALLOWED_MECHANISMS pins it to the one signing mechanism. The new key passes the
+// same checks as a loaded one before it is returned.
+func (t *Token) Generate(spec KeySpec, label string) ([]byte, crypto.Signer, error) {
+	if err := spec.validate(); err != nil {
+		return nil, nil, invalidInput("generate", "%v", err)
+	}
+	if !t.Supports(spec) {
+		return nil, nil, invalidInput("generate", "token %q does not support %v", t.info.Label, spec)
+	}
+	id := make([]byte, IDLen)
+	if _, err := rand.Read(id); err != nil {
+		return nil, nil, fmt.Errorf("hsm: generate: random ID: %w", err)
+	}
+	if n, err := t.countObjects(id); err != nil {
+		return nil, nil, err
+	} else if n != 0 {
+		// Unique IDs are what keeps crypto11 from pairing a private key with a stranger's public key
+		// (pkcs11-notes §3.4); a collision of 128 random bits means something is badly wrong.
+		return nil, nil, fmt.Errorf("hsm: generate: CKA_ID %x already in use", id)
+	}
+	var err error
+	if spec.Type == Ed25519 {
+		err = t.generateEd25519(id, label, true)
+		if isAttributeUnsupported(err) {
+			err = t.generateEd25519(id, label, false)
+		}
+	} else {
+		err = t.generateC11(spec, id, label, true)
+		if isAttributeUnsupported(err) {
+			err = t.generateC11(spec, id, label, false)
+		}
+	}
+	if err != nil {
+		return nil, nil, classify(fmt.Sprintf("generate %v key %q", spec, label), err)
+	}
+	s, err := t.Find(spec, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	return id, s, nil
+}
+
+// isAttributeUnsupported reports a token that refuses CKA_ALLOWED_MECHANISMS.
+func isAttributeUnsupported(err error) bool {
+	var code pkcs11.Error
+	return errors.As(err, &code) && (code == pkcs11.CKR_ATTRIBUTE_TYPE_INVALID || code == pkcs11.CKR_TEMPLATE_INCONSISTENT)
+}
+
+func privateTemplate(id []byte, label string, mech uint, pinMech bool) []*pkcs11.Attribute {
+	attrs := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_SIGN_RECOVER, false),
+	}
+	if pinMech {
+		// One CK_MECHANISM_TYPE in native byte order: an array of one.
+		attrs = append(attrs, pkcs11.NewAttribute(pkcs11.CKA_ALLOWED_MECHANISMS, mech))
+	}
+	return attrs
+}
+
+func publicTemplate(id []byte, label string) []*pkcs11.Attribute {
+	return []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
+		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
+	}
+}
+
+func toAttributeSet(attrs []*pkcs11.Attribute) crypto11.AttributeSet {
+	set := crypto11.NewAttributeSet()
+	for _, a := range attrs {
+		set[a.Type] = a
+	}
+	return set
+}
+
+// generateC11 generates an RSA or ECDSA key pair through crypto11.
+func (t *Token) generateC11(spec KeySpec, id []byte, label string, pinMech bool) error {
+	_, mech := spec.mechanisms()
+	// crypto11 adds its defaults to these sets in place, so they are built fresh for each call.
+	pub := toAttributeSet(publicTemplate(id, label))
+	priv := toAttributeSet(privateTemplate(id, label, mech, pinMech))
+	var err error
+	if spec.Type == RSA {
+		_, err = t.c11.GenerateRSAKeyPairWithAttributes(pub, priv, spec.Bits)
+	} else {
+		_, err = t.c11.GenerateECDSAKeyPairWithAttributes(pub, priv, spec.Curve)
+	}
+	return err
+}
+
+// generateEd25519 generates an Ed25519 key pair with CKM_EC_EDWARDS_KEY_PAIR_GEN, which crypto11 lacks.
+func (t *Token) generateEd25519(id []byte, label string, pinMech bool) error {
+	pub := append(publicTemplate(id, label),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, ckkECEdwards),
+		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, oidEd25519))
+	priv := append(privateTemplate(id, label, ckmEdDSA, pinMech),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, ckkECEdwards))
+	return t.pool.with("generate Ed25519", func(s pkcs11.SessionHandle) error {
+		_, _, err := t.p11.GenerateKeyPair(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(ckmECEdwardsKeyPairGen, nil)}, pub, priv)
+		return err
+	})
+}
+
+// Find loads the key pair with CKA_ID id, checks it, and returns its signer. The search is by CKA_ID
+// only, so keys of types crypto11 cannot handle never break it (pkcs11-notes §2.4). The checks: exactly
+// one private key with that ID, of the expected type and size; sensitive, non-extractable, able to sign
+// and not to decrypt; and a sign-then-verify self test against its public key.
+func (t *Token) Find(spec KeySpec, id []byte) (crypto.Signer, error) {
+	op := fmt.Sprintf("load key %x", id)
+	if err := spec.validate(); err != nil {
+		return nil, invalidInput(op, "%v", err)
+	}
+	if len(id) == 0 {
+		return nil, invalidInput(op, "empty CKA_ID")
+	}
+	priv, err := t.checkPrivateObject(op, spec, id)
+	if err != nil {
+		return nil, err
+	}
+	var inner crypto.Signer
+	if spec.Type == Ed25519 {
+		inner, err = t.loadEd25519(op, id, priv)
+	} else {
+		var k crypto11.Signer
+		k, err = t.c11.FindKeyPair(id, nil)
+		if err != nil {
+			err = &Error{Op: op, Kind: ErrNotFound, Err: err}
+		}
+		inner = k
+	}
+	if err != nil {
+		return nil, err
+	}
+	s := &signer{spec: spec, inner: inner, pub: inner.Public()}
+	if err := checkPublic(spec, s.pub); err != nil {
+		return nil, &Error{Op: op, Kind: ErrKeyCheck, Err: err}
+	}
+	if err := selfTest(s); err != nil {
+		return nil, &Error{Op: op, Kind: ErrKeyCheck, Err: fmt.Errorf("self test: %w", err)}
+	}
+	return s, nil
+}
+
+// checkPrivateObject finds the one private key with CKA_ID id and checks its attributes.
+func (t *Token) checkPrivateObject(op string, spec KeySpec, id []byte) (pkcs11.ObjectHandle, error) {
+	var handle pkcs11.ObjectHandle
+	err := t.pool.with(op, func(s pkcs11.SessionHandle) error {
+		handles, err := t.findObjects(s, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+		})
+		if err != nil {
+			return err
+		}
+		switch len(handles) {
+		case 0:
+			return &Error{Op: op, Kind: ErrNotFound}
+		case 1:
+		default:
+			return &Error{Op: op, Kind: ErrKeyCheck, Err: fmt.Errorf("%d private keys share the CKA_ID", len(handles))}
+		}
+		handle = handles[0]
+		attrs, err := t.p11.GetAttributeValue(s, handle, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_SIGN, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, nil),
+		})
+		if err != nil {
+			return fmt.Errorf("read attributes: %w", err)
+		}
+		want := map[KeyType]uint{RSA: pkcs11.CKK_RSA, ECDSA: pkcs11.CKK_EC, Ed25519: ckkECEdwards}[spec.Type]
+		var problems []error
+		if got := ulong(attrs[0].Value); got != want {
+			problems = append(problems, fmt.Errorf("CKA_KEY_TYPE is %#x, want %#x (%v)", got, want, spec.Type))
+		}
+		for _, c := range []struct {
+			name string
+			attr *pkcs11.Attribute
+			want bool
+		}{
+			{"CKA_SENSITIVE", attrs[1], true},
+			{"CKA_EXTRACTABLE", attrs[2], false},
+			{"CKA_PRIVATE", attrs[3], true},
+			{"CKA_SIGN", attrs[4], true},
+			{"CKA_DECRYPT", attrs[5], false},
+		} {
+			if got := boolAttr(c.attr); got != c.want {
+				problems = append(problems, fmt.Errorf("%s is %v, want %v", c.name, got, c.want))
+			}
+		}
+		if len(problems) > 0 {
+			return &Error{Op: op, Kind: ErrKeyCheck, Err: errors.Join(problems...)}
+		}
+		return nil
+	})
+	return handle, err
+}
+
+// loadEd25519 reads the public half of an Ed25519 key pair and builds a signer over CKM_EDDSA.
+func (t *Token) loadEd25519(op string, id []byte, priv pkcs11.ObjectHandle) (crypto.Signer, error) {
+	var pub ed25519.PublicKey
+	err := t.pool.with(op, func(s pkcs11.SessionHandle) error {
+		handles, err := t.findObjects(s, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+		})
+		if err != nil {
+			return err
+		}
+		if len(handles) != 1 {
+			return &Error{Op: op, Kind: ErrNotFound, Err: fmt.Errorf("%d public keys with the CKA_ID, want 1", len(handles))}
+		}
+		attrs, err := t.p11.GetAttributeValue(s, handles[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)})
+		if err != nil {
+			return fmt.Errorf("read CKA_EC_POINT: %w", err)
+		}
+		pub, err = ed25519Point(attrs[0].Value)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &edSigner{t: t, priv: priv, pub: pub}, nil
+}
+
+// ed25519Point decodes CKA_EC_POINT of an Ed25519 key. SoftHSM returns a DER OCTET STRING; some tokens
+// return the 32 raw bytes (pkcs11-notes §2.4), so both are accepted.
+func ed25519Point(v []byte) (ed25519.PublicKey, error) {
+	var raw []byte
+	if rest, err := asn1.Unmarshal(v, &raw); err == nil && len(rest) == 0 && len(raw) == ed25519.PublicKeySize {
+		return ed25519.PublicKey(raw), nil
+	}
+	if len(v) == ed25519.PublicKeySize {
+		return ed25519.PublicKey(v), nil
+	}
+	return nil, fmt.Errorf("CKA_EC_POINT of %d bytes is not an Ed25519 point", len(v))
+}
+
+// checkPublic checks that pub has the type and size spec asks for.
+func checkPublic(spec KeySpec, pub crypto.PublicKey) error {
+	switch spec.Type {
+	case RSA:
+		k, ok := pub.(*rsa.PublicKey)
+		if !ok {
+			return fmt.Errorf("public key is %T, want RSA", pub)
+		}
+		if k.N.BitLen() != spec.Bits {
+			return fmt.Errorf("RSA modulus has %d bits, want %d", k.N.BitLen(), spec.Bits)
+		}
+	case ECDSA:
+		k, ok := pub.(*ecdsa.PublicKey)
+		if !ok {
+			return fmt.Errorf("public key is %T, want ECDSA", pub)
+		}
+		if k.Curve != spec.Curve {
+			return fmt.Errorf("curve is %s, want %s", k.Curve.Params().Name, spec.Curve.Params().Name)
+		}
+	case Ed25519:
+		if _, ok := pub.(ed25519.PublicKey); !ok {
+			return fmt.Errorf("public key is %T, want Ed25519", pub)
+		}
+	}
+	return nil
+}
+
+// Destroy deletes every object (private key, public key) with CKA_ID id. A missing key is not an error,
+// so an interrupted destroy can be repeated.
+func (t *Token) Destroy(id []byte) error {
+	if len(id) == 0 {
+		return invalidInput("destroy", "empty CKA_ID")
+	}
+	return t.pool.with(fmt.Sprintf("destroy key %x", id), func(s pkcs11.SessionHandle) error {
+		handles, err := t.findObjects(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)})
+		if err != nil {
+			return err
+		}
+		for _, h := range handles {
+			if err := t.p11.DestroyObject(s, h); err != nil {
+				return fmt.Errorf("destroy object: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+// countObjects counts the objects of any class with CKA_ID id.
+func (t *Token) countObjects(id []byte) (int, error) {
+	var n int
+	err := t.pool.with("count objects", func(s pkcs11.SessionHandle) error {
+		handles, err := t.findObjects(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)})
+		n = len(handles)
+		return err
+	})
+	return n, err
+}
+
+func boolAttr(a *pkcs11.Attribute) bool { return len(a.Value) == 1 && a.Value[0] != 0 }
+
+// ulong decodes a CK_ULONG attribute, which the token writes in native byte order.
+func ulong(v []byte) uint {
+	switch len(v) {
+	case 8:
+		return uint(binary.NativeEndian.Uint64(v))
+	case 4:
+		return uint(binary.NativeEndian.Uint32(v))
+	}
+	return ^uint(0)
+}

@@ -1,0 +1,123 @@
+package hsm
+
+import (
+	"fmt"
+
+	"github.com/miekg/pkcs11"
+)
+
+// Application is the CKA_APPLICATION of every data object signerd writes; objects of other applications
+// are never read or touched.
+const Application = "signerd"
+
+// Record is one of signerd's metadata objects in the token: a CKO_DATA object whose CKA_LABEL is Name and
+// whose CKA_VALUE is Value. Records are private objects, readable only after login.
+type Record struct {
+	Name  string
+	Value []byte
+}
+
+// Records returns every signerd record in the token.
+func (t *Token) Records() ([]Record, error) {
+	var out []Record
+	err := t.pool.with("read records", func(s pkcs11.SessionHandle) error {
+		handles, err := t.findObjects(s, recordTemplate(""))
+		if err != nil {
+			return err
+		}
+		out = make([]Record, 0, len(handles))
+		for _, h := range handles {
+			attrs, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{
+				pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil),
+				pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil),
+			})
+			if err != nil {
+				return fmt.Errorf("read record attributes: %w", err)
+			}
+			out = append(out, Record{Name: string(attrs[0].Value), Value: attrs[1].Value})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// PutRecord creates the record name, or replaces its value if it exists. More than one object with the
+// same name (left by an interrupted write) is collapsed into one.
+func (t *Token) PutRecord(name string, value []byte) error {
+	if name == "" {
+		return invalidInput("put record", "empty name")
+	}
+	return t.pool.with("put record "+name, func(s pkcs11.SessionHandle) error {
+		handles, err := t.findObjects(s, recordTemplate(name))
+		if err != nil {
+			return err
+		}
+		if len(handles) == 0 {
+			tmpl := append(recordTemplate(name),
+				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+				pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+				pkcs11.NewAttribute(pkcs11.CKA_VALUE, value))
+			_, err := t.p11.CreateObject(s, tmpl)
+			return err
+		}
+		if err := t.p11.SetAttributeValue(s, handles[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, value)}); err != nil {
+			return err
+		}
+		for _, h := range handles[1:] {
+			if err := t.p11.DestroyObject(s, h); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// DeleteRecord removes the record name; a missing record is not an error.
+func (t *Token) DeleteRecord(name string) error {
+	return t.pool.with("delete record "+name, func(s pkcs11.SessionHandle) error {
+		handles, err := t.findObjects(s, recordTemplate(name))
+		if err != nil {
+			return err
+		}
+		for _, h := range handles {
+			if err := t.p11.DestroyObject(s, h); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func recordTemplate(name string) []*pkcs11.Attribute {
+	tmpl := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, Application),
+	}
+	if name != "" {
+		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_LABEL, name))
+	}
+	return tmpl
+}
+
+// findObjects returns every object matching tmpl.
+func (t *Token) findObjects(s pkcs11.SessionHandle, tmpl []*pkcs11.Attribute) ([]pkcs11.ObjectHandle, error) {
+	if err := t.p11.FindObjectsInit(s, tmpl); err != nil {
+		return nil, fmt.Errorf("find objects: %w", err)
+	}
+	var out []pkcs11.ObjectHandle
+	for {
+		batch, _, err := t.p11.FindObjects(s, 64)
+		if err != nil {
+			_ = t.p11.FindObjectsFinal(s)
+			return nil, fmt.Errorf("find objects: %w", err)
+		}
+		out = append(out, batch...)
+		if len(batch) < 64 {
+			break
+		}
+	}
+	if err := t.p11.FindObjectsFinal(s); err != nil {
+		return nil, fmt.Errorf("find objects: %w", err)
+	}
+	return out, nil
+}

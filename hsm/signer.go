@@ -1,0 +1,141 @@
+package hsm
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/sha256"
+	"errors"
+	"io"
+
+	"github.com/miekg/pkcs11"
+)
+
+// signer is a key pair in the token as a crypto.Signer. It validates every request before the token
+// sees it, so that a token error never stands for bad input: crypto11 signs garbage without complaint for
+// an unknown hash or a digest of the wrong length with PKCS#1 v1.5, and SoftHSM answers CKR_GENERAL_ERROR
+// for bad PSS input (pkcs11-notes §2.1, §2.2).
+type signer struct {
+	spec  KeySpec
+	inner crypto.Signer
+	pub   crypto.PublicKey
+}
+
+// Public returns the public key read from the token when the key was loaded.
+func (k *signer) Public() crypto.PublicKey { return k.pub }
+
+// Sign signs digest (the whole message for Ed25519). RSA and ECDSA accept SHA-256, SHA-384 and SHA-512
+// digests of exactly the hash's length; an RSA-PSS key needs *rsa.PSSOptions with the salt length equal to
+// the hash length (rsa.PSSSaltLengthEqualsHash or the number), an RSA PKCS#1 v1.5 key needs anything else.
+// Ed25519 signs pure Ed25519 only (opts.HashFunc() == 0, no context). rand is ignored: the token has its own.
+func (k *signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	opts, err := k.check(digest, opts)
+	if err != nil {
+		return nil, err
+	}
+	sig, err := k.inner.Sign(nil, digest, opts)
+	if err != nil {
+		return nil, classify("sign", err)
+	}
+	return sig, nil
+}
+
+// check validates a request and returns the options to hand to the inner signer.
+func (k *signer) check(digest []byte, opts crypto.SignerOpts) (crypto.SignerOpts, error) {
+	if opts == nil {
+		return nil, invalidInput("sign", "no signer options")
+	}
+	h := opts.HashFunc()
+	if k.spec.Type == Ed25519 {
+		if h != 0 {
+			return nil, invalidInput("sign", "Ed25519 signs messages, not %v digests", h)
+		}
+		if o, ok := opts.(*ed25519.Options); ok && o.Context != "" {
+			return nil, invalidInput("sign", "Ed25519ctx is not supported")
+		}
+		return opts, nil
+	}
+	switch h {
+	case crypto.SHA256, crypto.SHA384, crypto.SHA512:
+	default:
+		return nil, invalidInput("sign", "hash %v not allowed", h)
+	}
+	if len(digest) != h.Size() {
+		return nil, invalidInput("sign", "digest is %d bytes, %v needs %d", len(digest), h, h.Size())
+	}
+	if k.spec.Type != RSA {
+		return opts, nil
+	}
+	pss, isPSS := opts.(*rsa.PSSOptions)
+	switch {
+	case k.spec.PSS && !isPSS:
+		return nil, invalidInput("sign", "key is limited to RSA-PSS")
+	case !k.spec.PSS && isPSS:
+		return nil, invalidInput("sign", "key is limited to RSA PKCS#1 v1.5")
+	case isPSS && pss.SaltLength != rsa.PSSSaltLengthEqualsHash && pss.SaltLength != h.Size():
+		// crypto11 rejects PSSSaltLengthAuto (the zero value) and JOSE needs salt = hash length.
+		return nil, invalidInput("sign", "PSS salt length must equal the hash length")
+	case isPSS && pss.SaltLength != rsa.PSSSaltLengthEqualsHash:
+		return &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: h}, nil
+	}
+	return opts, nil
+}
+
+// selfTest signs a fixed input and verifies the result with the public key in software.
+func selfTest(k *signer) error {
+	msg := []byte("signerd key self test")
+	d := sha256.Sum256(msg)
+	var opts crypto.SignerOpts = crypto.SHA256
+	input := d[:]
+	switch {
+	case k.spec.Type == Ed25519:
+		opts, input = crypto.Hash(0), msg
+	case k.spec.PSS:
+		opts = &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA256}
+	}
+	sig, err := k.Sign(nil, input, opts)
+	if err != nil {
+		return err
+	}
+	ok := false
+	switch pub := k.pub.(type) {
+	case *rsa.PublicKey:
+		if k.spec.PSS {
+			ok = rsa.VerifyPSS(pub, crypto.SHA256, input, sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash}) == nil
+		} else {
+			ok = rsa.VerifyPKCS1v15(pub, crypto.SHA256, input, sig) == nil
+		}
+	case *ecdsa.PublicKey:
+		ok = ecdsa.VerifyASN1(pub, input, sig)
+	case ed25519.PublicKey:
+		ok = ed25519.Verify(pub, input, sig)
+	}
+	if !ok {
+		return errors.New("signature does not verify with the public key")
+	}
+	return nil
+}
+
+// edSigner signs with an Ed25519 private key through CKM_EDDSA on the raw session pool. SoftHSM supports
+// only single-part pure Ed25519, so the whole message goes to C_Sign.
+type edSigner struct {
+	t    *Token
+	priv pkcs11.ObjectHandle
+	pub  ed25519.PublicKey
+}
+
+func (e *edSigner) Public() crypto.PublicKey { return e.pub }
+
+func (e *edSigner) Sign(_ io.Reader, msg []byte, _ crypto.SignerOpts) ([]byte, error) {
+	var sig []byte
+	err := e.t.pool.with("sign", func(s pkcs11.SessionHandle) error {
+		if err := e.t.p11.SignInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(ckmEdDSA, nil)}, e.priv); err != nil {
+			return err
+		}
+		var err error
+		sig, err = e.t.p11.Sign(s, msg)
+		return err
+	})
+	return sig, err
+}

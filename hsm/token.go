@@ -1,0 +1,226 @@
+// Package hsm is signerd's only door to PKCS#11. It opens a module and a token, logs in, generates key
+// pairs inside the token, finds them by CKA_ID, checks them, and hands them out as crypto.Signer values.
+// It also stores signerd's key metadata as CKO_DATA objects in the same token, so that the token is the
+// single source of truth for every daemon that uses it.
+//
+// RSA and ECDSA go through crypto11. Ed25519 (CKM_EDDSA, which crypto11 lacks), data objects, attribute
+// checks and token administration use miekg/pkcs11 directly, on a second handle to the module that crypto11
+// has already initialised (pkcs11-notes §1.6): it shares crypto11's login and never calls C_Initialize or
+// C_Finalize itself.
+package hsm
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ThalesGroup/crypto11"
+	"github.com/miekg/pkcs11"
+)
+
+// Token is an open, logged-in PKCS#11 token. It is safe for concurrent use. Close it once done; Close is
+// idempotent.
+type Token struct {
+	c11  *crypto11.Context
+	p11  *pkcs11.Ctx
+	slot uint
+	info pkcs11.TokenInfo
+	pool *sessionPool
+	// mechs caches which signing mechanisms the token supports, probed once at Open.
+	mechs map[uint]pkcs11.MechanismInfo
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open loads the module, selects the token and logs in. The error names what failed (module, token,
+// login) and never contains the PIN.
+func Open(cfg Config) (*Token, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("hsm: config: %w", err)
+	}
+	c11cfg := &crypto11.Config{
+		Path:            cfg.Module,
+		TokenLabel:      cfg.TokenLabel,
+		TokenSerial:     cfg.TokenSerial,
+		Pin:             cfg.PIN,
+		MaxSessions:     cfg.MaxSessions,
+		PoolWaitTimeout: cfg.PoolWaitTimeout,
+	}
+	if cfg.Slot != nil {
+		n := int(*cfg.Slot)
+		c11cfg.SlotNumber = &n
+	}
+	c11, err := crypto11.Configure(c11cfg)
+	if err != nil {
+		return nil, describeOpenError(cfg, err)
+	}
+	// The module is initialised now; a second dlopen handle shares its state and its login.
+	p11 := pkcs11.New(cfg.Module)
+	if p11 == nil {
+		_ = c11.Close()
+		return nil, fmt.Errorf("hsm: open module %s a second time: failed", cfg.Module)
+	}
+	t := &Token{c11: c11, p11: p11}
+	if err := t.selectSlot(cfg); err != nil {
+		t.closeHandles()
+		return nil, err
+	}
+	t.pool = newSessionPool(p11, t.slot, cfg.MaxSessions, cfg.PoolWaitTimeout)
+	t.mechs = probeMechanismInfo(p11, t.slot)
+	return t, nil
+}
+
+// describeOpenError turns crypto11's Configure errors into messages that name the failing part.
+func describeOpenError(cfg Config, err error) error {
+	var code pkcs11.Error
+	if errors.As(err, &code) {
+		switch code {
+		case pkcs11.CKR_PIN_INCORRECT:
+			return fmt.Errorf("hsm: login to token %s: wrong PIN (%v)", selector(cfg), code)
+		case pkcs11.CKR_PIN_LOCKED:
+			return fmt.Errorf("hsm: login to token %s: PIN locked (%v)", selector(cfg), code)
+		}
+	}
+	// crypto11's not-found error is unexported; its message is fixed and contains no secret.
+	return fmt.Errorf("hsm: open token %s with module %s: %w", selector(cfg), cfg.Module, err)
+}
+
+func selector(cfg Config) string {
+	switch {
+	case cfg.TokenLabel != "":
+		return fmt.Sprintf("label %q", cfg.TokenLabel)
+	case cfg.TokenSerial != "":
+		return fmt.Sprintf("serial %q", cfg.TokenSerial)
+	case cfg.Slot != nil:
+		return fmt.Sprintf("slot %d", *cfg.Slot)
+	}
+	return "(none)"
+}
+
+// selectSlot finds the slot crypto11 chose, with the same first-match rule.
+func (t *Token) selectSlot(cfg Config) error {
+	slots, err := t.p11.GetSlotList(true)
+	if err != nil {
+		return fmt.Errorf("hsm: list slots: %w", err)
+	}
+	for _, s := range slots {
+		info, err := t.p11.GetTokenInfo(s)
+		if err != nil {
+			continue
+		}
+		if (cfg.Slot != nil && *cfg.Slot == s) ||
+			(cfg.TokenLabel != "" && info.Label == cfg.TokenLabel) ||
+			(cfg.TokenSerial != "" && info.SerialNumber == cfg.TokenSerial) {
+			t.slot, t.info = s, info
+			return nil
+		}
+	}
+	return fmt.Errorf("hsm: token %s vanished after login", selector(cfg))
+}
+
+// Label returns the token's label.
+func (t *Token) Label() string { return t.info.Label }
+
+// Serial returns the token's serial number.
+func (t *Token) Serial() string { return t.info.SerialNumber }
+
+// Ping checks that the token is present and the login still holds, with one cheap call. Health checks
+// use it.
+func (t *Token) Ping() error {
+	return t.pool.with("ping", func(s pkcs11.SessionHandle) error {
+		info, err := t.p11.GetSessionInfo(s)
+		if err != nil {
+			return err
+		}
+		if info.State != pkcs11.CKS_RW_USER_FUNCTIONS && info.State != pkcs11.CKS_RO_USER_FUNCTIONS {
+			return &Error{Op: "ping", Kind: ErrUnavailable, Err: errors.New("not logged in")}
+		}
+		return nil
+	})
+}
+
+// Close logs out and releases every session. It waits for operations in flight. Calling it again
+// returns the first result (crypto11's own Close corrupts its reference count when called twice).
+func (t *Token) Close() error {
+	t.closeOnce.Do(func() {
+		t.pool.close()
+		t.closeHandles()
+	})
+	return t.closeErr
+}
+
+func (t *Token) closeHandles() {
+	// crypto11 finalises the module when its last Context closes, so the raw handle goes last and only
+	// unloads its dlopen reference.
+	t.closeErr = t.c11.Close()
+	t.p11.Destroy()
+}
+
+// sessionPool is a bounded pool of raw sessions for the operations crypto11 cannot do. Sessions are opened
+// on demand and reused; a session that the token reports dead is closed and dropped, so that it is reopened
+// on next use instead of failing for ever (crypto11's own pool never evicts one, pkcs11-notes §1.3).
+type sessionPool struct {
+	p11    *pkcs11.Ctx
+	slot   uint
+	wait   time.Duration
+	slots  chan pkcs11.SessionHandle // 0 marks a slot with no open session
+	mu     sync.RWMutex              // held for reading by operations, for writing by close
+	closed bool
+}
+
+func newSessionPool(p11 *pkcs11.Ctx, slot uint, size int, wait time.Duration) *sessionPool {
+	p := &sessionPool{p11: p11, slot: slot, wait: wait, slots: make(chan pkcs11.SessionHandle, size)}
+	for range size {
+		p.slots <- 0
+	}
+	return p
+}
+
+// with runs f on a session of its own, opening one if needed.
+func (p *sessionPool) with(op string, f func(pkcs11.SessionHandle) error) error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return &Error{Op: op, Kind: ErrClosed}
+	}
+	var s pkcs11.SessionHandle
+	select {
+	case s = <-p.slots:
+	default:
+		timer := time.NewTimer(p.wait)
+		select {
+		case s = <-p.slots:
+			timer.Stop()
+		case <-timer.C:
+			return &Error{Op: op, Kind: ErrBusy}
+		}
+	}
+	if s == 0 {
+		var err error
+		s, err = p.p11.OpenSession(p.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+		if err != nil {
+			p.slots <- 0
+			return classify(op+": open session", err)
+		}
+	}
+	err := f(s)
+	if sessionDead(err) {
+		_ = p.p11.CloseSession(s)
+		s = 0
+	}
+	p.slots <- s
+	return classify(op, err)
+}
+
+func (p *sessionPool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	for range cap(p.slots) {
+		if s := <-p.slots; s != 0 {
+			_ = p.p11.CloseSession(s)
+		}
+	}
+}

@@ -1,0 +1,242 @@
+package authz
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+)
+
+// wildcardKey is the key entry that grants every key.
+const wildcardKey = "*"
+
+// minTTL is the smallest max_ttl or default_ttl accepted. JWT times have
+// one-second resolution, and a bare YAML integer decodes into a
+// time.Duration as nanoseconds: "max_ttl: 300" would otherwise mean 300ns.
+const minTTL = time.Second
+
+// Compile validates p and builds the [Authorizer].
+//
+// keyExists reports whether a key name exists, so that a grant for a missing
+// key fails at start rather than silently granting nothing; nil skips that
+// check. Compile reports every problem at once, joined with [errors.Join],
+// each naming its field path, for example
+//
+//	policy.grants[2].keys[0]: key "foo" does not exist
+//
+// The Authorizer shares nothing with p: later changes to p do not affect it.
+func Compile(p Policy, keyExists func(name string) bool) (*Authorizer, error) {
+	c := compiler{keyExists: keyExists, firstPair: make(map[pair]string)}
+	a := &Authorizer{
+		admins: make(map[string]struct{}, len(p.Admins)),
+		grants: make(map[string]*identityGrants),
+	}
+
+	firstAdmin := make(map[string]int, len(p.Admins))
+	for i, id := range p.Admins {
+		path := fmt.Sprintf("policy.admins[%d]", i)
+		if msg := identityProblem(id); msg != "" {
+			c.fail(path, "%s", msg)
+			continue
+		}
+		if j, dup := firstAdmin[id]; dup {
+			c.fail(path, "duplicate of policy.admins[%d]", j)
+			continue
+		}
+		firstAdmin[id] = i
+		a.admins[id] = struct{}{}
+	}
+
+	for i, g := range p.Grants {
+		c.grant(a, fmt.Sprintf("policy.grants[%d]", i), g)
+	}
+
+	if err := errors.Join(c.errs...); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// pair is an (identity, key) pair; each may be granted only once.
+type pair struct{ identity, key string }
+
+// compiler collects the problems found while compiling one Policy.
+type compiler struct {
+	keyExists func(string) bool
+	firstPair map[pair]string // path of the keys entry that first granted the pair
+	errs      []error
+}
+
+// fail records a problem at path.
+func (c *compiler) fail(path, format string, args ...any) {
+	c.errs = append(c.errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+}
+
+// grant validates g (at path) and adds it to a.
+func (c *compiler) grant(a *Authorizer, path string, g Grant) {
+	idOK := true
+	if msg := identityProblem(g.Identity); msg != "" {
+		c.fail(path+".identity", "%s", msg)
+		idOK = false
+	}
+	ops := c.operations(path+".operations", g.Operations)
+	rules := c.jwt(path+".jwt", g.JWT, ops)
+
+	if len(g.Keys) == 0 {
+		c.fail(path+".keys", "empty")
+	}
+	if len(g.Keys) > 1 && slices.Contains(g.Keys, wildcardKey) {
+		c.fail(path+".keys", "%q must be the only entry", wildcardKey)
+	}
+	var ig *identityGrants
+	if idOK {
+		ig = a.grants[g.Identity]
+		if ig == nil {
+			ig = &identityGrants{keys: make(map[string]*entry)}
+			a.grants[g.Identity] = ig
+		}
+	}
+	e := &entry{ops: ops, rules: rules}
+	for j, key := range g.Keys {
+		kp := fmt.Sprintf("%s.keys[%d]", path, j)
+		switch {
+		case key == "":
+			c.fail(kp, "empty")
+			continue
+		case key == wildcardKey:
+		case !validKeyName(key):
+			c.fail(kp, "invalid key name %q: must match ^[a-z0-9][a-z0-9-]{0,62}$", key)
+			continue
+		case c.keyExists != nil && !c.keyExists(key):
+			c.fail(kp, "key %q does not exist", key)
+			continue
+		}
+		if !idOK {
+			continue
+		}
+		pk := pair{g.Identity, key}
+		if first, dup := c.firstPair[pk]; dup {
+			c.fail(kp, "identity %q is already granted key %q at %s", g.Identity, key, first)
+			continue
+		}
+		c.firstPair[pk] = kp
+		if key == wildcardKey {
+			ig.wildcard = e
+		} else {
+			ig.keys[key] = e
+		}
+	}
+}
+
+// operations validates ops (at path) and returns them as a set.
+func (c *compiler) operations(path string, ops []Op) opSet {
+	if len(ops) == 0 {
+		c.fail(path, "empty")
+	}
+	var set opSet
+	for i, op := range ops {
+		bit := op.bit()
+		switch {
+		case bit == 0:
+			c.fail(fmt.Sprintf("%s[%d]", path, i), "unknown operation %q (want one of %s)", op, opList())
+		case set&bit != 0:
+			c.fail(fmt.Sprintf("%s[%d]", path, i), "duplicate operation %q", op)
+		}
+		set |= bit
+	}
+	return set
+}
+
+// jwt validates j (at path) for a grant of ops and compiles it; nil if j is.
+func (c *compiler) jwt(path string, j *JWTRules, ops opSet) *Rules {
+	if j == nil {
+		return nil
+	}
+	if ops&OpSignJWT.bit() == 0 {
+		c.fail(path, "only allowed with operation %s", OpSignJWT)
+	}
+	r := &Rules{
+		Issuer:      j.Issuer,
+		MaxTTL:      j.MaxTTL,
+		DefaultTTL:  j.DefaultTTL,
+		GenerateJTI: j.GenerateJTI,
+	}
+
+	switch {
+	case j.MaxTTL <= 0:
+		c.fail(path+".max_ttl", "must be > 0 (a duration such as \"5m\")")
+	case j.MaxTTL < minTTL:
+		c.fail(path+".max_ttl", "%v is less than %v (write a duration such as \"5m\", not a bare number)", j.MaxTTL, minTTL)
+	}
+	switch {
+	case j.DefaultTTL < 0:
+		c.fail(path+".default_ttl", "must not be negative (0 means max_ttl)")
+	case j.DefaultTTL == 0:
+		r.DefaultTTL = j.MaxTTL
+	case j.DefaultTTL < minTTL:
+		c.fail(path+".default_ttl", "%v is less than %v (write a duration such as \"5m\", not a bare number)", j.DefaultTTL, minTTL)
+	case j.DefaultTTL > j.MaxTTL:
+		c.fail(path+".default_ttl", "%v exceeds max_ttl %v", j.DefaultTTL, j.MaxTTL)
+	}
+
+	if j.Subject != "" {
+		// Compile the pattern alone first: it must be well formed by itself,
+		// or a pattern such as `a)|(b` could escape the anchoring group.
+		if _, err := regexp.Compile(j.Subject); err != nil {
+			c.fail(path+".subject", "invalid regexp: %v", err)
+		} else if re, err := regexp.Compile(`^(?:` + j.Subject + `)$`); err != nil {
+			c.fail(path+".subject", "invalid regexp: %v", err)
+		} else {
+			r.Subject = re
+		}
+	}
+
+	r.Audiences = c.names(path+".audiences", j.Audiences)
+	r.ForbiddenClaims = c.names(path+".forbidden_claims", j.ForbiddenClaims)
+	slices.Sort(r.ForbiddenClaims)
+	return r
+}
+
+// names validates a list of non-empty, distinct strings (at path) and
+// returns a copy of it.
+func (c *compiler) names(path string, list []string) []string {
+	first := make(map[string]int, len(list))
+	for i, s := range list {
+		switch j, dup := first[s]; {
+		case s == "":
+			c.fail(fmt.Sprintf("%s[%d]", path, i), "empty")
+		case dup:
+			c.fail(fmt.Sprintf("%s[%d]", path, i), "duplicate of %s[%d]", path, j)
+		default:
+			first[s] = i
+		}
+	}
+	return slices.Clone(list)
+}
+
+// identityProblem returns what is wrong with id as a policy identity, or "".
+func identityProblem(id string) string {
+	switch {
+	case id == "":
+		return "empty"
+	case strings.TrimSpace(id) != id:
+		return fmt.Sprintf("identity %q has leading or trailing white space", id)
+	case strings.Contains(id, "*"):
+		return fmt.Sprintf("identity %q contains \"*\": identities are exact, wildcards are not supported", id)
+	}
+	return ""
+}
+
+// opList returns the known operations for error messages.
+func opList() string {
+	var b strings.Builder
+	for i, op := range Ops() {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(string(op))
+	}
+	return b.String()
+}
