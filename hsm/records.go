@@ -41,31 +41,29 @@ func (t *Token) Records() ([]Record, error) {
 	return out, err
 }
 
-// PutRecord creates the record name, or replaces its value if it exists. More than one object with the
-// same name (left by an interrupted write) is collapsed into one.
+// PutRecord writes the record name. SoftHSM makes CKA_VALUE of a data object read-only once created, so
+// a new object is created first and the old ones are destroyed after it: a crash in between leaves two
+// objects with the same name, never none. Records returns both in that case; the caller's value must say
+// which is newer (keyring records carry a revision).
 func (t *Token) PutRecord(name string, value []byte) error {
 	if name == "" {
 		return invalidInput("put record", "empty name")
 	}
 	return t.pool.with("put record "+name, func(s pkcs11.SessionHandle) error {
-		handles, err := t.findObjects(s, recordTemplate(name))
+		old, err := t.findObjects(s, recordTemplate(name))
 		if err != nil {
 			return err
 		}
-		if len(handles) == 0 {
-			tmpl := append(recordTemplate(name),
-				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-				pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-				pkcs11.NewAttribute(pkcs11.CKA_VALUE, value))
-			_, err := t.p11.CreateObject(s, tmpl)
-			return err
+		tmpl := append(recordTemplate(name),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE, value))
+		if _, err := t.p11.CreateObject(s, tmpl); err != nil {
+			return fmt.Errorf("create record: %w", err)
 		}
-		if err := t.p11.SetAttributeValue(s, handles[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, value)}); err != nil {
-			return err
-		}
-		for _, h := range handles[1:] {
+		for _, h := range old {
 			if err := t.p11.DestroyObject(s, h); err != nil {
-				return err
+				return fmt.Errorf("destroy old record: %w", err)
 			}
 		}
 		return nil
