@@ -1,0 +1,325 @@
+// Package keyring is signerd's key model: named keys with one fixed JOSE algorithm, their versions and
+// states, kid thumbprints, and the view of them that requests read. It knows nothing of PKCS#11: the
+// token is behind the Store interface, whose key material arrives as crypto.Signer values.
+//
+// The token is the single source of truth. A Ring reads every key record from the Store, loads the
+// versions that can still sign or verify, and publishes an immutable Snapshot; a refresh builds a new
+// Snapshot and swaps it in atomically, keeping the old one if anything fails.
+package keyring
+
+import (
+	"crypto"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/signerd/signerd/jose"
+)
+
+// Store is what the keyring needs from the token. cmd/signerd adapts *hsm.Token to it; tests use
+// software keys (keyringtest.MemoryStore).
+type Store interface {
+	// Generate creates a key pair for alg (bits for RSA) inside the token, labelled label, and returns
+	// its ID and signer.
+	Generate(alg jose.Algorithm, bits int, label string) (id []byte, s crypto.Signer, err error)
+	// Load finds and checks the key pair with ID id.
+	Load(alg jose.Algorithm, bits int, id []byte) (crypto.Signer, error)
+	// Destroy deletes the key pair with ID id; a missing one is not an error.
+	Destroy(id []byte) error
+	// ReadRecords returns every key record's value.
+	ReadRecords() ([][]byte, error)
+	// WriteRecord creates or replaces the record of key name.
+	WriteRecord(name string, value []byte) error
+}
+
+// Errors returned by the Ring; test them with errors.Is.
+var (
+	ErrNotFound = errors.New("keyring: no such key")
+	ErrExists   = errors.New("keyring: key exists")
+	ErrNoActive = errors.New("keyring: key has no active version")
+)
+
+// DefaultRSABits is the RSA modulus size of new keys when none is given.
+const DefaultRSABits = 3072
+
+// DefaultGrace is how long a retired version keeps verifying when the key says nothing else.
+const DefaultGrace = 24 * time.Hour
+
+// Options configure a Ring.
+type Options struct {
+	// Now is the clock; time.Now when nil. Tests inject their own.
+	Now func() time.Time
+}
+
+// Ring is the loaded view of every key in the Store. It is safe for concurrent use; readers never block.
+type Ring struct {
+	store Store
+	now   func() time.Time
+	mu    sync.Mutex // serialises writers and refreshes
+	snap  atomic.Pointer[Snapshot]
+}
+
+// Open loads every key from store.
+func Open(store Store, opts Options) (*Ring, error) {
+	r := &Ring{store: store, now: opts.Now}
+	if r.now == nil {
+		r.now = time.Now
+	}
+	r.snap.Store(&Snapshot{keys: map[string]*Key{}, byKid: map[string]*LoadedVersion{}})
+	if err := r.Refresh(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Snapshot returns the current view. It never changes; a later refresh publishes a new one.
+func (r *Ring) Snapshot() *Snapshot { return r.snap.Load() }
+
+// Refresh re-reads every record from the store and publishes a new Snapshot. Versions already loaded are
+// reused, so a refresh costs one read of the records unless a version appeared. On error the previous
+// Snapshot stays.
+func (r *Ring) Refresh() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.refreshLocked()
+}
+
+func (r *Ring) refreshLocked() error {
+	raw, err := r.store.ReadRecords()
+	if err != nil {
+		return fmt.Errorf("keyring: read records: %w", err)
+	}
+	metas := map[string]*Meta{}
+	var errs []error
+	for _, b := range raw {
+		m, err := decodeMeta(b)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		// Two records for one key are left by an interrupted write; the higher revision is the newer.
+		if old, ok := metas[m.Name]; !ok || m.Revision > old.Revision {
+			metas[m.Name] = m
+		}
+	}
+	prev := r.snap.Load()
+	next := &Snapshot{at: r.now(), keys: map[string]*Key{}, byKid: map[string]*LoadedVersion{}}
+	for name, m := range metas {
+		k, err := r.loadKey(m, prev)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("key %q: %w", name, err))
+			continue
+		}
+		next.keys[name] = k
+		for _, v := range k.Versions {
+			if v.Public != nil {
+				next.byKid[v.Kid] = v
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	next.names = make([]string, 0, len(next.keys))
+	for name := range next.keys {
+		next.names = append(next.names, name)
+	}
+	sort.Strings(next.names)
+	r.snap.Store(next)
+	return nil
+}
+
+// loadKey builds a Key from its record, loading from the store only versions not already in prev.
+func (r *Ring) loadKey(m *Meta, prev *Snapshot) (*Key, error) {
+	now := r.now()
+	k := &Key{Name: m.Name, Alg: m.Alg, meta: m}
+	var prevKey *Key
+	if pk, ok := prev.keys[m.Name]; ok && pk.Alg == m.Alg {
+		prevKey = pk
+	}
+	for i, v := range m.Versions {
+		lv := &LoadedVersion{Key: k, Version: v, Timeline: m.StateAt(i, now)}
+		k.Versions = append(k.Versions, lv)
+		if !lv.State.Publishable() && lv.State != Expired {
+			continue
+		}
+		if prevKey != nil {
+			if old := prevKey.version(v.Number); old != nil && old.Signer != nil && slices.Equal(old.ID, v.ID) {
+				lv.Signer, lv.Public, lv.JWK = old.Signer, old.Public, old.JWK
+				continue
+			}
+		}
+		s, err := r.store.Load(m.Alg, m.Bits, v.ID)
+		if err != nil {
+			if lv.State == Expired {
+				continue // past its grace: nothing needs it, and it may already be gone
+			}
+			return nil, fmt.Errorf("version %d: %w", v.Number, err)
+		}
+		jwk, err := jose.NewJWK(s.Public(), m.Alg)
+		if err != nil {
+			return nil, fmt.Errorf("version %d: %w", v.Number, err)
+		}
+		// The key found under the ID must be the key the record describes.
+		if jwk.Kid != v.Kid {
+			return nil, fmt.Errorf("version %d: token key has kid %s, record says %s", v.Number, jwk.Kid, v.Kid)
+		}
+		lv.Signer, lv.Public, lv.JWK = s, s.Public(), jwk
+	}
+	for _, v := range k.Versions {
+		if v.State == Active {
+			k.Active = v
+		}
+	}
+	return k, nil
+}
+
+// Create makes a new key with one active version generated in the token. bits applies to RSA keys (0
+// means DefaultRSABits).
+func (r *Ring) Create(name string, alg jose.Algorithm, bits int) (*Key, error) {
+	if !ValidName(name) {
+		return nil, fmt.Errorf("%w: %q", ErrBadName, name)
+	}
+	if _, err := jose.ParseAlgorithm(string(alg)); err != nil {
+		return nil, err
+	}
+	if alg.KeyType() == jose.KeyRSA {
+		if bits == 0 {
+			bits = DefaultRSABits
+		}
+		if bits < jose.MinRSABits {
+			return nil, fmt.Errorf("keyring: RSA key of %d bits: want at least %d", bits, jose.MinRSABits)
+		}
+	} else {
+		bits = 0
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// Re-read first: another daemon or the CLI may have created the key meanwhile.
+	if err := r.refreshLocked(); err != nil {
+		return nil, err
+	}
+	if _, ok := r.snap.Load().keys[name]; ok {
+		return nil, fmt.Errorf("%w: %q", ErrExists, name)
+	}
+	now := r.now().UTC()
+	m := &Meta{Format: metaFormat, Name: name, Alg: alg, Bits: bits, Revision: 1, Grace: Duration(DefaultGrace)}
+	id, s, err := r.store.Generate(alg, bits, versionLabel(name, 1))
+	if err != nil {
+		return nil, fmt.Errorf("keyring: create %q: %w", name, err)
+	}
+	kid, err := jose.Thumbprint(s.Public())
+	if err != nil {
+		_ = r.store.Destroy(id)
+		return nil, fmt.Errorf("keyring: create %q: %w", name, err)
+	}
+	m.Versions = []Version{{Number: 1, ID: id, Kid: kid, Created: now, ActivateAt: now}}
+	if err := r.write(m); err != nil {
+		_ = r.store.Destroy(id)
+		return nil, err
+	}
+	if err := r.refreshLocked(); err != nil {
+		return nil, err
+	}
+	return r.snap.Load().keys[name], nil
+}
+
+// versionLabel is the CKA_LABEL of a version's key pair, for people reading the token with other tools.
+func versionLabel(name string, n int) string { return fmt.Sprintf("signerd:%s:v%d", name, n) }
+
+func (r *Ring) write(m *Meta) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("keyring: encode %q: %w", m.Name, err)
+	}
+	if err := r.store.WriteRecord(m.Name, b); err != nil {
+		return fmt.Errorf("keyring: write %q: %w", m.Name, err)
+	}
+	return nil
+}
+
+// Snapshot is an immutable view of every key at one moment.
+type Snapshot struct {
+	at    time.Time
+	keys  map[string]*Key
+	byKid map[string]*LoadedVersion
+	names []string
+}
+
+// Key returns the key called name.
+func (s *Snapshot) Key(name string) (*Key, bool) {
+	k, ok := s.keys[name]
+	return k, ok
+}
+
+// Names returns every key name, sorted.
+func (s *Snapshot) Names() []string { return s.names }
+
+// Exists reports whether a key called name exists.
+func (s *Snapshot) Exists(name string) bool {
+	_, ok := s.keys[name]
+	return ok
+}
+
+// Kid returns the loaded version with thumbprint kid, whatever its state.
+func (s *Snapshot) Kid(kid string) (*LoadedVersion, bool) {
+	v, ok := s.byKid[kid]
+	return v, ok
+}
+
+// Publishable returns every version that belongs in the JWKS, ordered by key name then version.
+func (s *Snapshot) Publishable() []*LoadedVersion {
+	var out []*LoadedVersion
+	for _, name := range s.names {
+		out = append(out, s.keys[name].Publishable()...)
+	}
+	return out
+}
+
+// Key is one named key and its versions.
+type Key struct {
+	Name string
+	Alg  jose.Algorithm
+	// Active is the version that signs; nil if none (every version revoked).
+	Active *LoadedVersion
+	// Versions are all versions, in order.
+	Versions []*LoadedVersion
+	meta     *Meta
+}
+
+func (k *Key) version(n int) *LoadedVersion {
+	if n < 1 || n > len(k.Versions) {
+		return nil
+	}
+	return k.Versions[n-1]
+}
+
+// Publishable returns the versions in the JWKS that verify: pending, active and retired within grace.
+func (k *Key) Publishable() []*LoadedVersion {
+	var out []*LoadedVersion
+	for _, v := range k.Versions {
+		if v.State.Publishable() && v.Public != nil {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// Bits returns the RSA modulus size (0 for other algorithms).
+func (k *Key) Bits() int { return k.meta.Bits }
+
+// LoadedVersion is a version with its key material: Signer and Public are set for versions that are
+// pending, active or retired.
+type LoadedVersion struct {
+	Key *Key
+	Version
+	Timeline
+	Signer crypto.Signer
+	Public crypto.PublicKey
+	JWK    jose.JWK
+}

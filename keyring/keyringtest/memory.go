@@ -1,0 +1,96 @@
+// Package keyringtest provides a keyring.Store over software keys, for tests of the keyring and of the
+// server that must not need a token.
+package keyringtest
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/signerd/signerd/jose"
+)
+
+// MemoryStore keeps key pairs and records in memory. It is safe for concurrent use.
+type MemoryStore struct {
+	mu      sync.Mutex
+	keys    map[string]crypto.Signer
+	records map[string][]byte
+	// FailLoad, when set, is returned by Load: a fault to inject.
+	FailLoad error
+}
+
+// NewMemoryStore returns an empty store.
+func NewMemoryStore() *MemoryStore {
+	return &MemoryStore{keys: map[string]crypto.Signer{}, records: map[string][]byte{}}
+}
+
+// Generate implements keyring.Store with software keys.
+func (m *MemoryStore) Generate(alg jose.Algorithm, bits int, _ string) ([]byte, crypto.Signer, error) {
+	var s crypto.Signer
+	var err error
+	switch alg.KeyType() {
+	case jose.KeyRSA:
+		s, err = rsa.GenerateKey(rand.Reader, bits)
+	case jose.KeyEC:
+		s, err = ecdsa.GenerateKey(alg.Curve(), rand.Reader)
+	case jose.KeyEd25519:
+		_, s, err = ed25519.GenerateKey(rand.Reader)
+	default:
+		err = fmt.Errorf("unsupported algorithm %q", alg)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	id := make([]byte, 16)
+	_, _ = rand.Read(id)
+	m.mu.Lock()
+	m.keys[string(id)] = s
+	m.mu.Unlock()
+	return id, s, nil
+}
+
+// Load implements keyring.Store.
+func (m *MemoryStore) Load(_ jose.Algorithm, _ int, id []byte) (crypto.Signer, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.FailLoad != nil {
+		return nil, m.FailLoad
+	}
+	s, ok := m.keys[string(id)]
+	if !ok {
+		return nil, errors.New("memory store: no key with that id")
+	}
+	return s, nil
+}
+
+// Destroy implements keyring.Store.
+func (m *MemoryStore) Destroy(id []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.keys, string(id))
+	return nil
+}
+
+// ReadRecords implements keyring.Store.
+func (m *MemoryStore) ReadRecords() ([][]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([][]byte, 0, len(m.records))
+	for _, v := range m.records {
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// WriteRecord implements keyring.Store.
+func (m *MemoryStore) WriteRecord(name string, value []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.records[name] = append([]byte(nil), value...)
+	return nil
+}
