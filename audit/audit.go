@@ -1,0 +1,211 @@
+// Package audit writes signerd's audit trail: one JSON line per operation, chained by hash so that a
+// removed, reordered or edited line is detected by Verify. Events never hold a PIN, key material, a whole
+// message or a whole token: a digest is recorded by its SHA-256, a JWT by a summary of its claims.
+package audit
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+)
+
+// Field names of an event line. They are part of the audit format: tools parse them.
+const (
+	FieldTime     = "time"
+	FieldSeq      = "seq"
+	FieldIdentity = "identity"
+	FieldOp       = "op"
+	FieldKey      = "key"
+	FieldKid      = "kid"
+	FieldAlg      = "alg"
+	FieldInput    = "input_sha256"
+	FieldClaims   = "claims"
+	FieldOutcome  = "outcome"
+	FieldCode     = "code"
+	FieldReason   = "reason"
+	FieldPrev     = "prev"
+	FieldHash     = "hash"
+)
+
+// Outcomes.
+const (
+	OutcomeOK     = "ok"
+	OutcomeDenied = "denied"
+	OutcomeError  = "error"
+)
+
+// Claims summarises a JWT for the audit trail: who it is for and when it ends, not its whole content.
+type Claims struct {
+	Iss string   `json:"iss,omitempty"`
+	Sub string   `json:"sub,omitempty"`
+	Aud []string `json:"aud,omitempty"`
+	Exp int64    `json:"exp,omitempty"`
+	Jti string   `json:"jti,omitempty"`
+}
+
+// Event is one audited operation.
+type Event struct {
+	Time     time.Time `json:"time"`
+	Seq      uint64    `json:"seq"`
+	Identity string    `json:"identity"`
+	Op       string    `json:"op"`
+	Key      string    `json:"key,omitempty"`
+	Kid      string    `json:"kid,omitempty"`
+	Alg      string    `json:"alg,omitempty"`
+	// Input is the hex SHA-256 of what was signed or verified (the digest, or the message).
+	Input   string  `json:"input_sha256,omitempty"`
+	Claims  *Claims `json:"claims,omitempty"`
+	Outcome string  `json:"outcome"`
+	// Code is the gRPC status code name returned to the caller.
+	Code   string `json:"code,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	// Prev is the Hash of the previous line ("" for the first line of a file).
+	Prev string `json:"prev"`
+	// Hash is the hex SHA-256 of this line's JSON with Hash empty.
+	Hash string `json:"hash"`
+}
+
+// InputHash returns the value for Event.Input.
+func InputHash(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
+
+// Log appends events to a writer. It is safe for concurrent use. Lines are buffered and flushed by Flush
+// and Close, and at least every FlushInterval by a background loop.
+type Log struct {
+	mu   sync.Mutex
+	w    *bufio.Writer
+	c    io.Closer
+	prev string
+	seq  uint64
+	now  func() time.Time
+	stop chan struct{}
+	done chan struct{}
+	err  error
+}
+
+// FlushInterval bounds how long an event stays in the buffer.
+const FlushInterval = 200 * time.Millisecond
+
+// New starts a Log writing to w; if w is an io.Closer, Close closes it.
+func New(w io.Writer) *Log {
+	l := &Log{w: bufio.NewWriterSize(w, 64<<10), now: time.Now, stop: make(chan struct{}), done: make(chan struct{})}
+	if c, ok := w.(io.Closer); ok {
+		l.c = c
+	}
+	go l.flushLoop()
+	return l
+}
+
+func (l *Log) flushLoop() {
+	defer close(l.done)
+	t := time.NewTicker(FlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+			_ = l.Flush()
+		}
+	}
+}
+
+// Record appends e, filling in Time, Seq, Prev and Hash.
+func (l *Log) Record(e Event) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.seq++
+	e.Time, e.Seq, e.Prev, e.Hash = l.now().UTC(), l.seq, l.prev, ""
+	line, err := json.Marshal(e)
+	if err != nil {
+		l.err = err
+		return
+	}
+	e.Hash = hashLine(line)
+	line, _ = json.Marshal(e)
+	l.prev = e.Hash
+	if _, err := l.w.Write(append(line, '\n')); err != nil && l.err == nil {
+		l.err = err
+	}
+}
+
+func hashLine(line []byte) string {
+	h := sha256.Sum256(line)
+	return hex.EncodeToString(h[:])
+}
+
+// Flush writes buffered events out and returns the first write error seen so far.
+func (l *Log) Flush() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.w.Flush(); err != nil && l.err == nil {
+		l.err = err
+	}
+	return l.err
+}
+
+// Close flushes and stops the Log. It is idempotent.
+func (l *Log) Close() error {
+	select {
+	case <-l.stop:
+		return l.Flush()
+	default:
+	}
+	close(l.stop)
+	<-l.done
+	err := l.Flush()
+	if l.c != nil {
+		if cerr := l.c.Close(); err == nil {
+			err = cerr
+		}
+		l.c = nil
+	}
+	return err
+}
+
+// Verify reads an audit trail and checks every line's hash and its link to the previous line. It returns
+// the number of events and the first problem, naming its line.
+func Verify(r io.Reader) (int, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	prev, n := "", 0
+	for sc.Scan() {
+		n++
+		var e Event
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			return n - 1, fmt.Errorf("audit: line %d: %w", n, err)
+		}
+		if e.Prev != prev {
+			return n - 1, fmt.Errorf("audit: line %d: chain broken (prev %s, want %s)", n, e.Prev, prev)
+		}
+		want := e.Hash
+		e.Hash = ""
+		line, _ := json.Marshal(e)
+		if got := hashLine(line); got != want {
+			return n - 1, fmt.Errorf("audit: line %d: hash mismatch: line was altered", n)
+		}
+		if !bytes.Equal(sc.Bytes(), mustMarshalWithHash(e, want)) {
+			return n - 1, fmt.Errorf("audit: line %d: not in canonical form", n)
+		}
+		prev = want
+	}
+	if err := sc.Err(); err != nil {
+		return n, errors.Join(errors.New("audit: read"), err)
+	}
+	return n, nil
+}
+
+func mustMarshalWithHash(e Event, h string) []byte {
+	e.Hash = h
+	b, _ := json.Marshal(e)
+	return b
+}
