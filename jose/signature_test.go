@@ -49,8 +49,8 @@ func cat(parts ...[]byte) []byte {
 }
 
 func TestDERToRaw(t *testing.T) {
-	full := fill(0x11, 32)                 // 32-byte r or s, top bit clear
-	high := fill(0xa5, 32)                 // 32-byte r or s, top bit set: needs a 0x00 sign byte in DER
+	full := fill(0x11, 32)                  // 32-byte r or s, top bit clear
+	high := fill(0xa5, 32)                  // 32-byte r or s, top bit set: needs a 0x00 sign byte in DER
 	short := cat([]byte{0x7f}, fill(1, 30)) // 31 bytes: r or s below 2^248, as in ~0.4% of P-256 signatures each
 	shorter := fill(0x22, 29)
 	tests := []struct {
@@ -181,7 +181,7 @@ func FuzzDERToRaw(f *testing.F) {
 		size := int(sizeByte%80) + 1
 		raw, err := DERToRaw(der, size)
 		if err != nil {
-			if size > 0 && !errors.Is(err, ErrMalformedSignature) {
+			if !errors.Is(err, ErrMalformedSignature) {
 				t.Fatalf("DERToRaw(%x, %d) error %v does not wrap %v", der, size, err, ErrMalformedSignature)
 			}
 			return
@@ -248,6 +248,13 @@ func signDigest(t *testing.T, alg Algorithm, s crypto.Signer, msg []byte) []byte
 }
 
 func TestVerify(t *testing.T) {
+	type verifyCase struct {
+		name  string
+		pub   crypto.PublicKey
+		input []byte
+		sig   []byte
+		want  error
+	}
 	msg := []byte("header.payload")
 	for _, a := range Algorithms() {
 		t.Run(string(a), func(t *testing.T) {
@@ -264,13 +271,7 @@ func TestVerify(t *testing.T) {
 			otherInput := a.Digest([]byte("header.payloaD"))
 			otherSig := signDigest(t, a, otherSigner(t, a), msg)
 
-			tests := []struct {
-				name  string
-				pub   crypto.PublicKey
-				input []byte
-				sig   []byte
-				want  error
-			}{
+			tests := []verifyCase{
 				{"other message", pub, otherInput, sig, ErrVerification},
 				{"other key's signature", pub, input, otherSig, ErrVerification},
 				{"flipped bit", pub, input, flipped, ErrVerification},
@@ -280,20 +281,8 @@ func TestVerify(t *testing.T) {
 			}
 			if a.Hash() != 0 {
 				tests = append(tests,
-					struct {
-						name  string
-						pub   crypto.PublicKey
-						input []byte
-						sig   []byte
-						want  error
-					}{"message not digest", pub, msg, sig, ErrWrongDigestLength},
-					struct {
-						name  string
-						pub   crypto.PublicKey
-						input []byte
-						sig   []byte
-						want  error
-					}{"short digest", pub, input[:len(input)-1], sig, ErrWrongDigestLength},
+					verifyCase{"message not digest", pub, msg, sig, ErrWrongDigestLength},
+					verifyCase{"short digest", pub, input[:len(input)-1], sig, ErrWrongDigestLength},
 				)
 			}
 			if a.KeyType() == KeyEC {
@@ -302,13 +291,7 @@ func TestVerify(t *testing.T) {
 				if err != nil {
 					t.Fatalf("DERToRaw(signer output) = %v", err)
 				}
-				tests = append(tests, struct {
-					name  string
-					pub   crypto.PublicKey
-					input []byte
-					sig   []byte
-					want  error
-				}{"raw r||s", pub, input, raw, ErrMalformedSignature})
+				tests = append(tests, verifyCase{"raw r||s", pub, input, raw, ErrMalformedSignature})
 			}
 			for _, tt := range tests {
 				t.Run(tt.name, func(t *testing.T) {
@@ -379,8 +362,7 @@ func TestVerifyHighS(t *testing.T) {
 	if err := ES256.Verify(&signer.PublicKey, ES256.Digest(msg), flipped); err != nil {
 		t.Errorf("ES256.Verify(n-s) = %v, want nil", err)
 	}
-	var bigS = new(big.Int).Set(elliptic.P256().Params().N)
-	sig.S = bigS
+	sig.S = new(big.Int).Set(elliptic.P256().Params().N)
 	atN, err := asn1.Marshal(sig)
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"regexp/syntax"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -76,31 +78,33 @@ func (c *compiler) fail(path, format string, args ...any) {
 
 // grant validates g (at path) and adds it to a.
 func (c *compiler) grant(a *Authorizer, path string, g Grant) {
-	idOK := true
+	var ig *identityGrants // nil when the identity is invalid
 	if msg := identityProblem(g.Identity); msg != "" {
 		c.fail(path+".identity", "%s", msg)
-		idOK = false
+	} else if ig = a.grants[g.Identity]; ig == nil {
+		ig = &identityGrants{keys: make(map[string]*entry)}
+		a.grants[g.Identity] = ig
 	}
-	ops := c.operations(path+".operations", g.Operations)
-	rules := c.jwt(path+".jwt", g.JWT, ops)
+	// One entry is shared by all of the grant's keys. It is filled in after
+	// the keys so that problems are reported in field order; nothing reads
+	// it before Compile returns.
+	e := &entry{}
+	c.keys(path+".keys", g.Identity, g.Keys, ig, e)
+	e.ops = c.operations(path+".operations", g.Operations)
+	e.rules = c.jwt(path+".jwt", g.JWT, e.ops)
+}
 
-	if len(g.Keys) == 0 {
-		c.fail(path+".keys", "empty")
+// keys validates a grant's keys (at path) and records e for each of them in
+// ig, unless ig is nil.
+func (c *compiler) keys(path, identity string, keys []string, ig *identityGrants, e *entry) {
+	if len(keys) == 0 {
+		c.fail(path, "empty")
 	}
-	if len(g.Keys) > 1 && slices.Contains(g.Keys, wildcardKey) {
-		c.fail(path+".keys", "%q must be the only entry", wildcardKey)
+	if len(keys) > 1 && slices.Contains(keys, wildcardKey) {
+		c.fail(path, "%q must be the only entry", wildcardKey)
 	}
-	var ig *identityGrants
-	if idOK {
-		ig = a.grants[g.Identity]
-		if ig == nil {
-			ig = &identityGrants{keys: make(map[string]*entry)}
-			a.grants[g.Identity] = ig
-		}
-	}
-	e := &entry{ops: ops, rules: rules}
-	for j, key := range g.Keys {
-		kp := fmt.Sprintf("%s.keys[%d]", path, j)
+	for i, key := range keys {
+		kp := fmt.Sprintf("%s[%d]", path, i)
 		switch {
 		case key == "":
 			c.fail(kp, "empty")
@@ -113,12 +117,12 @@ func (c *compiler) grant(a *Authorizer, path string, g Grant) {
 			c.fail(kp, "key %q does not exist", key)
 			continue
 		}
-		if !idOK {
+		if ig == nil {
 			continue
 		}
-		pk := pair{g.Identity, key}
+		pk := pair{identity, key}
 		if first, dup := c.firstPair[pk]; dup {
-			c.fail(kp, "identity %q is already granted key %q at %s", g.Identity, key, first)
+			c.fail(kp, "identity %q is already granted key %q at %s", identity, key, first)
 			continue
 		}
 		c.firstPair[pk] = kp
@@ -185,9 +189,9 @@ func (c *compiler) jwt(path string, j *JWTRules, ops opSet) *Rules {
 		// Compile the pattern alone first: it must be well formed by itself,
 		// or a pattern such as `a)|(b` could escape the anchoring group.
 		if _, err := regexp.Compile(j.Subject); err != nil {
-			c.fail(path+".subject", "invalid regexp: %v", err)
+			c.fail(path+".subject", "invalid regexp: %s", regexpProblem(err))
 		} else if re, err := regexp.Compile(`^(?:` + j.Subject + `)$`); err != nil {
-			c.fail(path+".subject", "invalid regexp: %v", err)
+			c.fail(path+".subject", "invalid regexp: %s", regexpProblem(err))
 		} else {
 			r.Subject = re
 		}
@@ -214,6 +218,16 @@ func (c *compiler) names(path string, list []string) []string {
 		}
 	}
 	return slices.Clone(list)
+}
+
+// regexpProblem describes a regexp compile error on one line: the
+// standard message embeds the pattern raw, new lines included.
+func regexpProblem(err error) string {
+	var se *syntax.Error
+	if errors.As(err, &se) {
+		return fmt.Sprintf("%s: %q", se.Code, se.Expr)
+	}
+	return strconv.Quote(err.Error())
 }
 
 // identityProblem returns what is wrong with id as a policy identity, or "".
