@@ -1,0 +1,179 @@
+package main
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/signerd/signerd/config"
+	"github.com/signerd/signerd/hsm"
+	"github.com/signerd/signerd/jose"
+	"github.com/signerd/signerd/keyring"
+)
+
+// openRing opens the token named in the config file and loads its keys, for the local subcommands.
+func openRing(cfgPath string) (*keyring.Ring, func(), error) {
+	if cfgPath == "" {
+		return nil, nil, fmt.Errorf("%w: --config is required", errUsage)
+	}
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	hcfg, err := cfg.HSMConfig()
+	if err != nil {
+		return nil, nil, err
+	}
+	tok, err := hsm.Open(hcfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	ring, err := keyring.Open(tokenStore{tok}, keyring.Options{})
+	if err != nil {
+		_ = tok.Close()
+		return nil, nil, err
+	}
+	return ring, func() { _ = tok.Close() }, nil
+}
+
+func cmdKeys(args []string, stdout io.Writer) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: keys needs create, list or public", errUsage)
+	}
+	fs := newFlags("keys " + args[0])
+	cfgPath := fs.String("config", "", "configuration file (YAML)")
+	name := fs.String("name", "", "key name")
+	alg := fs.String("alg", "", "JOSE algorithm: RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512 EdDSA")
+	bits := fs.Int("bits", 0, "RSA modulus size (default 3072)")
+	if err := parseFlags(fs, args[1:]); err != nil {
+		return err
+	}
+	switch args[0] {
+	case "create":
+		a, err := jose.ParseAlgorithm(*alg)
+		if err != nil {
+			return fmt.Errorf("%w: --alg: %v", errUsage, err)
+		}
+		ring, closeFn, err := openRing(*cfgPath)
+		if err != nil {
+			return err
+		}
+		defer closeFn()
+		k, err := ring.Create(*name, a, *bits)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "created key %s (%s), version 1, kid %s\n", k.Name, k.Alg, k.Active.Kid)
+		return nil
+	case "list":
+		ring, closeFn, err := openRing(*cfgPath)
+		if err != nil {
+			return err
+		}
+		defer closeFn()
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "KEY\tALG\tVERSION\tSTATE\tKID\tCREATED")
+		snap := ring.Snapshot()
+		for _, n := range snap.Names() {
+			k, _ := snap.Key(n)
+			for _, v := range k.Versions {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", k.Name, k.Alg, v.Number, v.State, v.Kid, v.Created.Format("2006-01-02T15:04:05Z"))
+			}
+		}
+		return tw.Flush()
+	case "public":
+		ring, closeFn, err := openRing(*cfgPath)
+		if err != nil {
+			return err
+		}
+		defer closeFn()
+		k, ok := ring.Snapshot().Key(*name)
+		if !ok {
+			return fmt.Errorf("%w: %q", keyring.ErrNotFound, *name)
+		}
+		if k.Active == nil {
+			return fmt.Errorf("%w: %q", keyring.ErrNoActive, *name)
+		}
+		der, err := x509.MarshalPKIXPublicKey(k.Active.Public)
+		if err != nil {
+			return err
+		}
+		return pem.Encode(stdout, &pem.Block{Type: "PUBLIC KEY", Bytes: der})
+	}
+	return fmt.Errorf("%w: unknown keys command %q", errUsage, args[0])
+}
+
+// algSpecs are the key specs listed by `token list`, one per algorithm family and size.
+var algSpecs = []struct {
+	algs string
+	spec hsm.KeySpec
+}{
+	{"RS256 RS384 RS512 (2048-4096)", hsm.KeySpec{Type: hsm.RSA, Bits: 2048}},
+	{"PS256 PS384 PS512", hsm.KeySpec{Type: hsm.RSA, Bits: 2048, PSS: true}},
+	{"ES256", specFor(jose.ES256, 0)},
+	{"ES384", specFor(jose.ES384, 0)},
+	{"ES512", specFor(jose.ES512, 0)},
+	{"EdDSA", specFor(jose.EdDSA, 0)},
+}
+
+func cmdToken(args []string, stdout io.Writer) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: token needs init or list", errUsage)
+	}
+	fs := newFlags("token " + args[0])
+	module := fs.String("module", hsm.DefaultModule, "PKCS#11 module")
+	label := fs.String("label", "", "token label")
+	var so, user hsm.PINSource
+	fs.StringVar(&so.File, "so-pin-file", "", "file holding the SO PIN")
+	fs.StringVar(&so.Env, "so-pin-env", "", "environment variable holding the SO PIN")
+	fs.StringVar(&user.File, "pin-file", "", "file holding the user PIN")
+	fs.StringVar(&user.Env, "pin-env", "", "environment variable holding the user PIN")
+	if err := parseFlags(fs, args[1:]); err != nil {
+		return err
+	}
+	switch args[0] {
+	case "list":
+		slots, err := hsm.ListSlots(*module)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SLOT\tLABEL\tSERIAL\tMODEL\tSIGNERD ALGORITHMS")
+		for _, s := range slots {
+			if !s.TokenPresent {
+				continue
+			}
+			if !s.Initialized {
+				fmt.Fprintf(tw, "%d\t(uninitialised)\t\t%s\t\n", s.Slot, s.Model)
+				continue
+			}
+			var algs []string
+			for _, a := range algSpecs {
+				if s.Supports(a.spec) {
+					algs = append(algs, a.algs)
+				}
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", s.Slot, s.Label, s.Serial, s.Model, strings.Join(algs, ", "))
+		}
+		return tw.Flush()
+	case "init":
+		soPIN, err := so.Read()
+		if err != nil {
+			return fmt.Errorf("SO PIN: %w", err)
+		}
+		pin, err := user.Read()
+		if err != nil {
+			return fmt.Errorf("user PIN: %w", err)
+		}
+		serial, err := hsm.InitToken(*module, *label, soPIN, pin)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "initialised token %q, serial %s\n", *label, serial)
+		return nil
+	}
+	return fmt.Errorf("%w: unknown token command %q", errUsage, args[0])
+}

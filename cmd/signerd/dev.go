@@ -1,0 +1,254 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/signerd/signerd/config"
+	"github.com/signerd/signerd/devca"
+	"github.com/signerd/signerd/hsm"
+	"github.com/signerd/signerd/jose"
+	"github.com/signerd/signerd/keyring"
+)
+
+// devToken is the label of the token `signerd dev` creates.
+const devToken = "signerd-dev"
+
+// devClient is the identity of the client certificate `signerd dev` issues.
+const devClient = "dev-client"
+
+// devKeys are the keys `signerd dev` makes, one per algorithm family.
+var devKeys = []struct {
+	name string
+	alg  jose.Algorithm
+}{
+	{"dev-es256", jose.ES256},
+	{"dev-rs256", jose.RS256},
+	{"dev-ps256", jose.PS256},
+	{"dev-eddsa", jose.EdDSA},
+}
+
+// devRSABits keeps the dev keys quick to generate.
+const devRSABits = 2048
+
+// cmdDev sets up (or reuses) a complete local instance under --dir and serves it on loopback until
+// interrupted: its own SoftHSM2 config and token, a PIN file, a dev CA with server and client
+// certificates, the dev keys, a config file, and DIR/env for clients.
+func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("dev")
+	dir := fs.String("dir", ".signerd-dev", "directory for the dev token, certificates and config")
+	addr := fs.String("addr", "127.0.0.1:7443", "gRPC listen address (loopback)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	host, _, err := net.SplitHostPort(*addr)
+	if err != nil {
+		return fmt.Errorf("%w: --addr: %v", errUsage, err)
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("%w: --addr: signerd dev listens on loopback only, got %q", errUsage, host)
+	}
+	abs, err := filepath.Abs(*dir)
+	if err != nil {
+		return err
+	}
+	cfgPath, err := devSetup(abs, *addr)
+	if err != nil {
+		return fmt.Errorf("dev setup in %s: %w", abs, err)
+	}
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return err
+	}
+	d, err := startDaemon(cfgPath, cfg, newLogger(stderr, cfg.LogLevel))
+	if err != nil {
+		return err
+	}
+	listen := d.lis.Addr().String()
+	if err := writeEnv(abs, listen); err != nil {
+		d.close()
+		return err
+	}
+	fmt.Fprintf(stdout, `signerd dev is serving on %[1]s (token %[2]q, keys %[3]s)
+  . %[4]s/env     # SIGNERD_ADDR, SIGNERD_CACERT, SIGNERD_CERT, SIGNERD_KEY
+  grpcurl -cacert "$SIGNERD_CACERT" -cert "$SIGNERD_CERT" -key "$SIGNERD_KEY" \
+    -d '{"key":"dev-es256","message":"aGVsbG8="}' "$SIGNERD_ADDR" signer.v1.Signer/Sign
+Ctrl-C stops it; the token and keys stay in %[4]s for next time.
+`, listen, devToken, strings.Join(d.ring.Snapshot().Names(), ", "), abs)
+	return d.run(ctx, cfg.RefreshInterval)
+}
+
+// devSetup creates or reuses everything under dir and returns the config file's path.
+func devSetup(dir, addr string) (string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	conf := filepath.Join(dir, "softhsm2.conf")
+	tokens := filepath.Join(dir, "tokens")
+	if err := os.MkdirAll(tokens, 0o700); err != nil {
+		return "", err
+	}
+	if err := writeIfMissing(conf, []byte("directories.tokendir = "+tokens+
+		"\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n"), 0o600); err != nil {
+		return "", err
+	}
+	// SoftHSM reads its configuration when the module is initialised: set it before anything loads it.
+	if err := os.Setenv("SOFTHSM2_CONF", conf); err != nil {
+		return "", err
+	}
+	pinFile, soPINFile := filepath.Join(dir, "pin"), filepath.Join(dir, "so-pin")
+	if err := writeIfMissing(pinFile, []byte(randomSecret()), 0o600); err != nil {
+		return "", err
+	}
+	if err := writeIfMissing(soPINFile, []byte(randomSecret()), 0o600); err != nil {
+		return "", err
+	}
+	pin, err := hsm.PINSource{File: pinFile}.Read()
+	if err != nil {
+		return "", err
+	}
+	if err := ensureDevToken(pinFile, soPINFile); err != nil {
+		return "", err
+	}
+	if err := ensureDevKeys(pin); err != nil {
+		return "", err
+	}
+	if err := issueDevCerts(dir); err != nil {
+		return "", err
+	}
+	cfgPath := filepath.Join(dir, "signerd.yaml")
+	cfg := fmt.Sprintf(`# Written by "signerd dev" on every start.
+listen: %q
+tls:
+  cert_file: %q
+  key_file: %q
+  client_ca_file: %q
+hsm:
+  module: %q
+  token_label: %q
+  pin_file: %q
+  max_sessions: 8
+  pool_wait_timeout: 5s
+policy:
+  grants:
+    - identity: %q
+      keys: ["*"]
+      operations: [sign, verify, public_key, sign_jwt, verify_jwt]
+refresh_interval: 10s
+audit:
+  file: %q
+`, addr, filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem"), filepath.Join(dir, "ca.pem"),
+		hsm.DefaultModule, devToken, pinFile, devClient, filepath.Join(dir, "audit.log"))
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		return "", err
+	}
+	return cfgPath, nil
+}
+
+// ensureDevToken initialises the dev token unless it exists.
+func ensureDevToken(pinFile, soPINFile string) error {
+	slots, err := hsm.ListSlots(hsm.DefaultModule)
+	if err != nil {
+		return fmt.Errorf("%w (is softhsm2 installed? apt-get install softhsm2)", err)
+	}
+	for _, s := range slots {
+		if s.Initialized && s.Label == devToken {
+			return nil
+		}
+	}
+	pin, err := hsm.PINSource{File: pinFile}.Read()
+	if err != nil {
+		return err
+	}
+	soPIN, err := hsm.PINSource{File: soPINFile}.Read()
+	if err != nil {
+		return err
+	}
+	_, err = hsm.InitToken(hsm.DefaultModule, devToken, soPIN, pin)
+	return err
+}
+
+// ensureDevKeys creates whichever dev keys the token lacks.
+func ensureDevKeys(pin string) error {
+	tok, err := hsm.Open(hsm.Config{Module: hsm.DefaultModule, TokenLabel: devToken, PIN: pin,
+		MaxSessions: 4, PoolWaitTimeout: 10 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tok.Close() }()
+	ring, err := keyring.Open(tokenStore{tok}, keyring.Options{})
+	if err != nil {
+		return err
+	}
+	for _, k := range devKeys {
+		if ring.Snapshot().Exists(k.name) {
+			continue
+		}
+		if _, err := ring.Create(k.name, k.alg, devRSABits); err != nil && !errors.Is(err, keyring.ErrExists) {
+			return err
+		}
+	}
+	return nil
+}
+
+// issueDevCerts makes a fresh dev CA, a server certificate for loopback and a client certificate for
+// dev-client on every start, so that none is ever stale. The CA key is not kept.
+func issueDevCerts(dir string) error {
+	ca, err := devca.New("signerd dev CA", 30*24*time.Hour)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), ca.CertPEM(), 0o644); err != nil {
+		return err
+	}
+	srv, err := ca.Issue(devca.Request{CommonName: "signerd dev server", DNSNames: []string{"localhost"},
+		IPs: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, Server: true, Validity: 30 * 24 * time.Hour})
+	if err != nil {
+		return err
+	}
+	if err := srv.WriteFiles(filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem")); err != nil {
+		return err
+	}
+	cli, err := ca.Issue(devca.Request{CommonName: devClient, Client: true, Validity: 30 * 24 * time.Hour})
+	if err != nil {
+		return err
+	}
+	return cli.WriteFiles(filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem"))
+}
+
+// writeEnv writes DIR/env for clients, in shell export form.
+func writeEnv(dir, addr string) error {
+	env := fmt.Sprintf("export SIGNERD_ADDR=%s\nexport SIGNERD_CACERT=%s\nexport SIGNERD_CERT=%s\nexport SIGNERD_KEY=%s\n",
+		addr, filepath.Join(dir, "ca.pem"), filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem"))
+	return os.WriteFile(filepath.Join(dir, "env"), []byte(env), 0o600)
+}
+
+func writeIfMissing(path string, data []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if errors.Is(err, os.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func randomSecret() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

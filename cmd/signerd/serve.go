@@ -1,0 +1,262 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/signerd/signerd/audit"
+	"github.com/signerd/signerd/config"
+	"github.com/signerd/signerd/hsm"
+	"github.com/signerd/signerd/keyring"
+	"github.com/signerd/signerd/server"
+	"github.com/signerd/signerd/server/authz"
+)
+
+// healthInterval is how often the token is pinged for the health service.
+const healthInterval = 5 * time.Second
+
+// stopTimeout bounds the graceful stop before in-flight calls are cut.
+const stopTimeout = 10 * time.Second
+
+// daemon is a running signerd: the token, the key ring and the gRPC server.
+type daemon struct {
+	cfgPath string
+	log     *slog.Logger
+	tok     *hsm.Token
+	ring    *keyring.Ring
+	srv     *server.Server
+	grpc    *grpc.Server
+	health  *health.Server
+	lis     net.Listener
+	audit   *audit.Log
+	cert    atomic.Pointer[tls.Certificate]
+	// clientCAs is swapped on reload; the TLS config reads it per handshake.
+	clientCAs atomic.Pointer[x509.CertPool]
+}
+
+// startDaemon opens the token, loads the keys, checks the policy against them and starts listening.
+// Every failure names the config field or the part that failed; none contains the PIN.
+func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (d *daemon, err error) {
+	d = &daemon{cfgPath: cfgPath, log: log}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+	hcfg, err := cfg.HSMConfig()
+	if err != nil {
+		return nil, err
+	}
+	if d.tok, err = hsm.Open(hcfg); err != nil {
+		return nil, fmt.Errorf("hsm: %w", err)
+	}
+	if d.ring, err = keyring.Open(tokenStore{d.tok}, keyring.Options{}); err != nil {
+		return nil, fmt.Errorf("keys in token %q: %w", d.tok.Label(), err)
+	}
+	policy, err := authz.Compile(cfg.Policy, d.ring.Snapshot().Exists)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.loadTLS(cfg); err != nil {
+		return nil, err
+	}
+	if d.audit, err = openAudit(cfg.Audit.File); err != nil {
+		return nil, err
+	}
+	d.srv, err = server.New(server.Config{Keys: d.ring, Policy: policy, MaxInFlight: cfg.HSM.MaxSessions - 1,
+		RatePerSecond: cfg.Limits.RatePerSecond, Burst: cfg.Limits.Burst, Audit: d.audit, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	tlsCfg := &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		ClientAuth: tls.RequireAndVerifyClientCert,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return d.cert.Load(), nil
+		},
+		// The CA pool can be reloaded, so each handshake gets a config with the current one.
+		GetConfigForClient: nil,
+	}
+	tlsCfg.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		c := tlsCfg.Clone()
+		c.GetConfigForClient = nil
+		c.ClientCAs = d.clientCAs.Load()
+		return c, nil
+	}
+	d.grpc = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.MaxRecvMsgSize(server.MaxRequestBytes),
+		grpc.UnaryInterceptor(d.srv.UnaryInterceptor()),
+		grpc.StreamInterceptor(d.srv.StreamInterceptor()),
+	)
+	d.srv.Register(d.grpc)
+	d.health = health.NewServer()
+	healthpb.RegisterHealthServer(d.grpc, d.health)
+	reflection.Register(d.grpc)
+	if d.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	d.setHealth(d.tok.Ping() == nil)
+	return d, nil
+}
+
+func (d *daemon) setHealth(ok bool) {
+	st := healthpb.HealthCheckResponse_SERVING
+	if !ok {
+		st = healthpb.HealthCheckResponse_NOT_SERVING
+	}
+	d.health.SetServingStatus("", st)
+	d.health.SetServingStatus("signer.v1.Signer", st)
+}
+
+// loadTLS reads the server certificate and the client CA bundle.
+func (d *daemon) loadTLS(cfg *config.Config) error {
+	cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+	if err != nil {
+		return fmt.Errorf("tls.cert_file/tls.key_file: %w", err)
+	}
+	pem, err := os.ReadFile(cfg.TLS.ClientCAFile)
+	if err != nil {
+		return fmt.Errorf("tls.client_ca_file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return fmt.Errorf("tls.client_ca_file: no certificate in %s", cfg.TLS.ClientCAFile)
+	}
+	d.cert.Store(&cert)
+	d.clientCAs.Store(pool)
+	return nil
+}
+
+func openAudit(file string) (*audit.Log, error) {
+	switch file {
+	case "":
+		return audit.New(io.Discard), nil
+	case "-":
+		return audit.New(os.Stdout), nil
+	}
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("audit.file: %w", err)
+	}
+	return audit.New(f), nil
+}
+
+// run serves until ctx ends, refreshing keys and health in the background and reloading on SIGHUP.
+func (d *daemon) run(ctx context.Context, refresh time.Duration) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	errc := make(chan error, 1)
+	go func() { errc <- d.grpc.Serve(d.lis) }()
+	d.log.Info("signerd serving", "addr", d.lis.Addr().String(), "token", d.tok.Label(),
+		"keys", len(d.ring.Snapshot().Names()))
+
+	refreshT := time.NewTicker(refresh)
+	defer refreshT.Stop()
+	healthT := time.NewTicker(healthInterval)
+	defer healthT.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			d.stop()
+			return nil
+		case err := <-errc:
+			d.stop()
+			return fmt.Errorf("grpc serve: %w", err)
+		case <-refreshT.C:
+			if err := d.ring.Refresh(); err != nil {
+				d.log.Error("key refresh failed; keeping the previous view", "err", err)
+			}
+		case <-healthT.C:
+			err := d.tok.Ping()
+			if err != nil {
+				d.log.Error("token unusable", "err", err)
+			}
+			d.setHealth(err == nil)
+		case <-hup:
+			d.reload()
+		}
+	}
+}
+
+// reload re-reads the config file, the TLS material, the policy and the keys. Everything is validated
+// first; on any error the old state stays.
+func (d *daemon) reload() {
+	if d.cfgPath == "" {
+		if err := d.ring.Refresh(); err != nil {
+			d.log.Error("reload: key refresh failed", "err", err)
+		}
+		return
+	}
+	cfg, err := config.Load(d.cfgPath)
+	if err == nil {
+		err = d.ring.Refresh()
+	}
+	var policy *authz.Authorizer
+	if err == nil {
+		policy, err = authz.Compile(cfg.Policy, d.ring.Snapshot().Exists)
+	}
+	if err == nil {
+		err = d.loadTLS(cfg)
+	}
+	if err != nil {
+		d.log.Error("reload failed; keeping the previous configuration", "err", err)
+		return
+	}
+	d.srv.SetPolicy(policy)
+	d.log.Info("reloaded", "keys", len(d.ring.Snapshot().Names()))
+}
+
+// stop drains the server: health NOT_SERVING, graceful stop within stopTimeout, then a hard stop.
+func (d *daemon) stop() {
+	d.setHealth(false)
+	done := make(chan struct{})
+	go func() {
+		d.grpc.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(stopTimeout):
+		d.grpc.Stop()
+		<-done
+	}
+	d.close()
+}
+
+// close releases everything startDaemon opened; the token goes last.
+func (d *daemon) close() {
+	if d.lis != nil {
+		_ = d.lis.Close()
+	}
+	if d.audit != nil {
+		if err := d.audit.Close(); err != nil {
+			d.log.Error("audit log", "err", err)
+		}
+	}
+	if d.tok != nil {
+		_ = d.tok.Close()
+	}
+}
+
+// errUsage marks a command-line mistake: main prints usage and exits 2.
+var errUsage = errors.New("usage")

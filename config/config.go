@@ -1,0 +1,226 @@
+// Package config is signerd's configuration file: its YAML schema, strict decoding (an unknown field is
+// an error), defaults, and Validate, which reports every problem at once with its field path. Secrets are
+// referenced, never written here: the PIN comes from a file or an environment variable.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/signerd/signerd/hsm"
+	"github.com/signerd/signerd/server/authz"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	// Listen is the gRPC (mutual TLS) address, host:port.
+	Listen string `yaml:"listen"`
+	TLS    TLS    `yaml:"tls"`
+	HSM    HSM    `yaml:"hsm"`
+	// Policy is the access policy (see package authz).
+	Policy authz.Policy `yaml:"policy"`
+	Limits Limits       `yaml:"limits"`
+	// RefreshInterval is how often the key view is re-read from the token.
+	RefreshInterval time.Duration `yaml:"refresh_interval"`
+	Audit           Audit         `yaml:"audit"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `yaml:"log_level"`
+}
+
+// TLS holds the server's certificate and the CA bundle that client certificates must chain to.
+type TLS struct {
+	CertFile     string `yaml:"cert_file"`
+	KeyFile      string `yaml:"key_file"`
+	ClientCAFile string `yaml:"client_ca_file"`
+}
+
+// HSM selects the PKCS#11 module and token.
+type HSM struct {
+	Module string `yaml:"module"`
+	// URI is an RFC 7512 PKCS#11 URI; it may replace module, token_label/serial/slot and pin_file.
+	URI         string `yaml:"uri"`
+	TokenLabel  string `yaml:"token_label"`
+	TokenSerial string `yaml:"token_serial"`
+	Slot        *uint  `yaml:"slot"`
+	// PINSource (pin_file or pin_env, exactly one) says where the user PIN is.
+	hsm.PINSource   `yaml:",inline"`
+	MaxSessions     int           `yaml:"max_sessions"`
+	PoolWaitTimeout time.Duration `yaml:"pool_wait_timeout"`
+}
+
+// Limits bound what one caller can ask of signerd.
+type Limits struct {
+	// RatePerSecond and Burst limit each identity; 0 disables the limit.
+	RatePerSecond float64 `yaml:"rate_per_second"`
+	Burst         int     `yaml:"burst"`
+}
+
+// Audit says where the audit trail goes.
+type Audit struct {
+	// File is appended to; "-" means standard output.
+	File string `yaml:"file"`
+}
+
+// Defaults.
+const (
+	DefaultRefreshInterval = 30 * time.Second
+)
+
+// Load reads, decodes strictly, applies defaults and validates the file at path.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes a configuration strictly and validates it.
+func Parse(b []byte) (*Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("empty configuration")
+		}
+		return nil, err
+	}
+	c.applyDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) applyDefaults() {
+	if c.HSM.Module == "" && c.HSM.URI == "" {
+		c.HSM.Module = hsm.DefaultModule
+	}
+	if c.HSM.MaxSessions == 0 {
+		c.HSM.MaxSessions = hsm.DefaultMaxSessions
+	}
+	if c.HSM.PoolWaitTimeout == 0 {
+		c.HSM.PoolWaitTimeout = hsm.DefaultPoolWaitTimeout
+	}
+	if c.RefreshInterval == 0 {
+		c.RefreshInterval = DefaultRefreshInterval
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+}
+
+// Validate reports every problem with the configuration, each prefixed with its field path. It checks
+// that referenced files exist, but not the policy's key names, which need the token (see authz.Compile).
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(path, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		add("listen", "%v", err)
+	}
+	for path, file := range map[string]string{"tls.cert_file": c.TLS.CertFile, "tls.key_file": c.TLS.KeyFile,
+		"tls.client_ca_file": c.TLS.ClientCAFile} {
+		if file == "" {
+			add(path, "required")
+		} else if _, err := os.Stat(file); err != nil {
+			add(path, "%v", err)
+		}
+	}
+	if c.HSM.URI != "" {
+		if _, err := hsm.ParseURI(c.HSM.URI); err != nil {
+			add("hsm.uri", "%v", err)
+		}
+	} else {
+		n := 0
+		for _, set := range []bool{c.HSM.TokenLabel != "", c.HSM.TokenSerial != "", c.HSM.Slot != nil} {
+			if set {
+				n++
+			}
+		}
+		if n != 1 {
+			add("hsm", "exactly one of token_label, token_serial, slot (or uri) must select the token")
+		}
+	}
+	if c.HSM.File != "" && c.HSM.Env != "" {
+		add("hsm", "set pin_file or pin_env, not both")
+	}
+	if c.HSM.File == "" && c.HSM.Env == "" {
+		if u, err := hsm.ParseURI(c.HSM.URI); c.HSM.URI == "" || err != nil || u.PINSource == "" {
+			add("hsm", "pin_file or pin_env is required (the PIN itself never goes in the config)")
+		}
+	}
+	if c.HSM.File != "" {
+		if _, err := os.Stat(c.HSM.File); err != nil {
+			add("hsm.pin_file", "%v", err)
+		}
+	}
+	if c.HSM.MaxSessions < 2 {
+		add("hsm.max_sessions", "%d, want at least 2", c.HSM.MaxSessions)
+	}
+	if c.HSM.PoolWaitTimeout < 0 {
+		add("hsm.pool_wait_timeout", "negative")
+	}
+	if c.Limits.RatePerSecond < 0 {
+		add("limits.rate_per_second", "negative")
+	}
+	if c.Limits.RatePerSecond > 0 && c.Limits.Burst < 1 {
+		add("limits.burst", "must be at least 1 when rate_per_second is set")
+	}
+	if c.RefreshInterval < time.Second {
+		add("refresh_interval", "%v, want at least 1s", c.RefreshInterval)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log_level", "%q, want debug, info, warn or error", c.LogLevel)
+	}
+	// The policy's shape is checked now; its key names once the token is open.
+	if _, err := authz.Compile(c.Policy, nil); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// HSMConfig resolves the hsm section (URI, PIN source) into an hsm.Config, reading the PIN.
+func (c *Config) HSMConfig() (hsm.Config, error) {
+	h := c.HSM
+	out := hsm.Config{Module: h.Module, TokenLabel: h.TokenLabel, TokenSerial: h.TokenSerial, Slot: h.Slot,
+		MaxSessions: h.MaxSessions, PoolWaitTimeout: h.PoolWaitTimeout}
+	src := h.PINSource
+	if h.URI != "" {
+		u, err := hsm.ParseURI(h.URI)
+		if err != nil {
+			return out, fmt.Errorf("hsm.uri: %w", err)
+		}
+		out.TokenLabel, out.TokenSerial, out.Slot = u.Token, u.Serial, u.Slot
+		if u.ModulePath != "" {
+			out.Module = u.ModulePath
+		}
+		if src.File == "" && src.Env == "" {
+			src.File = u.PINSource
+		}
+	}
+	if out.Module == "" {
+		out.Module = hsm.DefaultModule
+	}
+	pin, err := src.Read()
+	if err != nil {
+		return out, fmt.Errorf("hsm: %w", err)
+	}
+	out.PIN = pin
+	return out, nil
+}

@@ -1,0 +1,204 @@
+// Package server implements signerd's gRPC services. It authenticates callers from their verified client
+// certificates, authorizes every request against the policy before it looks a key up, validates input,
+// bounds the signs in flight, audits every operation, and maps every error to one gRPC status in one place.
+// It signs through crypto.Signer values from the keyring and never imports the HSM layer.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+
+	"github.com/signerd/signerd/audit"
+	"github.com/signerd/signerd/keyring"
+	signerv1 "github.com/signerd/signerd/proto/signer/v1"
+	"github.com/signerd/signerd/server/authz"
+)
+
+// MaxMessageBytes caps the message a caller may ask signerd to hash and sign.
+const MaxMessageBytes = 64 << 10
+
+// MaxRequestBytes caps a whole gRPC request; larger ones are refused by gRPC with RESOURCE_EXHAUSTED
+// before any handler runs. It leaves room for a 64 KiB message or token and the framing around it.
+const MaxRequestBytes = MaxMessageBytes + 4<<10
+
+// Keys is what the server reads keys from: the keyring's current snapshot.
+type Keys interface {
+	Snapshot() *keyring.Snapshot
+}
+
+// Config configures a Server.
+type Config struct {
+	Keys Keys
+	// Policy is the compiled access policy; SetPolicy replaces it at run time.
+	Policy *authz.Authorizer
+	// MaxInFlight bounds concurrent signing operations; size it to the HSM session pool so that no request
+	// waits inside the HSM library, where its deadline cannot reach it.
+	MaxInFlight int
+	// RatePerSecond and Burst limit each identity's requests; zero RatePerSecond disables the limit.
+	RatePerSecond float64
+	Burst         int
+	// Leeway is the clock skew allowed when checking JWT time claims.
+	Leeway time.Duration
+	Audit  *audit.Log
+	Log    *slog.Logger
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// Server implements signer.v1.Signer.
+type Server struct {
+	signerv1.UnimplementedSignerServer
+
+	keys   Keys
+	policy atomic.Pointer[authz.Authorizer]
+	sem    chan struct{}
+	audit  *audit.Log
+	log    *slog.Logger
+	now    func() time.Time
+	leeway time.Duration
+
+	rate     rate.Limit
+	burst    int
+	limiters sync.Map // identity -> *rate.Limiter
+}
+
+// New validates cfg and builds a Server.
+func New(cfg Config) (*Server, error) {
+	var errs []error
+	if cfg.Keys == nil {
+		errs = append(errs, errors.New("server: Keys is nil"))
+	}
+	if cfg.Policy == nil {
+		errs = append(errs, errors.New("server: Policy is nil"))
+	}
+	if cfg.MaxInFlight < 1 {
+		errs = append(errs, fmt.Errorf("server: MaxInFlight %d, want at least 1", cfg.MaxInFlight))
+	}
+	if cfg.Audit == nil {
+		errs = append(errs, errors.New("server: Audit is nil"))
+	}
+	if cfg.RatePerSecond < 0 || (cfg.RatePerSecond > 0 && cfg.Burst < 1) {
+		errs = append(errs, errors.New("server: rate limit needs RatePerSecond >= 0 and Burst >= 1"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	s := &Server{keys: cfg.Keys, sem: make(chan struct{}, cfg.MaxInFlight), audit: cfg.Audit, log: cfg.Log,
+		now: cfg.Now, leeway: cfg.Leeway, rate: rate.Limit(cfg.RatePerSecond), burst: cfg.Burst}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	s.policy.Store(cfg.Policy)
+	return s, nil
+}
+
+// SetPolicy replaces the access policy atomically (on SIGHUP).
+func (s *Server) SetPolicy(p *authz.Authorizer) { s.policy.Store(p) }
+
+// Register adds the Signer service to g.
+func (s *Server) Register(g *grpc.Server) { signerv1.RegisterSignerServer(g, s) }
+
+type identityKey struct{}
+
+// identity returns the caller identity the interceptor put in ctx.
+func identity(ctx context.Context) string {
+	id, _ := ctx.Value(identityKey{}).(string)
+	return id
+}
+
+// UnaryInterceptor authenticates the caller, applies its rate limit, recovers panics, and makes sure every
+// error leaving a handler is a gRPC status. Health and reflection calls pass through unauthenticated
+// identity checks, as they carry no key operation.
+func (s *Server) UnaryInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				s.log.Error("panic in handler", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))
+				resp, err = nil, toStatus(s.log, errors.New("panic"))
+			}
+		}()
+		id, err := peerIdentity(ctx)
+		if err != nil {
+			return nil, toStatus(s.log, err)
+		}
+		if !s.allowRate(id) {
+			return nil, toStatus(s.log, &apiError{code: codes.ResourceExhausted, msg: "rate limit exceeded for " + id})
+		}
+		resp, err = handler(context.WithValue(ctx, identityKey{}, id), req)
+		return resp, toStatus(s.log, err)
+	}
+}
+
+// StreamInterceptor authenticates streaming calls (server reflection); it has no key operations.
+func (s *Server) StreamInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if _, err := peerIdentity(ss.Context()); err != nil {
+			return toStatus(s.log, err)
+		}
+		return handler(srv, ss)
+	}
+}
+
+// peerIdentity reads the identity from the verified client certificate chain of the connection.
+func peerIdentity(ctx context.Context) (string, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return "", unauthenticated("no peer")
+	}
+	tlsInfo, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return "", unauthenticated("mutual TLS required")
+	}
+	id, err := authz.IdentityFromChains(tlsInfo.State.VerifiedChains)
+	if err != nil {
+		return "", unauthenticated("no identity in client certificate")
+	}
+	return id, nil
+}
+
+func (s *Server) allowRate(id string) bool {
+	if s.rate == 0 {
+		return true
+	}
+	l, ok := s.limiters.Load(id)
+	if !ok {
+		l, _ = s.limiters.LoadOrStore(id, rate.NewLimiter(s.rate, s.burst))
+	}
+	return l.(*rate.Limiter).Allow()
+}
+
+// acquire takes a signing slot, giving up at the request's deadline.
+func (s *Server) acquire(ctx context.Context) error {
+	select {
+	case s.sem <- struct{}{}:
+	default:
+		select {
+		case s.sem <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	// The HSM call cannot be cancelled, so a request whose deadline passed while waiting stops here.
+	if err := ctx.Err(); err != nil {
+		<-s.sem
+		return err
+	}
+	return nil
+}
+
+func (s *Server) release() { <-s.sem }
