@@ -53,8 +53,8 @@ type daemon struct {
 
 // startDaemon opens the token, loads the keys, checks the policy against them and starts listening.
 // Every failure names the config field or the part that failed; none contains the PIN.
-func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (d *daemon, err error) {
-	d = &daemon{cfgPath: cfgPath, log: log}
+func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
+	d := &daemon{cfgPath: cfgPath, log: log}
 	defer func() {
 		if err != nil {
 			d.close()

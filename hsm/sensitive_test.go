@@ -1,0 +1,49 @@
+package hsm
+
+import (
+	"crypto/elliptic"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/miekg/pkcs11"
+
+	softhsmtest "github.com/signerd/signerd/softhsm-test"
+)
+
+// TestPrivateValueUnreadable asks the token, below crypto11 and signerd's own checks, for the secret
+// attributes of each kind of private key signerd generates: every read fails with CKR_ATTRIBUTE_SENSITIVE.
+func TestPrivateValueUnreadable(t *testing.T) {
+	tok := softhsmtest.NewToken(t, "sensitive")
+	tk, err := Open(Config{Module: tok.Module, TokenLabel: tok.Label, PIN: tok.PIN, MaxSessions: 4, PoolWaitTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tk.Close() }()
+	for _, tc := range []struct {
+		spec   KeySpec
+		secret uint
+	}{
+		{KeySpec{Type: RSA, Bits: 2048}, pkcs11.CKA_PRIVATE_EXPONENT},
+		{KeySpec{Type: ECDSA, Curve: elliptic.P256()}, pkcs11.CKA_VALUE},
+		{KeySpec{Type: Ed25519}, pkcs11.CKA_VALUE},
+	} {
+		id, _, err := tk.Generate(tc.spec, "sensitive")
+		if err != nil {
+			t.Fatalf("Generate(%v) = %v", tc.spec, err)
+		}
+		err = tk.pool.with("read secret", func(s pkcs11.SessionHandle) error {
+			h, err := tk.findObjects(s, []*pkcs11.Attribute{
+				pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), pkcs11.NewAttribute(pkcs11.CKA_ID, id)})
+			if err != nil || len(h) != 1 {
+				t.Fatalf("find private key %x = %v, %v", id, h, err)
+			}
+			_, err = tk.p11.GetAttributeValue(s, h[0], []*pkcs11.Attribute{pkcs11.NewAttribute(tc.secret, nil)})
+			return err
+		})
+		var code pkcs11.Error
+		if !errors.As(err, &code) || code != pkcs11.CKR_ATTRIBUTE_SENSITIVE {
+			t.Errorf("read secret attribute of %v key = %v, want CKR_ATTRIBUTE_SENSITIVE", tc.spec, err)
+		}
+	}
+}

@@ -1,0 +1,310 @@
+package softhsmtest_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/signerd/signerd/devca"
+	signerv1 "github.com/signerd/signerd/proto/signer/v1"
+	softhsmtest "github.com/signerd/signerd/softhsm-test"
+)
+
+// signerdBin is the signerd binary built once for the whole package by TestMain.
+var signerdBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "signerd-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	signerdBin = filepath.Join(dir, "signerd")
+	out, err := exec.Command("go", "build", "-o", signerdBin, "github.com/signerd/signerd/cmd/signerd").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build signerd: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// keyAlgs are the keys every test instance gets, one per algorithm.
+var keyAlgs = map[string]string{
+	"rs256": "RS256", "rs384": "RS384", "rs512": "RS512",
+	"ps256": "PS256", "ps384": "PS384", "ps512": "PS512",
+	"es256": "ES256", "es384": "ES384", "es512": "ES512",
+	"eddsa": "EdDSA",
+}
+
+// instance is a signerd process serving a fresh SoftHSM2 token over mTLS on loopback.
+type instance struct {
+	tok     *softhsmtest.Token
+	dir     string
+	cfgPath string
+	ca      *devca.CA
+	addr    string
+	// clients by identity: "svc" may do everything with every key, "limited" may only sign with es256.
+	svc, limited *devca.Leaf
+	stderr       *lockedBuffer
+}
+
+type instanceOptions struct {
+	keys        map[string]string
+	maxSessions int
+	extraConfig string
+}
+
+// signerd runs the signerd binary and returns its combined output.
+func signerd(t testing.TB, env []string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(signerdBin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// startInstance creates a token with keys, certificates and a config, and starts `signerd serve`.
+func startInstance(t testing.TB, opts instanceOptions) *instance {
+	t.Helper()
+	if opts.keys == nil {
+		opts.keys = keyAlgs
+	}
+	if opts.maxSessions == 0 {
+		opts.maxSessions = 8
+	}
+	tok := softhsmtest.NewToken(t, "e2e")
+	in := &instance{tok: tok, dir: tok.Dir}
+	var err error
+	if in.ca, err = devca.New("e2e CA", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	srv := issue(t, in.ca, devca.Request{CommonName: "server", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true})
+	if err := srv.WriteFiles(filepath.Join(in.dir, "server.pem"), filepath.Join(in.dir, "server-key.pem")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(in.dir, "ca.pem"), in.ca.CertPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	in.svc = issue(t, in.ca, devca.Request{CommonName: "svc", URIs: []string{"spiffe://test/svc"}, Client: true})
+	in.limited = issue(t, in.ca, devca.Request{CommonName: "limited", DNSNames: []string{"limited.test"}, Client: true})
+	pinFile := filepath.Join(in.dir, "pin")
+	if err := os.WriteFile(pinFile, []byte(tok.PIN+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	in.cfgPath = filepath.Join(in.dir, "signerd.yaml")
+	writeConfig(t, in.cfgPath, fmt.Sprintf(`listen: 127.0.0.1:0
+tls:
+  cert_file: %[1]s/server.pem
+  key_file: %[1]s/server-key.pem
+  client_ca_file: %[1]s/ca.pem
+hsm:
+  module: %[2]s
+  token_label: %[3]s
+  pin_file: %[4]s
+  max_sessions: %[5]d
+  pool_wait_timeout: 2s
+policy:
+  grants:
+    - identity: spiffe://test/svc
+      keys: ["*"]
+      operations: [sign, verify, public_key, sign_jwt, verify_jwt]
+    - identity: limited.test
+      keys: [es256]
+      operations: [sign]
+audit:
+  file: %[1]s/audit.log
+%[6]s`, in.dir, tok.Module, tok.Label, pinFile, opts.maxSessions, opts.extraConfig))
+	for name, alg := range opts.keys {
+		args := []string{"keys", "create", "--config", in.cfgPath, "--name", name, "--alg", alg}
+		if strings.HasPrefix(alg, "RS") || strings.HasPrefix(alg, "PS") {
+			args = append(args, "--bits", "2048")
+		}
+		if out, err := signerd(t, nil, args...); err != nil {
+			t.Fatalf("signerd %v: %v\n%s", args, err, out)
+		}
+	}
+	in.addr, in.stderr = serve(t, in.cfgPath)
+	return in
+}
+
+func writeConfig(t testing.TB, path, body string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func issue(t testing.TB, ca *devca.CA, req devca.Request) *devca.Leaf {
+	t.Helper()
+	l, err := ca.Issue(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+var servingRE = regexp.MustCompile(`msg="signerd serving" addr=(\S+)`)
+
+// serve starts `signerd serve --config cfgPath` and waits until it listens. The process is interrupted
+// and waited for at cleanup.
+func serve(t testing.TB, cfgPath string) (string, *lockedBuffer) {
+	t.Helper()
+	cmd := exec.Command(signerdBin, "serve", "--config", cfgPath)
+	pr, pw := io.Pipe()
+	cmd.Stderr = pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := &lockedBuffer{}
+	addrc := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			buf.add(sc.Text())
+			if m := servingRE.FindStringSubmatch(sc.Text()); m != nil {
+				select {
+				case addrc <- m[1]:
+				default:
+				}
+			}
+		}
+	}()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait(); _ = pw.Close() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(15 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	select {
+	case addr := <-addrc:
+		return addr, buf
+	case err := <-exited:
+		t.Fatalf("signerd serve exited: %v\n%s", err, buf)
+	case <-time.After(60 * time.Second):
+		t.Fatalf("signerd serve did not start in 60s\n%s", buf)
+	}
+	return "", nil
+}
+
+// lockedBuffer collects a process's log lines.
+type lockedBuffer struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (b *lockedBuffer) add(s string) {
+	b.mu.Lock()
+	b.lines = append(b.lines, s)
+	b.mu.Unlock()
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Join(b.lines, "\n")
+}
+
+// dial connects to the instance with the given client certificate (nil for none) and CA.
+func (in *instance) dial(t testing.TB, cert *devca.Leaf) signerv1.SignerClient {
+	t.Helper()
+	return signerv1.NewSignerClient(in.conn(t, cert))
+}
+
+func (in *instance) conn(t testing.TB, cert *devca.Leaf) *grpc.ClientConn {
+	t.Helper()
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: in.ca.Pool(), ServerName: "127.0.0.1"}
+	if cert != nil {
+		c := cert.TLS()
+		cfg.Certificates = []tls.Certificate{c}
+	}
+	conn, err := grpc.NewClient(in.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// waitEnv waits for `signerd dev` to write DIR/env and returns its variables.
+func waitEnv(t testing.TB, path string, round int, cmd *exec.Cmd, out fmt.Stringer) map[string]string {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
+			info, _ := os.Stat(path)
+			if round == 0 || time.Since(info.ModTime()) < 30*time.Second {
+				env := map[string]string{}
+				for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+					k, v, ok := strings.Cut(strings.TrimPrefix(line, "export "), "=")
+					if !ok {
+						t.Fatalf("DIR/env line %q is not in export form", line)
+					}
+					env[k] = v
+				}
+				return env
+			}
+		}
+		if cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("signerd dev did not write %s\n%s", path, out)
+	return nil
+}
+
+// dialEnv connects with nothing but the files DIR/env names.
+func dialEnv(t testing.TB, env map[string]string) signerv1.SignerClient {
+	t.Helper()
+	for _, k := range []string{"SIGNERD_ADDR", "SIGNERD_CACERT", "SIGNERD_CERT", "SIGNERD_KEY"} {
+		if env[k] == "" {
+			t.Fatalf("DIR/env lacks %s: %v", k, env)
+		}
+	}
+	cert, err := tls.LoadX509KeyPair(env["SIGNERD_CERT"], env["SIGNERD_KEY"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(env["SIGNERD_CACERT"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	host, _, _ := net.SplitHostPort(env["SIGNERD_ADDR"])
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool, Certificates: []tls.Certificate{cert}, ServerName: host}
+	conn, err := grpc.NewClient(env["SIGNERD_ADDR"], grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return signerv1.NewSignerClient(conn)
+}
