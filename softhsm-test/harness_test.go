@@ -239,7 +239,7 @@ func (in *instance) conn(t testing.TB, cert *devca.Leaf) *grpc.ClientConn {
 		c := cert.TLS()
 		cfg.Certificates = []tls.Certificate{c}
 	}
-	conn, err := grpc.NewClient(in.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	conn, err := grpc.NewClient(in.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)), grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(1<<20))
 	if err != nil {
 		t.Fatal(err)
 	}

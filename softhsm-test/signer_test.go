@@ -228,7 +228,10 @@ func TestBadInput(t *testing.T) {
 			_, err := c.Verify(ctxT(t), &signerv1.VerifyRequest{Key: "es256", Input: &signerv1.VerifyRequest_Digest{Digest: d32[:5]}, Signature: good.GetSignature()})
 			return err
 		}, codes.InvalidArgument},
-		{"public key of unknown key", func() error { _, err := c.GetPublicKey(ctxT(t), &signerv1.GetPublicKeyRequest{Key: "nope"}); return err }, codes.NotFound},
+		{"public key of unknown key", func() error {
+			_, err := c.GetPublicKey(ctxT(t), &signerv1.GetPublicKeyRequest{Key: "nope"})
+			return err
+		}, codes.NotFound},
 		{"public key of unknown kid", func() error {
 			_, err := c.GetPublicKey(ctxT(t), &signerv1.GetPublicKeyRequest{Key: "es256", Kid: "x"})
 			return err

@@ -10,6 +10,7 @@ import (
 
 	"github.com/signerd/signerd/config"
 	"github.com/signerd/signerd/hsm"
+	"github.com/signerd/signerd/hsmstore"
 	"github.com/signerd/signerd/jose"
 	"github.com/signerd/signerd/keyring"
 )
@@ -31,7 +32,7 @@ func openRing(cfgPath string) (*keyring.Ring, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	ring, err := keyring.Open(tokenStore{tok}, keyring.Options{})
+	ring, err := keyring.Open(hsmstore.New(tok), keyring.Options{})
 	if err != nil {
 		_ = tok.Close()
 		return nil, nil, err
@@ -113,10 +114,10 @@ var algSpecs = []struct {
 }{
 	{"RS256 RS384 RS512 (2048-4096)", hsm.KeySpec{Type: hsm.RSA, Bits: 2048}},
 	{"PS256 PS384 PS512", hsm.KeySpec{Type: hsm.RSA, Bits: 2048, PSS: true}},
-	{"ES256", specFor(jose.ES256, 0)},
-	{"ES384", specFor(jose.ES384, 0)},
-	{"ES512", specFor(jose.ES512, 0)},
-	{"EdDSA", specFor(jose.EdDSA, 0)},
+	{"ES256", hsmstore.Spec(jose.ES256, 0)},
+	{"ES384", hsmstore.Spec(jose.ES384, 0)},
+	{"ES512", hsmstore.Spec(jose.ES512, 0)},
+	{"EdDSA", hsmstore.Spec(jose.EdDSA, 0)},
 }
 
 func cmdToken(args []string, stdout io.Writer) error {

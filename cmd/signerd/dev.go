@@ -16,6 +16,7 @@ import (
 	"github.com/signerd/signerd/config"
 	"github.com/signerd/signerd/devca"
 	"github.com/signerd/signerd/hsm"
+	"github.com/signerd/signerd/hsmstore"
 	"github.com/signerd/signerd/jose"
 	"github.com/signerd/signerd/keyring"
 )
@@ -185,7 +186,7 @@ func ensureDevKeys(pin string) error {
 		return err
 	}
 	defer func() { _ = tok.Close() }()
-	ring, err := keyring.Open(tokenStore{tok}, keyring.Options{})
+	ring, err := keyring.Open(hsmstore.New(tok), keyring.Options{})
 	if err != nil {
 		return err
 	}

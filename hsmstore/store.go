@@ -1,0 +1,58 @@
+// Package hsmstore adapts an open hsm.Token to keyring.Store. It is the one place where JOSE algorithms
+// become PKCS#11 key specs, so that neither hsm nor keyring needs to know the other.
+package hsmstore
+
+import (
+	"crypto"
+
+	"github.com/signerd/signerd/hsm"
+	"github.com/signerd/signerd/jose"
+)
+
+// Store is a keyring.Store over a token.
+type Store struct{ t *hsm.Token }
+
+// New returns the Store for t.
+func New(t *hsm.Token) Store { return Store{t: t} }
+
+// Spec returns the key pair an algorithm needs; bits is the RSA modulus size.
+func Spec(alg jose.Algorithm, bits int) hsm.KeySpec {
+	switch alg.KeyType() {
+	case jose.KeyRSA:
+		return hsm.KeySpec{Type: hsm.RSA, Bits: bits, PSS: alg.IsPSS()}
+	case jose.KeyEC:
+		return hsm.KeySpec{Type: hsm.ECDSA, Curve: alg.Curve()}
+	case jose.KeyEd25519:
+		return hsm.KeySpec{Type: hsm.Ed25519}
+	}
+	return hsm.KeySpec{}
+}
+
+// Generate implements keyring.Store.
+func (s Store) Generate(alg jose.Algorithm, bits int, label string) ([]byte, crypto.Signer, error) {
+	return s.t.Generate(Spec(alg, bits), label)
+}
+
+// Load implements keyring.Store.
+func (s Store) Load(alg jose.Algorithm, bits int, id []byte) (crypto.Signer, error) {
+	return s.t.Find(Spec(alg, bits), id)
+}
+
+// Destroy implements keyring.Store.
+func (s Store) Destroy(id []byte) error { return s.t.Destroy(id) }
+
+// ReadRecords implements keyring.Store.
+func (s Store) ReadRecords() ([][]byte, error) {
+	recs, err := s.t.Records()
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]byte, len(recs))
+	for i, r := range recs {
+		out[i] = r.Value
+	}
+	return out, nil
+}
+
+// WriteRecord implements keyring.Store.
+func (s Store) WriteRecord(name string, value []byte) error { return s.t.PutRecord(name, value) }
