@@ -1,0 +1,196 @@
+// Package clienttest runs a real signerd Signer service in the test process, for tests of code that
+// talks to signerd: the client package, signerctl, and services built on them.
+//
+// The server is the production server package over software keys (keyringtest.MemoryStore), serving
+// gRPC with mutual TLS 1.3 on 127.0.0.1 with certificates from a throwaway CA made for each test. Nothing
+// is mocked: callers dial it exactly as they would dial a deployed signerd.
+package clienttest
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/signerd/signerd/audit"
+	"github.com/signerd/signerd/devca"
+	"github.com/signerd/signerd/jose"
+	"github.com/signerd/signerd/keyring"
+	"github.com/signerd/signerd/keyring/keyringtest"
+	"github.com/signerd/signerd/server"
+	"github.com/signerd/signerd/server/authz"
+)
+
+// Identity is the identity (subject CN) of the client certificate a Server issues for its callers.
+const Identity = "svc"
+
+// DefaultPolicy grants [Identity] every operation on every key, with the default JWT rules.
+func DefaultPolicy() authz.Policy {
+	return authz.Policy{Grants: []authz.Grant{{Identity: Identity, Keys: []string{"*"}, Operations: authz.Ops()}}}
+}
+
+// Server is a running signerd Signer service.
+type Server struct {
+	// Addr is the host:port the server listens on (always on 127.0.0.1).
+	Addr string
+	// CA issued the server's certificate and the client certificates, and is the only CA the server
+	// trusts for client certificates.
+	CA *devca.CA
+	// Ring holds the server's keys; create keys in it with CreateKey or Ring.Create.
+	Ring *keyring.Ring
+	// CACertFile, CertFile and KeyFile are PEM files (in a test temporary directory) for a client with
+	// identity [Identity]: the CA certificate, the client certificate and its private key.
+	CACertFile, CertFile, KeyFile string
+	// ClientTLS is a TLS 1.3 client configuration with the same certificate as CertFile and KeyFile,
+	// trusting only CA.
+	ClientTLS *tls.Config
+
+	store *keyringtest.MemoryStore
+	dir   string
+}
+
+// NewServer starts a server that authorizes callers with policy (use [DefaultPolicy] for one that allows
+// everything to [Identity]). The server stops, and its audit log is closed, when the test ends. Any
+// failure to start is fatal to the test.
+func NewServer(tb testing.TB, policy authz.Policy) *Server {
+	tb.Helper()
+	ca, err := devca.New("clienttest CA", time.Hour)
+	if err != nil {
+		tb.Fatalf("devca.New() = %v", err)
+	}
+	store := keyringtest.NewMemoryStore()
+	ring, err := keyring.Open(store, keyring.Options{})
+	if err != nil {
+		tb.Fatalf("keyring.Open() = %v", err)
+	}
+	authorizer, err := authz.Compile(policy, nil)
+	if err != nil {
+		tb.Fatalf("authz.Compile() = %v", err)
+	}
+	auditLog := audit.New(io.Discard)
+	tb.Cleanup(func() { _ = auditLog.Close() })
+	srv, err := server.New(server.Config{
+		Keys:        ring,
+		Policy:      authorizer,
+		MaxInFlight: 4,
+		Audit:       auditLog,
+		Log:         slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		tb.Fatalf("server.New() = %v", err)
+	}
+	leaf, err := ca.Issue(devca.Request{CommonName: "signerd", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true})
+	if err != nil {
+		tb.Fatalf("Issue(server certificate) = %v", err)
+	}
+	serverTLS := &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{leaf.TLS()},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    ca.Pool(),
+	}
+	g := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(serverTLS)),
+		grpc.UnaryInterceptor(srv.UnaryInterceptor()),
+		grpc.StreamInterceptor(srv.StreamInterceptor()),
+		grpc.MaxRecvMsgSize(server.MaxRequestBytes),
+	)
+	srv.Register(g)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("net.Listen() = %v", err)
+	}
+	go func() { _ = g.Serve(lis) }()
+	tb.Cleanup(g.Stop)
+
+	s := &Server{Addr: lis.Addr().String(), CA: ca, Ring: ring, store: store, dir: tb.TempDir()}
+	s.CACertFile = filepath.Join(s.dir, "ca.pem")
+	if err := os.WriteFile(s.CACertFile, ca.CertPEM(), 0o644); err != nil {
+		tb.Fatalf("write CA certificate: %v", err)
+	}
+	s.CertFile, s.KeyFile = s.IssueClient(tb, Identity)
+	cert, err := tls.LoadX509KeyPair(s.CertFile, s.KeyFile)
+	if err != nil {
+		tb.Fatalf("tls.LoadX509KeyPair() = %v", err)
+	}
+	s.ClientTLS = &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: ca.Pool(), Certificates: []tls.Certificate{cert}}
+	return s
+}
+
+// IssueClient issues a client certificate with subject CN identity and writes it and its key to files in
+// the server's temporary directory, returning their paths.
+func (s *Server) IssueClient(tb testing.TB, identity string) (certFile, keyFile string) {
+	tb.Helper()
+	leaf, err := s.CA.Issue(devca.Request{CommonName: identity, Client: true})
+	if err != nil {
+		tb.Fatalf("Issue(%q) = %v", identity, err)
+	}
+	certFile = filepath.Join(s.dir, identity+".crt")
+	keyFile = filepath.Join(s.dir, identity+".key")
+	if err := leaf.WriteFiles(certFile, keyFile); err != nil {
+		tb.Fatalf("WriteFiles(%q) = %v", identity, err)
+	}
+	return certFile, keyFile
+}
+
+// CreateKey creates key name with algorithm alg. RSA keys are 2048 bits, the smallest allowed, to keep
+// tests fast.
+func (s *Server) CreateKey(tb testing.TB, name string, alg jose.Algorithm) {
+	tb.Helper()
+	if _, err := s.Ring.Create(name, alg, jose.MinRSABits); err != nil {
+		tb.Fatalf("Ring.Create(%q, %s) = %v", name, alg, err)
+	}
+}
+
+// Rotate adds a new version to key name that is active at once, retiring the current one, as an
+// emergency rotation would. It writes the key's record in the store directly and refreshes the ring.
+func (s *Server) Rotate(tb testing.TB, name string) {
+	tb.Helper()
+	records, err := s.store.ReadRecords()
+	if err != nil {
+		tb.Fatalf("ReadRecords() = %v", err)
+	}
+	var meta *keyring.Meta
+	for _, b := range records {
+		var m keyring.Meta
+		if err := json.Unmarshal(b, &m); err != nil {
+			tb.Fatalf("decode key record: %v", err)
+		}
+		if m.Name == name && (meta == nil || m.Revision > meta.Revision) {
+			meta = &m
+		}
+	}
+	if meta == nil {
+		tb.Fatalf("Rotate(%q): no such key", name)
+	}
+	n := len(meta.Versions) + 1
+	id, signer, err := s.store.Generate(meta.Alg, meta.Bits, name)
+	if err != nil {
+		tb.Fatalf("Generate(%s) = %v", meta.Alg, err)
+	}
+	kid, err := jose.Thumbprint(signer.Public())
+	if err != nil {
+		tb.Fatalf("Thumbprint() = %v", err)
+	}
+	now := time.Now().UTC()
+	meta.Versions = append(meta.Versions, keyring.Version{Number: n, ID: id, Kid: kid, Created: now, ActivateAt: now})
+	meta.Revision++
+	b, err := json.Marshal(meta)
+	if err != nil {
+		tb.Fatalf("encode key record: %v", err)
+	}
+	if err := s.store.WriteRecord(name, b); err != nil {
+		tb.Fatalf("WriteRecord(%q) = %v", name, err)
+	}
+	if err := s.Ring.Refresh(); err != nil {
+		tb.Fatalf("Ring.Refresh() = %v", err)
+	}
+}
