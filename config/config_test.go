@@ -1,0 +1,112 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func validConfig(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, f := range []string{"cert.pem", "key.pem", "ca.pem", "pin"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return strings.ReplaceAll(`listen: 127.0.0.1:8443
+tls:
+  cert_file: DIR/cert.pem
+  key_file: DIR/key.pem
+  client_ca_file: DIR/ca.pem
+hsm:
+  token_label: signerd
+  pin_file: DIR/pin
+policy:
+  grants:
+    - identity: svc
+      keys: [a]
+      operations: [sign]
+`, "DIR", dir)
+}
+
+func TestParseDefaults(t *testing.T) {
+	c, err := Parse([]byte(validConfig(t)))
+	if err != nil {
+		t.Fatalf("Parse = %v", err)
+	}
+	if c.HSM.Module == "" || c.HSM.MaxSessions == 0 || c.HSM.PoolWaitTimeout == 0 || c.RefreshInterval == 0 || c.LogLevel != "info" {
+		t.Errorf("defaults not applied: %+v", c)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		edit func(string) string
+		want []string
+	}{
+		{"unknown field", func(s string) string { return s + "extra: 1\n" }, []string{"field extra not found"}},
+		{"nested unknown field", func(s string) string { return strings.Replace(s, "hsm:\n", "hsm:\n  pin: \"1234\"\n", 1) }, []string{"field pin not found"}},
+		{"empty", func(string) string { return "" }, []string{"empty configuration"}},
+		{"several problems at once", func(s string) string {
+			s = strings.Replace(s, "listen: 127.0.0.1:8443", "listen: nope", 1)
+			s = strings.Replace(s, "/ca.pem", "/missing.pem", 1)
+			s = strings.Replace(s, "operations: [sign]", "operations: [sing]", 1)
+			return s + "log_level: loud\n"
+		}, []string{"listen:", "tls.client_ca_file:", "policy.grants[0].operations[0]", "log_level:"}},
+		{"no token selector", func(s string) string { return strings.Replace(s, "  token_label: signerd\n", "", 1) }, []string{"exactly one of token_label"}},
+		{"two selectors", func(s string) string { return strings.Replace(s, "  token_label: signerd\n", "  token_label: a\n  token_serial: b\n", 1) }, []string{"exactly one of token_label"}},
+		{"no pin source", func(s string) string {
+			i := strings.Index(s, "  pin_file:")
+			j := strings.Index(s[i:], "\n")
+			return s[:i] + s[i+j+1:]
+		}, []string{"pin_file or pin_env is required"}},
+		{"bad uri", func(s string) string { return strings.Replace(s, "  token_label: signerd\n", "  uri: \"pkcs11:token=x?pin-value=1234\"\n", 1) }, []string{"hsm.uri", "pin-value"}},
+		{"rate without burst", func(s string) string { return s + "limits:\n  rate_per_second: 10\n" }, []string{"limits.burst"}},
+		{"one session", func(s string) string { return strings.Replace(s, "hsm:\n", "hsm:\n  max_sessions: 1\n", 1) }, []string{"hsm.max_sessions"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.edit(validConfig(t))))
+			if err == nil {
+				t.Fatalf("Parse(%s) = nil error, want one mentioning %q", tc.name, tc.want)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Parse(%s) = %q, want it to mention %q", tc.name, err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "1234") && tc.name != "nested unknown field" {
+				t.Errorf("Parse(%s) error repeats a PIN: %q", tc.name, err)
+			}
+		})
+	}
+}
+
+func TestHSMConfigFromURI(t *testing.T) {
+	s := validConfig(t)
+	dir := filepath.Dir(strings.TrimSpace(strings.SplitN(strings.SplitN(s, "pin_file: ", 2)[1], "\n", 2)[0]))
+	s = strings.Replace(s, "  token_label: signerd\n  pin_file: "+dir+"/pin\n",
+		"  uri: \"pkcs11:token=signerd;slot-id=4?module-path=/opt/lib.so&pin-source=file:"+dir+"/pin\"\n", 1)
+	c, err := Parse([]byte(s))
+	if err != nil {
+		t.Fatalf("Parse = %v", err)
+	}
+	h, err := c.HSMConfig()
+	if err != nil {
+		t.Fatalf("HSMConfig = %v", err)
+	}
+	if h.Module != "/opt/lib.so" || h.TokenLabel != "signerd" || h.Slot == nil || *h.Slot != 4 || h.PIN != "x" {
+		t.Errorf("HSMConfig = %+v", h)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add("listen: 127.0.0.1:1\nhsm:\n  token_label: x\n")
+	f.Add("policy:\n  grants:\n    - identity: a\n      keys: ['*']\n      operations: [sign]\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		_, _ = Parse([]byte(s)) // must never panic
+	})
+}
