@@ -57,13 +57,17 @@ func TestParseErrors(t *testing.T) {
 			return s + "log_level: loud\n"
 		}, []string{"listen:", "tls.client_ca_file:", "policy.grants[0].operations[0]", "log_level:"}},
 		{"no token selector", func(s string) string { return strings.Replace(s, "  token_label: signerd\n", "", 1) }, []string{"exactly one of token_label"}},
-		{"two selectors", func(s string) string { return strings.Replace(s, "  token_label: signerd\n", "  token_label: a\n  token_serial: b\n", 1) }, []string{"exactly one of token_label"}},
+		{"two selectors", func(s string) string {
+			return strings.Replace(s, "  token_label: signerd\n", "  token_label: a\n  token_serial: b\n", 1)
+		}, []string{"exactly one of token_label"}},
 		{"no pin source", func(s string) string {
 			i := strings.Index(s, "  pin_file:")
 			j := strings.Index(s[i:], "\n")
 			return s[:i] + s[i+j+1:]
 		}, []string{"pin_file or pin_env is required"}},
-		{"bad uri", func(s string) string { return strings.Replace(s, "  token_label: signerd\n", "  uri: \"pkcs11:token=x?pin-value=1234\"\n", 1) }, []string{"hsm.uri", "pin-value"}},
+		{"bad uri", func(s string) string {
+			return strings.Replace(s, "  token_label: signerd\n", "  uri: \"pkcs11:token=x?pin-value=1234\"\n", 1)
+		}, []string{"hsm.uri", "pin-value"}},
 		{"rate without burst", func(s string) string { return s + "limits:\n  rate_per_second: 10\n" }, []string{"limits.burst"}},
 		{"one session", func(s string) string { return strings.Replace(s, "hsm:\n", "hsm:\n  max_sessions: 1\n", 1) }, []string{"hsm.max_sessions"}},
 	}
