@@ -133,8 +133,10 @@ func TestMutualTLS(t *testing.T) {
 		return ctx
 	}
 
-	if _, err := in.dial(t, nil).Sign(short(), req("es256")); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "certificate") {
-		t.Errorf("Sign without client certificate = %v, want a failed handshake (Unavailable, certificate required)", err)
+	// The server aborts the handshake; the client sees "certificate required" or, if it was already
+	// writing, a broken pipe: either way the connection never carries a call.
+	if _, err := in.dial(t, nil).Sign(short(), req("es256")); status.Code(err) != codes.Unavailable {
+		t.Errorf("Sign without client certificate = %v, want a failed handshake (Unavailable)", err)
 	}
 	otherCA, _ := devca.New("other CA", time.Hour)
 	stranger := issue(t, otherCA, devca.Request{CommonName: "spiffe-less", URIs: []string{"spiffe://test/svc"}, Client: true})
