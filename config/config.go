@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"time"
 
@@ -27,6 +28,9 @@ type Config struct {
 	// Policy is the access policy (see package authz).
 	Policy authz.Policy `yaml:"policy"`
 	Limits Limits       `yaml:"limits"`
+	// HTTP is the public HTTPS listener for the JWKS and probes; off when http.listen is empty.
+	HTTP HTTP `yaml:"http"`
+	JWT  JWT  `yaml:"jwt"`
 	// RefreshInterval is how often the key view is re-read from the token.
 	RefreshInterval time.Duration `yaml:"refresh_interval"`
 	Audit           Audit         `yaml:"audit"`
@@ -55,6 +59,27 @@ type HSM struct {
 	PoolWaitTimeout time.Duration `yaml:"pool_wait_timeout"`
 }
 
+// HTTP configures the public HTTPS listener (server-authenticated TLS only: it serves public data).
+type HTTP struct {
+	Listen string `yaml:"listen"`
+	// CertFile and KeyFile default to tls.cert_file and tls.key_file.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// PublicURL is the URL verifiers use to reach this listener (for jwks_uri); https:// and the
+	// listening address when empty.
+	PublicURL string `yaml:"public_url"`
+	// Issuer is the discovery document's issuer; public_url when empty.
+	Issuer string `yaml:"issuer"`
+	// JWKSMaxAge is the JWKS Cache-Control max-age.
+	JWKSMaxAge time.Duration `yaml:"jwks_max_age"`
+}
+
+// JWT configures token verification.
+type JWT struct {
+	// Leeway is the clock skew allowed on exp, nbf and iat.
+	Leeway time.Duration `yaml:"leeway"`
+}
+
 // Limits bound what one caller can ask of signerd.
 type Limits struct {
 	// RatePerSecond and Burst limit each identity; 0 disables the limit.
@@ -71,6 +96,8 @@ type Audit struct {
 // Defaults.
 const (
 	DefaultRefreshInterval = 30 * time.Second
+	DefaultJWKSMaxAge      = 5 * time.Minute
+	DefaultLeeway          = 30 * time.Second
 )
 
 // Load reads, decodes strictly, applies defaults and validates the file at path.
@@ -116,6 +143,17 @@ func (c *Config) applyDefaults() {
 	}
 	if c.RefreshInterval == 0 {
 		c.RefreshInterval = DefaultRefreshInterval
+	}
+	if c.HTTP.Listen != "" {
+		if c.HTTP.CertFile == "" && c.HTTP.KeyFile == "" {
+			c.HTTP.CertFile, c.HTTP.KeyFile = c.TLS.CertFile, c.TLS.KeyFile
+		}
+		if c.HTTP.JWKSMaxAge == 0 {
+			c.HTTP.JWKSMaxAge = DefaultJWKSMaxAge
+		}
+	}
+	if c.JWT.Leeway == 0 {
+		c.JWT.Leeway = DefaultLeeway
 	}
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
@@ -182,6 +220,29 @@ func (c *Config) Validate() error {
 	}
 	if c.RefreshInterval < time.Second {
 		add("refresh_interval", "%v, want at least 1s", c.RefreshInterval)
+	}
+	if c.HTTP.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
+			add("http.listen", "%v", err)
+		}
+		for path, file := range map[string]string{"http.cert_file": c.HTTP.CertFile, "http.key_file": c.HTTP.KeyFile} {
+			if file == "" {
+				add(path, "required")
+			} else if _, err := os.Stat(file); err != nil {
+				add(path, "%v", err)
+			}
+		}
+		if c.HTTP.PublicURL != "" {
+			if u, err := url.Parse(c.HTTP.PublicURL); err != nil || u.Scheme != "https" || u.Host == "" {
+				add("http.public_url", "%q: want an https:// URL", c.HTTP.PublicURL)
+			}
+		}
+		if c.HTTP.JWKSMaxAge < time.Second {
+			add("http.jwks_max_age", "%v, want at least 1s", c.HTTP.JWKSMaxAge)
+		}
+	}
+	if c.JWT.Leeway < 0 || c.JWT.Leeway > 5*time.Minute {
+		add("jwt.leeway", "%v, want 0 to 5m", c.JWT.Leeway)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -49,7 +49,7 @@ type Config struct {
 	// RatePerSecond and Burst limit each identity's requests; zero RatePerSecond disables the limit.
 	RatePerSecond float64
 	Burst         int
-	// Leeway is the clock skew allowed when checking JWT time claims.
+	// Leeway is the clock skew allowed when checking JWT time claims; DefaultLeeway when zero.
 	Leeway time.Duration
 	Audit  *audit.Log
 	Log    *slog.Logger
@@ -89,6 +89,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Audit == nil {
 		errs = append(errs, errors.New("server: Audit is nil"))
 	}
+	if cfg.Leeway < 0 || cfg.Leeway > 5*time.Minute {
+		errs = append(errs, fmt.Errorf("server: Leeway %v, want 0 to 5m", cfg.Leeway))
+	}
 	if cfg.RatePerSecond < 0 || (cfg.RatePerSecond > 0 && cfg.Burst < 1) {
 		errs = append(errs, errors.New("server: rate limit needs RatePerSecond >= 0 and Burst >= 1"))
 	}
@@ -102,6 +105,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.now == nil {
 		s.now = time.Now
+	}
+	if s.leeway == 0 {
+		s.leeway = DefaultLeeway
 	}
 	s.policy.Store(cfg.Policy)
 	return s, nil

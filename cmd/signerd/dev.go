@@ -19,6 +19,7 @@ import (
 	"github.com/signerd/signerd/hsmstore"
 	"github.com/signerd/signerd/jose"
 	"github.com/signerd/signerd/keyring"
+	"github.com/signerd/signerd/server/wellknown"
 )
 
 // devToken is the label of the token `signerd dev` creates.
@@ -48,21 +49,24 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs := newFlags("dev")
 	dir := fs.String("dir", ".signerd-dev", "directory for the dev token, certificates and config")
 	addr := fs.String("addr", "127.0.0.1:7443", "gRPC listen address (loopback)")
+	httpAddr := fs.String("http-addr", "127.0.0.1:7444", "HTTPS listen address for the JWKS (loopback)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	host, _, err := net.SplitHostPort(*addr)
-	if err != nil {
-		return fmt.Errorf("%w: --addr: %v", errUsage, err)
-	}
-	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-		return fmt.Errorf("%w: --addr: signerd dev listens on loopback only, got %q", errUsage, host)
+	for flag, a := range map[string]string{"--addr": *addr, "--http-addr": *httpAddr} {
+		host, _, err := net.SplitHostPort(a)
+		if err != nil {
+			return fmt.Errorf("%w: %s: %v", errUsage, flag, err)
+		}
+		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+			return fmt.Errorf("%w: %s: signerd dev listens on loopback only, got %q", errUsage, flag, host)
+		}
 	}
 	abs, err := filepath.Abs(*dir)
 	if err != nil {
 		return err
 	}
-	cfgPath, err := devSetup(abs, *addr)
+	cfgPath, err := devSetup(abs, *addr, *httpAddr)
 	if err != nil {
 		return fmt.Errorf("dev setup in %s: %w", abs, err)
 	}
@@ -75,21 +79,23 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	listen := d.lis.Addr().String()
-	if err := writeEnv(abs, listen); err != nil {
+	httpURL := "https://" + d.httpLis.Addr().String()
+	if err := writeEnv(abs, listen, httpURL); err != nil {
 		d.close()
 		return err
 	}
 	fmt.Fprintf(stdout, `signerd dev is serving on %[1]s (token %[2]q, keys %[3]s)
-  . %[4]s/env     # SIGNERD_ADDR, SIGNERD_CACERT, SIGNERD_CERT, SIGNERD_KEY
+  JWKS: %[5]s/.well-known/jwks.json
+  . %[4]s/env     # SIGNERD_ADDR, SIGNERD_CACERT, SIGNERD_CERT, SIGNERD_KEY, SIGNERD_HTTP_URL, SIGNERD_JWKS_URL
   grpcurl -cacert "$SIGNERD_CACERT" -cert "$SIGNERD_CERT" -key "$SIGNERD_KEY" \
     -d '{"key":"dev-es256","message":"aGVsbG8="}' "$SIGNERD_ADDR" signer.v1.Signer/Sign
 Ctrl-C stops it; the token and keys stay in %[4]s for next time.
-`, listen, devToken, strings.Join(d.ring.Snapshot().Names(), ", "), abs)
+`, listen, devToken, strings.Join(d.ring.Snapshot().Names(), ", "), abs, httpURL)
 	return d.run(ctx, cfg.RefreshInterval)
 }
 
 // devSetup creates or reuses everything under dir and returns the config file's path.
-func devSetup(dir, addr string) (string, error) {
+func devSetup(dir, addr, httpAddr string) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
@@ -144,11 +150,14 @@ policy:
     - identity: %q
       keys: ["*"]
       operations: [sign, verify, public_key, sign_jwt, verify_jwt]
+http:
+  listen: %q
+  jwks_max_age: 60s
 refresh_interval: 10s
 audit:
   file: %q
 `, addr, filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem"), filepath.Join(dir, "ca.pem"),
-		hsm.DefaultModule, devToken, pinFile, devClient, filepath.Join(dir, "audit.log"))
+		hsm.DefaultModule, devToken, pinFile, devClient, httpAddr, filepath.Join(dir, "audit.log"))
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return "", err
 	}
@@ -227,9 +236,11 @@ func issueDevCerts(dir string) error {
 }
 
 // writeEnv writes DIR/env for clients, in shell export form.
-func writeEnv(dir, addr string) error {
-	env := fmt.Sprintf("export SIGNERD_ADDR=%s\nexport SIGNERD_CACERT=%s\nexport SIGNERD_CERT=%s\nexport SIGNERD_KEY=%s\n",
-		addr, filepath.Join(dir, "ca.pem"), filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem"))
+func writeEnv(dir, addr, httpURL string) error {
+	env := fmt.Sprintf("export SIGNERD_ADDR=%s\nexport SIGNERD_CACERT=%s\nexport SIGNERD_CERT=%s\nexport SIGNERD_KEY=%s\n"+
+		"export SIGNERD_HTTP_URL=%s\nexport SIGNERD_JWKS_URL=%s\n",
+		addr, filepath.Join(dir, "ca.pem"), filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem"),
+		httpURL, httpURL+wellknown.JWKSPath)
 	return os.WriteFile(filepath.Join(dir, "env"), []byte(env), 0o600)
 }
 

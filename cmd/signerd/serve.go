@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
@@ -29,6 +30,7 @@ import (
 	"github.com/signerd/signerd/keyring"
 	"github.com/signerd/signerd/server"
 	"github.com/signerd/signerd/server/authz"
+	"github.com/signerd/signerd/server/wellknown"
 )
 
 // healthInterval is how often the token is pinged for the health service.
@@ -48,6 +50,10 @@ type daemon struct {
 	health  *health.Server
 	lis     net.Listener
 	audit   *audit.Log
+	// httpSrv serves the JWKS and probes when http.listen is set.
+	httpSrv *http.Server
+	httpLis net.Listener
+	healthy atomic.Bool
 	cert    atomic.Pointer[tls.Certificate]
 	// clientCAs is swapped on reload; the TLS config reads it per handshake.
 	clientCAs atomic.Pointer[x509.CertPool]
@@ -83,7 +89,8 @@ func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemo
 		return nil, err
 	}
 	d.srv, err = server.New(server.Config{Keys: d.ring, Policy: policy, MaxInFlight: cfg.HSM.MaxSessions - 1,
-		RatePerSecond: cfg.Limits.RatePerSecond, Burst: cfg.Limits.Burst, Audit: d.audit, Log: log})
+		RatePerSecond: cfg.Limits.RatePerSecond, Burst: cfg.Limits.Burst, Leeway: cfg.JWT.Leeway,
+		Audit: d.audit, Log: log})
 	if err != nil {
 		return nil, err
 	}
@@ -120,11 +127,50 @@ func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemo
 	if d.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
+	if cfg.HTTP.Listen != "" {
+		if err := d.startHTTP(cfg); err != nil {
+			return nil, err
+		}
+	}
 	d.setHealth(d.tok.Ping() == nil)
 	return d, nil
 }
 
+// startHTTP opens the public HTTPS listener: server-authenticated TLS only, since it serves public data.
+func (d *daemon) startHTTP(cfg *config.Config) error {
+	cert, err := tls.LoadX509KeyPair(cfg.HTTP.CertFile, cfg.HTTP.KeyFile)
+	if err != nil {
+		return fmt.Errorf("http.cert_file/http.key_file: %w", err)
+	}
+	if d.httpLis, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
+		return fmt.Errorf("http.listen: %w", err)
+	}
+	base := cfg.HTTP.PublicURL
+	if base == "" {
+		base = "https://" + d.httpLis.Addr().String()
+	}
+	h := wellknown.New(wellknown.Config{Keys: d.ring, BaseURL: base, Issuer: cfg.HTTP.Issuer,
+		MaxAge: cfg.HTTP.JWKSMaxAge, Ready: func() error {
+			if !d.healthy.Load() {
+				return errors.New("token unusable")
+			}
+			return nil
+		}})
+	d.httpSrv = &http.Server{
+		Handler:           h,
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}},
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
+	}
+	return nil
+}
+
 func (d *daemon) setHealth(ok bool) {
+	d.healthy.Store(ok)
 	st := healthpb.HealthCheckResponse_SERVING
 	if !ok {
 		st = healthpb.HealthCheckResponse_NOT_SERVING
@@ -172,9 +218,18 @@ func (d *daemon) run(ctx context.Context, refresh time.Duration) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- d.grpc.Serve(d.lis) }()
-	d.log.Info("signerd serving", "addr", d.lis.Addr().String(), "token", d.tok.Label(),
+	httpAddr := ""
+	if d.httpSrv != nil {
+		httpAddr = d.httpLis.Addr().String()
+		go func() {
+			if err := d.httpSrv.ServeTLS(d.httpLis, "", ""); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
+	d.log.Info("signerd serving", "addr", d.lis.Addr().String(), "http", httpAddr, "token", d.tok.Label(),
 		"keys", len(d.ring.Snapshot().Names()))
 
 	refreshT := time.NewTicker(refresh)
@@ -241,6 +296,11 @@ func (d *daemon) stop() {
 		d.grpc.GracefulStop()
 		close(done)
 	}()
+	if d.httpSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+		_ = d.httpSrv.Shutdown(ctx)
+		cancel()
+	}
 	select {
 	case <-done:
 	case <-time.After(stopTimeout):
@@ -254,6 +314,9 @@ func (d *daemon) stop() {
 func (d *daemon) close() {
 	if d.lis != nil {
 		_ = d.lis.Close()
+	}
+	if d.httpLis != nil {
+		_ = d.httpLis.Close()
 	}
 	if d.audit != nil {
 		if err := d.audit.Close(); err != nil {

@@ -1,0 +1,280 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/signerd/signerd/audit"
+	"github.com/signerd/signerd/jose"
+	"github.com/signerd/signerd/keyring"
+	signerv1 "github.com/signerd/signerd/proto/signer/v1"
+	"github.com/signerd/signerd/server/authz"
+)
+
+// MaxTokenBytes caps a JWT given to VerifyJWT and the claims given to SignJWT.
+const MaxTokenBytes = 64 << 10
+
+// DefaultLeeway is the clock skew allowed on exp, nbf and iat when the configuration sets none.
+const DefaultLeeway = 30 * time.Second
+
+var b64 = base64.RawURLEncoding
+
+// jwtHeader is the only header signerd writes, and the only one it accepts: callers cannot add fields.
+type jwtHeader struct {
+	Alg string `json:"alg"`
+	Kid string `json:"kid"`
+	Typ string `json:"typ"`
+}
+
+// SignJWT implements signer.v1.Signer. signerd writes the header (alg of the key, kid of the active
+// version, typ JWT) and the time claims, applies the caller's grant (issuer, audiences, subject, TTL,
+// forbidden claims, jti), and signs the JWS signing input in the token.
+func (s *Server) SignJWT(ctx context.Context, req *signerv1.SignJWTRequest) (*signerv1.SignJWTResponse, error) {
+	ev := audit.Event{Identity: identity(ctx), Op: string(authz.OpSignJWT), Key: req.GetKey()}
+	resp, err := s.signJWT(ctx, req, &ev)
+	err = s.record(&ev, err)
+	return resp, err
+}
+
+func (s *Server) signJWT(ctx context.Context, req *signerv1.SignJWTRequest, ev *audit.Event) (*signerv1.SignJWTResponse, error) {
+	rules, err := s.authorize(ctx, req.GetKey(), authz.OpSignJWT)
+	if err != nil {
+		return nil, err
+	}
+	k, err := s.lookup(req.GetKey())
+	if err != nil {
+		return nil, err
+	}
+	claims, err := decodeClaims(req.GetClaimsJson())
+	if err != nil {
+		return nil, err
+	}
+	ev.Claims = summarize(claims)
+	if req.GetTtlSeconds() < 0 || req.GetTtlSeconds() > int64(365*24*time.Hour/time.Second) {
+		return nil, invalidArgument("ttl_seconds: %d out of range", req.GetTtlSeconds())
+	}
+	ttl, err := rules.CheckClaims(claims, time.Duration(req.GetTtlSeconds())*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	v := k.Active
+	if v == nil || v.Signer == nil {
+		return nil, failedPrecondition("key %q has no active version", k.Name)
+	}
+	now := s.now().Truncate(time.Second)
+	exp := now.Add(ttl)
+	if rules != nil && rules.Issuer != "" {
+		claims["iss"] = rules.Issuer
+	}
+	claims["iat"], claims["nbf"], claims["exp"] = now.Unix(), now.Unix(), exp.Unix()
+	if rules != nil && rules.GenerateJTI {
+		id := make([]byte, 16)
+		if _, err := rand.Read(id); err != nil {
+			return nil, fmt.Errorf("generate jti: %w", err)
+		}
+		claims["jti"] = b64.EncodeToString(id)
+	}
+	ev.Claims, ev.Kid, ev.Alg = summarize(claims), v.Kid, string(k.Alg)
+
+	header, err := json.Marshal(jwtHeader{Alg: string(k.Alg), Kid: v.Kid, Typ: "JWT"})
+	if err != nil {
+		return nil, err
+	}
+	payload, err := json.Marshal(claims)
+	if err != nil {
+		return nil, err
+	}
+	signingInput := b64.EncodeToString(header) + "." + b64.EncodeToString(payload)
+	ev.Input = audit.InputHash([]byte(signingInput))
+	sig, err := s.signJWS(ctx, v, signingInput)
+	if err != nil {
+		return nil, err
+	}
+	return &signerv1.SignJWTResponse{Token: signingInput + "." + b64.EncodeToString(sig), Kid: v.Kid,
+		ExpiresAt: timestamppb.New(exp)}, nil
+}
+
+// signJWS signs a JWS signing input with version v in the JOSE form (raw r||s for ECDSA, PSS salt = hash
+// length), inside the in-flight bound.
+func (s *Server) signJWS(ctx context.Context, v *keyring.LoadedVersion, signingInput string) ([]byte, error) {
+	if err := s.acquire(ctx); err != nil {
+		return nil, err
+	}
+	defer s.release()
+	return jose.NewSigningMethod(v.Key.Alg).Sign(signingInput, v.Signer)
+}
+
+// decodeClaims parses the caller's claims: one JSON object, numbers kept exact.
+func decodeClaims(s string) (map[string]any, error) {
+	if len(s) > MaxTokenBytes {
+		return nil, invalidArgument("claims_json: %d bytes, limit is %d", len(s), MaxTokenBytes)
+	}
+	if strings.TrimSpace(s) == "" {
+		return map[string]any{}, nil
+	}
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.UseNumber()
+	var claims map[string]any
+	if err := dec.Decode(&claims); err != nil {
+		return nil, invalidArgument("claims_json: not a JSON object: %v", err)
+	}
+	if claims == nil {
+		return nil, invalidArgument("claims_json: not a JSON object")
+	}
+	if dec.More() {
+		return nil, invalidArgument("claims_json: trailing data after the object")
+	}
+	return claims, nil
+}
+
+// summarize picks the claims the audit trail records.
+func summarize(claims map[string]any) *audit.Claims {
+	c := &audit.Claims{}
+	c.Iss, _ = claims["iss"].(string)
+	c.Sub, _ = claims["sub"].(string)
+	c.Jti, _ = claims["jti"].(string)
+	switch aud := claims["aud"].(type) {
+	case string:
+		c.Aud = []string{aud}
+	case []any:
+		for _, a := range aud {
+			if s, ok := a.(string); ok {
+				c.Aud = append(c.Aud, s)
+			}
+		}
+	}
+	switch exp := claims["exp"].(type) {
+	case int64:
+		c.Exp = exp
+	case json.Number:
+		c.Exp, _ = exp.Int64()
+	}
+	return c
+}
+
+// VerifyJWT implements signer.v1.Signer. It accepts only compact JWS with signerd's header, finds the
+// version by kid among the published ones, pins the algorithm to that key's, and checks the signature
+// with the cached public key (never the token), then exp, nbf and iat with the leeway, iss when the
+// caller's grant names an issuer, and aud when the request gives one.
+func (s *Server) VerifyJWT(ctx context.Context, req *signerv1.VerifyJWTRequest) (*signerv1.VerifyJWTResponse, error) {
+	ev := audit.Event{Identity: identity(ctx), Op: string(authz.OpVerifyJWT)}
+	resp, err := s.verifyJWT(ctx, req, &ev)
+	err = s.record(&ev, err)
+	return resp, err
+}
+
+func (s *Server) verifyJWT(ctx context.Context, req *signerv1.VerifyJWTRequest, ev *audit.Event) (*signerv1.VerifyJWTResponse, error) {
+	tok := req.GetToken()
+	switch {
+	case tok == "":
+		return nil, invalidArgument("token: empty")
+	case len(tok) > MaxTokenBytes:
+		return nil, invalidArgument("token: %d bytes, limit is %d", len(tok), MaxTokenBytes)
+	}
+	ev.Input = audit.InputHash([]byte(tok))
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return nil, invalidToken("not a compact JWS (want three dot-separated parts, got %d)", len(parts))
+	}
+	var hdr jwtHeader
+	if err := decodeStrict(parts[0], &hdr); err != nil {
+		return nil, invalidToken("header: %v", err)
+	}
+	ev.Kid, ev.Alg = hdr.Kid, hdr.Alg
+	if hdr.Kid == "" {
+		return nil, invalidToken("header has no kid")
+	}
+	v, ok := s.keys.Snapshot().Kid(hdr.Kid)
+	if !ok || !v.State.Publishable() || v.Public == nil {
+		return nil, invalidToken("unknown kid %q", hdr.Kid)
+	}
+	ev.Key = v.Key.Name
+	rules, err := s.authorize(ctx, v.Key.Name, authz.OpVerifyJWT)
+	if err != nil {
+		return nil, err
+	}
+	if hdr.Alg != string(v.Key.Alg) {
+		return nil, invalidToken("algorithm %q does not match the key's %s", hdr.Alg, v.Key.Alg)
+	}
+	sig, err := b64.DecodeString(parts[2])
+	if err != nil {
+		return nil, invalidToken("signature: not base64url")
+	}
+	if err := jose.NewSigningMethod(v.Key.Alg).Verify(parts[0]+"."+parts[1], sig, v.Public); err != nil {
+		return nil, invalidToken("bad signature")
+	}
+	payload, err := b64.DecodeString(parts[1])
+	if err != nil {
+		return nil, invalidToken("payload: not base64url")
+	}
+	var claims jwt.MapClaims
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.UseNumber()
+	if err := dec.Decode(&claims); err != nil || claims == nil {
+		return nil, invalidToken("payload: not a JSON object")
+	}
+	ev.Claims = summarize(claims)
+	opts := []jwt.ParserOption{jwt.WithLeeway(s.leeway), jwt.WithTimeFunc(s.now), jwt.WithIssuedAt(), jwt.WithExpirationRequired()}
+	if rules != nil && rules.Issuer != "" {
+		opts = append(opts, jwt.WithIssuer(rules.Issuer))
+	}
+	if aud := req.GetAudience(); aud != "" {
+		opts = append(opts, jwt.WithAudience(aud))
+	}
+	if err := jwt.NewValidator(opts...).Validate(claims); err != nil {
+		return nil, invalidToken("%s", claimsReason(err))
+	}
+	return &signerv1.VerifyJWTResponse{ClaimsJson: string(payload), Kid: v.Kid, Key: v.Key.Name}, nil
+}
+
+// invalidToken is the status of a token that does not verify: UNAUTHENTICATED with the reason.
+func invalidToken(format string, args ...any) error {
+	return unauthenticated("invalid token: "+format, args...)
+}
+
+// claimsReason words golang-jwt's validation errors.
+func claimsReason(err error) string {
+	switch {
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return "expired"
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
+		return "not valid yet (nbf)"
+	case errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+		return "issued in the future (iat)"
+	case errors.Is(err, jwt.ErrTokenInvalidAudience):
+		return "wrong audience"
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return "wrong issuer"
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return "required claim missing: " + err.Error()
+	}
+	return err.Error()
+}
+
+// decodeStrict decodes one base64url JSON object into v, refusing unknown fields (a "crit", "jku", "x5u"
+// or any header signerd does not write is refused rather than ignored).
+func decodeStrict(part string, v any) error {
+	b, err := b64.DecodeString(part)
+	if err != nil {
+		return errors.New("not base64url")
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("not signerd's JSON header: %v", err)
+	}
+	if dec.More() {
+		return errors.New("trailing data")
+	}
+	return nil
+}
