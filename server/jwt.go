@@ -256,7 +256,7 @@ func claimsReason(err error) string {
 	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
 		return "wrong issuer"
 	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
-		return "required claim missing: " + err.Error()
+		return err.Error()
 	}
 	return err.Error()
 }

@@ -60,9 +60,12 @@ type instance struct {
 	cfgPath string
 	ca      *devca.CA
 	addr    string
-	// clients by identity: "svc" may do everything with every key, "limited" may only sign with es256.
-	svc, limited *devca.Leaf
-	stderr       *lockedBuffer
+	// httpURL is the base URL of the public HTTPS listener (JWKS).
+	httpURL string
+	// clients by identity: "svc" may do everything with every key, "limited" may only sign with es256,
+	// "issuer" may only issue and verify JWTs with es256 under the JWT rules below.
+	svc, limited, issuer *devca.Leaf
+	stderr               *lockedBuffer
 }
 
 type instanceOptions struct {
@@ -104,6 +107,7 @@ func startInstance(t testing.TB, opts instanceOptions) *instance {
 	}
 	in.svc = issue(t, in.ca, devca.Request{CommonName: "svc", URIs: []string{"spiffe://test/svc"}, Client: true})
 	in.limited = issue(t, in.ca, devca.Request{CommonName: "limited", DNSNames: []string{"limited.test"}, Client: true})
+	in.issuer = issue(t, in.ca, devca.Request{CommonName: "issuer", DNSNames: []string{"issuer.test"}, Client: true})
 	pinFile := filepath.Join(in.dir, "pin")
 	if err := os.WriteFile(pinFile, []byte(tok.PIN+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -128,6 +132,20 @@ policy:
     - identity: limited.test
       keys: [es256]
       operations: [sign]
+    - identity: issuer.test
+      keys: [es256]
+      operations: [sign_jwt, verify_jwt]
+      jwt:
+        issuer: https://issuer.test
+        audiences: [api-a, api-b]
+        subject: "user-[0-9]+"
+        max_ttl: 10m
+        default_ttl: 2m
+        forbidden_claims: [admin]
+        generate_jti: true
+http:
+  listen: 127.0.0.1:0
+  jwks_max_age: 90s
 audit:
   file: %[1]s/audit.log
 %[6]s`, in.dir, tok.Module, tok.Label, pinFile, opts.maxSessions, opts.extraConfig))
@@ -140,7 +158,7 @@ audit:
 			t.Fatalf("signerd %v: %v\n%s", args, err, out)
 		}
 	}
-	in.addr, in.stderr = serve(t, in.cfgPath)
+	in.addr, in.httpURL, in.stderr = serve(t, in.cfgPath)
 	return in
 }
 
@@ -160,11 +178,11 @@ func issue(t testing.TB, ca *devca.CA, req devca.Request) *devca.Leaf {
 	return l
 }
 
-var servingRE = regexp.MustCompile(`msg="signerd serving" addr=(\S+)`)
+var servingRE = regexp.MustCompile(`msg="signerd serving" addr=(\S+) http=(\S*)`)
 
 // serve starts `signerd serve --config cfgPath` and waits until it listens. The process is interrupted
 // and waited for at cleanup.
-func serve(t testing.TB, cfgPath string) (string, *lockedBuffer) {
+func serve(t testing.TB, cfgPath string) (addr, httpURL string, log *lockedBuffer) {
 	t.Helper()
 	cmd := exec.Command(signerdBin, "serve", "--config", cfgPath)
 	pr, pw := io.Pipe()
@@ -173,14 +191,14 @@ func serve(t testing.TB, cfgPath string) (string, *lockedBuffer) {
 		t.Fatal(err)
 	}
 	buf := &lockedBuffer{}
-	addrc := make(chan string, 1)
+	addrc := make(chan []string, 1)
 	go func() {
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
 			buf.add(sc.Text())
 			if m := servingRE.FindStringSubmatch(sc.Text()); m != nil {
 				select {
-				case addrc <- m[1]:
+				case addrc <- m:
 				default:
 				}
 			}
@@ -198,14 +216,17 @@ func serve(t testing.TB, cfgPath string) (string, *lockedBuffer) {
 		}
 	})
 	select {
-	case addr := <-addrc:
-		return addr, buf
+	case m := <-addrc:
+		if m[2] != "" {
+			httpURL = "https://" + m[2]
+		}
+		return m[1], httpURL, buf
 	case err := <-exited:
 		t.Fatalf("signerd serve exited: %v\n%s", err, buf)
 	case <-time.After(60 * time.Second):
 		t.Fatalf("signerd serve did not start in 60s\n%s", buf)
 	}
-	return "", nil
+	return "", "", nil
 }
 
 // lockedBuffer collects a process's log lines.
@@ -232,13 +253,18 @@ func (in *instance) dial(t testing.TB, cert *devca.Leaf) signerv1.SignerClient {
 	return signerv1.NewSignerClient(in.conn(t, cert))
 }
 
-func (in *instance) conn(t testing.TB, cert *devca.Leaf) *grpc.ClientConn {
-	t.Helper()
+// clientTLS is the TLS 1.3 configuration of a client with certificate cert (none when nil).
+func (in *instance) clientTLS(cert *devca.Leaf) *tls.Config {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: in.ca.Pool(), ServerName: "127.0.0.1"}
 	if cert != nil {
-		c := cert.TLS()
-		cfg.Certificates = []tls.Certificate{c}
+		cfg.Certificates = []tls.Certificate{cert.TLS()}
 	}
+	return cfg
+}
+
+func (in *instance) conn(t testing.TB, cert *devca.Leaf) *grpc.ClientConn {
+	t.Helper()
+	cfg := in.clientTLS(cert)
 	conn, err := grpc.NewClient(in.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)), grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(1<<20))
 	if err != nil {
 		t.Fatal(err)
