@@ -316,7 +316,9 @@ func TestMisconfiguration(t *testing.T) {
 		{"missing CA file", func(s string) string { return strings.Replace(s, "/ca.pem", "/missing-ca.pem", 1) }, "tls.client_ca_file"},
 		{"wrong PIN", func(s string) string { return strings.Replace(s, in.dir+"/pin", wrongPIN, 1) }, "wrong PIN"},
 		{"unknown token", func(s string) string { return strings.Replace(s, "token_label: e2e", "token_label: nosuch", 1) }, `label "nosuch"`},
-		{"grant for missing key", func(s string) string { return strings.Replace(s, "keys: [es256]\n      operations: [sign]\n", "keys: [ghost]\n      operations: [sign]\n", 1) }, `policy.grants[1].keys[0]`},
+		{"grant for missing key", func(s string) string {
+			return strings.Replace(s, "keys: [es256]\n      operations: [sign]\n", "keys: [ghost]\n      operations: [sign]\n", 1)
+		}, `policy.grants[1].keys[0]`},
 		{"pin in config", func(s string) string { return strings.Replace(s, "  pin_file:", "  pin: \"1234\"\n  pin_file:", 1) }, "field pin not found"},
 		{"no pin source", func(s string) string { return strings.Replace(s, "  pin_file: "+in.dir+"/pin\n", "", 1) }, "pin_file or pin_env is required"},
 	}
