@@ -25,8 +25,8 @@ import (
 	softhsmtest "github.com/signerd/signerd/softhsm-test"
 )
 
-// signerdBin is the signerd binary built once for the whole package by TestMain.
-var signerdBin string
+// signerdBin and signerctlBin are the binaries, built once for the whole package by TestMain.
+var signerdBin, signerctlBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "signerd-e2e-bin")
@@ -34,10 +34,11 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	signerdBin = filepath.Join(dir, "signerd")
-	out, err := exec.Command("go", "build", "-o", signerdBin, "github.com/signerd/signerd/cmd/signerd").CombinedOutput()
+	signerdBin, signerctlBin = filepath.Join(dir, "signerd"), filepath.Join(dir, "signerctl")
+	out, err := exec.Command("go", "build", "-o", dir+"/", "github.com/signerd/signerd/cmd/signerd",
+		"github.com/signerd/signerd/cmd/signerctl").CombinedOutput()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "build signerd: %v\n%s", err, out)
+		fmt.Fprintf(os.Stderr, "build signerd and signerctl: %v\n%s", err, out)
 		os.Exit(1)
 	}
 	code := m.Run()

@@ -386,7 +386,7 @@ func TestDevCommand(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "dev")
 	var kids map[string]string
 	for round := range 2 {
-		cmd := exec.Command(signerdBin, "dev", "--dir", dir, "--addr", "127.0.0.1:0")
+		cmd := exec.Command(signerdBin, "dev", "--dir", dir, "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0")
 		var stdout bytes.Buffer
 		cmd.Stdout = &stdout
 		cmd.Stderr = &stdout
@@ -403,6 +403,19 @@ func TestDevCommand(t *testing.T) {
 				t.Fatalf("round %d: Sign(%q) via DIR/env = %v", round, key, err)
 			}
 			got[key] = resp.GetKid()
+		}
+		if round == 0 {
+			// The shell pipe a newcomer would type, with nothing but DIR/env.
+			pipe := exec.Command("sh", "-c", `. "$1/env" && "$2" jwt sign --key dev-es256 --claims '{"sub":"newcomer"}' | "$2" jwt verify`,
+				"sh", dir, signerctlBin)
+			out, err := pipe.CombinedOutput()
+			if err != nil || !strings.Contains(string(out), `"sub":"newcomer"`) {
+				t.Errorf("signerctl jwt sign | signerctl jwt verify = %v\n%s", err, out)
+			}
+			jwks := exec.Command("sh", "-c", `. "$1/env" && "$2" jwks`, "sh", dir, signerctlBin)
+			if out, err := jwks.CombinedOutput(); err != nil || strings.Count(string(out), `"kid"`) != 4 {
+				t.Errorf("signerctl jwks via SIGNERD_JWKS_URL = %v\n%s", err, out)
+			}
 		}
 		_ = cmd.Process.Signal(os.Interrupt)
 		if err := cmd.Wait(); err != nil {
