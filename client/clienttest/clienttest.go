@@ -53,8 +53,10 @@ type Server struct {
 	// trusting only CA.
 	ClientTLS *tls.Config
 
-	store *keyringtest.MemoryStore
-	dir   string
+	// Store holds the software keys behind Ring; set Store.Wrap before creating keys to inject faults.
+	Store *keyringtest.MemoryStore
+
+	dir string
 }
 
 // NewServer starts a server that authorizes callers with policy (use [DefaultPolicy] for one that allows
@@ -111,7 +113,7 @@ func NewServer(tb testing.TB, policy authz.Policy) *Server {
 	go func() { _ = g.Serve(lis) }()
 	tb.Cleanup(g.Stop)
 
-	s := &Server{Addr: lis.Addr().String(), CA: ca, Ring: ring, store: store, dir: tb.TempDir()}
+	s := &Server{Addr: lis.Addr().String(), CA: ca, Ring: ring, Store: store, dir: tb.TempDir()}
 	s.CACertFile = filepath.Join(s.dir, "ca.pem")
 	if err := os.WriteFile(s.CACertFile, ca.CertPEM(), 0o644); err != nil {
 		tb.Fatalf("write CA certificate: %v", err)
@@ -154,7 +156,7 @@ func (s *Server) CreateKey(tb testing.TB, name string, alg jose.Algorithm) {
 // emergency rotation would. It writes the key's record in the store directly and refreshes the ring.
 func (s *Server) Rotate(tb testing.TB, name string) {
 	tb.Helper()
-	records, err := s.store.ReadRecords()
+	records, err := s.Store.ReadRecords()
 	if err != nil {
 		tb.Fatalf("ReadRecords() = %v", err)
 	}
@@ -172,7 +174,7 @@ func (s *Server) Rotate(tb testing.TB, name string) {
 		tb.Fatalf("Rotate(%q): no such key", name)
 	}
 	n := len(meta.Versions) + 1
-	id, signer, err := s.store.Generate(meta.Alg, meta.Bits, name)
+	id, signer, err := s.Store.Generate(meta.Alg, meta.Bits, name)
 	if err != nil {
 		tb.Fatalf("Generate(%s) = %v", meta.Alg, err)
 	}
@@ -187,7 +189,7 @@ func (s *Server) Rotate(tb testing.TB, name string) {
 	if err != nil {
 		tb.Fatalf("encode key record: %v", err)
 	}
-	if err := s.store.WriteRecord(name, b); err != nil {
+	if err := s.Store.WriteRecord(name, b); err != nil {
 		tb.Fatalf("WriteRecord(%q) = %v", name, err)
 	}
 	if err := s.Ring.Refresh(); err != nil {

@@ -22,6 +22,15 @@ type MemoryStore struct {
 	records map[string][]byte
 	// FailLoad, when set, is returned by Load: a fault to inject.
 	FailLoad error
+	// Wrap, when set, wraps every signer Generate and Load return: the seam for injecting signing faults.
+	Wrap func(crypto.Signer) crypto.Signer
+}
+
+func (m *MemoryStore) wrap(s crypto.Signer) crypto.Signer {
+	if m.Wrap != nil {
+		return m.Wrap(s)
+	}
+	return s
 }
 
 // NewMemoryStore returns an empty store.
@@ -51,7 +60,7 @@ func (m *MemoryStore) Generate(alg jose.Algorithm, bits int, _ string) ([]byte, 
 	m.mu.Lock()
 	m.keys[string(id)] = s
 	m.mu.Unlock()
-	return id, s, nil
+	return id, m.wrap(s), nil
 }
 
 // Load implements keyring.Store.
@@ -65,7 +74,7 @@ func (m *MemoryStore) Load(_ jose.Algorithm, _ int, id []byte) (crypto.Signer, e
 	if !ok {
 		return nil, errors.New("memory store: no key with that id")
 	}
-	return s, nil
+	return m.wrap(s), nil
 }
 
 // Destroy implements keyring.Store.

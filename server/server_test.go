@@ -1,0 +1,124 @@
+package server_test
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"io"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/signerd/signerd/client"
+	"github.com/signerd/signerd/client/clienttest"
+	"github.com/signerd/signerd/jose"
+	signerv1 "github.com/signerd/signerd/proto/signer/v1"
+)
+
+// backendError is what the hsm package returns: an error with optional abilities.
+type backendError struct{ busy, unavailable bool }
+
+func (e *backendError) Error() string     { return "hsm: injected failure with detail the caller must not see" }
+func (e *backendError) Busy() bool        { return e.busy }
+func (e *backendError) Unavailable() bool { return e.unavailable }
+
+// faultySigner fails while its fault is set, and signs normally otherwise.
+type faultySigner struct {
+	crypto.Signer
+	fault *atomic.Pointer[error]
+}
+
+func (f faultySigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
+	if e := f.fault.Load(); e != nil {
+		return nil, *e
+	}
+	return f.Signer.Sign(r, d, o)
+}
+
+// TestBackendFailures injects failures at the key seam and checks the status callers see: retryable
+// UNAVAILABLE for a busy or lost token, INTERNAL for anything else, never the backend's detail; and the
+// server signs again once the fault clears.
+func TestBackendFailures(t *testing.T) {
+	srv := clienttest.NewServer(t, clienttest.DefaultPolicy())
+	var fault atomic.Pointer[error]
+	srv.Store.Wrap = func(s crypto.Signer) crypto.Signer { return faultySigner{s, &fault} }
+	srv.CreateKey(t, "k", jose.ES256)
+	c, err := client.Dial(srv.Addr, client.Options{TLSConfig: srv.ClientTLS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sign := func() error {
+		_, err := c.Signer().Sign(context.Background(), &signerv1.SignRequest{Key: "k", Input: &signerv1.SignRequest_Message{Message: []byte("m")}})
+		return err
+	}
+	tests := []struct {
+		name string
+		err  error
+		want codes.Code
+	}{
+		{"busy", &backendError{busy: true}, codes.Unavailable},
+		{"token gone", &backendError{unavailable: true}, codes.Unavailable},
+		{"other", errors.New("hsm: CKR_GENERAL_ERROR with detail"), codes.Internal},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fault.Store(&tc.err)
+			err := sign()
+			st := status.Convert(err)
+			if st.Code() != tc.want {
+				t.Errorf("Sign with %s = %v, want %v", tc.name, err, tc.want)
+			}
+			if st.Message() == tc.err.Error() || len(st.Message()) > 60 {
+				t.Errorf("Sign with %s leaked backend detail: %q", tc.name, st.Message())
+			}
+			fault.Store(nil)
+			if err := sign(); err != nil {
+				t.Errorf("Sign after %s cleared = %v", tc.name, err)
+			}
+		})
+	}
+}
+
+// slowSigner holds each sign for a while, to fill the in-flight bound.
+type slowSigner struct{ crypto.Signer }
+
+func (s slowSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
+	time.Sleep(300 * time.Millisecond)
+	return s.Signer.Sign(r, d, o)
+}
+
+// TestDeadlineWhileWaitingForSlot fills every signing slot and checks that a request whose deadline
+// passes while it waits gets DEADLINE_EXCEEDED without reaching the key.
+func TestDeadlineWhileWaitingForSlot(t *testing.T) {
+	srv := clienttest.NewServer(t, clienttest.DefaultPolicy())
+	srv.Store.Wrap = func(s crypto.Signer) crypto.Signer { return slowSigner{s} }
+	srv.CreateKey(t, "k", jose.ES256)
+	c, err := client.Dial(srv.Addr, client.Options{TLSConfig: srv.ClientTLS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req := &signerv1.SignRequest{Key: "k", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}
+	done := make(chan error, 4)
+	for range 4 { // clienttest's MaxInFlight
+		go func() {
+			_, err := c.Signer().Sign(context.Background(), req)
+			done <- err
+		}()
+	}
+	time.Sleep(100 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := c.Signer().Sign(ctx, req); status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("Sign while all slots are busy = %v, want DeadlineExceeded", err)
+	}
+	for range 4 {
+		if err := <-done; err != nil {
+			t.Errorf("slow Sign = %v", err)
+		}
+	}
+}
