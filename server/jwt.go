@@ -182,6 +182,40 @@ func (s *Server) verifyJWT(ctx context.Context, req *signerv1.VerifyJWTRequest, 
 		return nil, invalidArgument("token: %d bytes, limit is %d", len(tok), MaxTokenBytes)
 	}
 	ev.Input = audit.InputHash([]byte(tok))
+	vt := s.verified.get(tok)
+	if vt == nil {
+		var err error
+		if vt, err = s.verifySignature(tok, ev); err != nil {
+			return nil, err
+		}
+		s.verified.put(tok, vt)
+	}
+	// Whether cached or not: the kid must be published now, and the caller allowed to verify with it.
+	v, ok := s.keys.Snapshot().Kid(vt.kid)
+	if !ok || !v.State.Publishable() || v.Public == nil {
+		return nil, invalidToken("unknown kid %q", vt.kid)
+	}
+	ev.Key, ev.Kid, ev.Alg, ev.Claims = v.Key.Name, v.Kid, string(v.Key.Alg), summarize(vt.claims)
+	rules, err := s.authorize(ctx, v.Key.Name, authz.OpVerifyJWT)
+	if err != nil {
+		return nil, err
+	}
+	opts := []jwt.ParserOption{jwt.WithLeeway(s.leeway), jwt.WithTimeFunc(s.now), jwt.WithIssuedAt(), jwt.WithExpirationRequired()}
+	if rules != nil && rules.Issuer != "" {
+		opts = append(opts, jwt.WithIssuer(rules.Issuer))
+	}
+	if aud := req.GetAudience(); aud != "" {
+		opts = append(opts, jwt.WithAudience(aud))
+	}
+	if err := jwt.NewValidator(opts...).Validate(vt.claims); err != nil {
+		return nil, invalidToken("%s", claimsReason(err))
+	}
+	return &signerv1.VerifyJWTResponse{ClaimsJson: string(vt.payload), Kid: v.Kid, Key: v.Key.Name}, nil
+}
+
+// verifySignature parses a compact JWS and checks its header and signature against the published
+// version its kid names. Its errors are the caller's: the token is invalid.
+func (s *Server) verifySignature(tok string, ev *audit.Event) (*verified, error) {
 	parts := strings.Split(tok, ".")
 	if len(parts) != 3 {
 		return nil, invalidToken("not a compact JWS (want three dot-separated parts, got %d)", len(parts))
@@ -194,14 +228,10 @@ func (s *Server) verifyJWT(ctx context.Context, req *signerv1.VerifyJWTRequest, 
 	if hdr.Kid == "" {
 		return nil, invalidToken("header has no kid")
 	}
+	// kids are public (they are in the JWKS), so looking one up before authorization reveals nothing.
 	v, ok := s.keys.Snapshot().Kid(hdr.Kid)
 	if !ok || !v.State.Publishable() || v.Public == nil {
 		return nil, invalidToken("unknown kid %q", hdr.Kid)
-	}
-	ev.Key = v.Key.Name
-	rules, err := s.authorize(ctx, v.Key.Name, authz.OpVerifyJWT)
-	if err != nil {
-		return nil, err
 	}
 	if hdr.Alg != string(v.Key.Alg) {
 		return nil, invalidToken("algorithm %q does not match the key's %s", hdr.Alg, v.Key.Alg)
@@ -220,21 +250,10 @@ func (s *Server) verifyJWT(ctx context.Context, req *signerv1.VerifyJWTRequest, 
 	var claims jwt.MapClaims
 	dec := json.NewDecoder(bytes.NewReader(payload))
 	dec.UseNumber()
-	if err := dec.Decode(&claims); err != nil || claims == nil {
+	if err := dec.Decode(&claims); err != nil || claims == nil || dec.More() {
 		return nil, invalidToken("payload: not a JSON object")
 	}
-	ev.Claims = summarize(claims)
-	opts := []jwt.ParserOption{jwt.WithLeeway(s.leeway), jwt.WithTimeFunc(s.now), jwt.WithIssuedAt(), jwt.WithExpirationRequired()}
-	if rules != nil && rules.Issuer != "" {
-		opts = append(opts, jwt.WithIssuer(rules.Issuer))
-	}
-	if aud := req.GetAudience(); aud != "" {
-		opts = append(opts, jwt.WithAudience(aud))
-	}
-	if err := jwt.NewValidator(opts...).Validate(claims); err != nil {
-		return nil, invalidToken("%s", claimsReason(err))
-	}
-	return &signerv1.VerifyJWTResponse{ClaimsJson: string(payload), Kid: v.Kid, Key: v.Key.Name}, nil
+	return &verified{kid: v.Kid, payload: payload, claims: claims}, nil
 }
 
 // invalidToken is the status of a token that does not verify: UNAUTHENTICATED with the reason.

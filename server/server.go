@@ -69,6 +69,8 @@ type Server struct {
 	now    func() time.Time
 	leeway time.Duration
 
+	verified *verifiedCache
+
 	rate     rate.Limit
 	burst    int
 	limiters sync.Map // identity -> *rate.Limiter
@@ -98,7 +100,7 @@ func New(cfg Config) (*Server, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	s := &Server{keys: cfg.Keys, sem: make(chan struct{}, cfg.MaxInFlight), audit: cfg.Audit, log: cfg.Log,
+	s := &Server{keys: cfg.Keys, sem: make(chan struct{}, cfg.MaxInFlight), audit: cfg.Audit, log: cfg.Log, verified: newVerifiedCache(),
 		now: cfg.Now, leeway: cfg.Leeway, rate: rate.Limit(cfg.RatePerSecond), burst: cfg.Burst}
 	if s.log == nil {
 		s.log = slog.Default()

@@ -21,7 +21,9 @@ import (
 // backendError is what the hsm package returns: an error with optional abilities.
 type backendError struct{ busy, unavailable bool }
 
-func (e *backendError) Error() string     { return "hsm: injected failure with detail the caller must not see" }
+func (e *backendError) Error() string {
+	return "hsm: injected failure with detail the caller must not see"
+}
 func (e *backendError) Busy() bool        { return e.busy }
 func (e *backendError) Unavailable() bool { return e.unavailable }
 

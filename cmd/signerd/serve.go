@@ -116,7 +116,8 @@ func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemo
 		// a read per small request; requests are at most MaxRequestBytes, far below the window.
 		grpc.InitialWindowSize(1<<20),
 		grpc.InitialConnWindowSize(1<<20),
-		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
+		// Long-lived workers keep their grown stacks; a goroutine per call grows a fresh one each time.
+		grpc.NumStreamWorkers(uint32(max(32, 8*runtime.GOMAXPROCS(0)))),
 		grpc.UnaryInterceptor(d.srv.UnaryInterceptor()),
 		grpc.StreamInterceptor(d.srv.StreamInterceptor()),
 	)
