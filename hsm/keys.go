@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 
+	//lint:ignore SA1019 the project pins github.com/ThalesGroup/crypto11 v1.6.x by decision; its successor module path changes nothing we use.
 	"github.com/ThalesGroup/crypto11"
 	"github.com/miekg/pkcs11"
 )
