@@ -4,6 +4,10 @@ package hsmstore
 
 import (
 	"crypto"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
 
 	"github.com/signerd/signerd/hsm"
 	"github.com/signerd/signerd/jose"
@@ -52,6 +56,29 @@ func (s Store) ReadRecords() ([][]byte, error) {
 		out[i] = r.Value
 	}
 	return out, nil
+}
+
+// Lock timing: a lock is held for one read-modify-write of a key record (and, for rotation, one key
+// generation), so holders finish in seconds; lockTTL only bounds how long a crashed holder blocks others.
+const (
+	lockTTL  = 2 * time.Minute
+	lockWait = 30 * time.Second
+)
+
+// Lock implements keyring.Store with the token-wide lock of hsm.TryLock, retrying with jitter while
+// another process (on this machine or another one sharing the token) holds it.
+func (s Store) Lock(name string) (func() error, error) {
+	deadline := time.Now().Add(lockWait)
+	for {
+		unlock, err := s.t.TryLock("key:"+name, lockTTL)
+		if !errors.Is(err, hsm.ErrLocked) {
+			return unlock, err
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("lock key %q: still held by another process after %v: %w", name, lockWait, err)
+		}
+		time.Sleep(time.Duration(20+rand.IntN(180)) * time.Millisecond)
+	}
 }
 
 // WriteRecord implements keyring.Store.

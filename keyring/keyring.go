@@ -9,7 +9,6 @@ package keyring
 
 import (
 	"crypto"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -35,6 +34,9 @@ type Store interface {
 	ReadRecords() ([][]byte, error)
 	// WriteRecord creates or replaces the record of key name.
 	WriteRecord(name string, value []byte) error
+	// Lock takes the lock of key name, shared by every process using the token, waiting a bounded time
+	// for it; the returned function releases it. Every read-modify-write of a record holds it.
+	Lock(name string) (unlock func() error, err error)
 }
 
 // Errors returned by the Ring; test them with errors.Is.
@@ -46,9 +48,6 @@ var (
 
 // DefaultRSABits is the RSA modulus size of new keys when none is given.
 const DefaultRSABits = 3072
-
-// DefaultGrace is how long a retired version keeps verifying when the key says nothing else.
-const DefaultGrace = 24 * time.Hour
 
 // Options configure a Ring.
 type Options struct {
@@ -181,12 +180,15 @@ func (r *Ring) loadKey(m *Meta, prev *Snapshot) (*Key, error) {
 
 // Create makes a new key with one active version generated in the token. bits applies to RSA keys (0
 // means DefaultRSABits).
-func (r *Ring) Create(name string, alg jose.Algorithm, bits int) (*Key, error) {
+func (r *Ring) Create(name string, alg jose.Algorithm, bits int, settings Settings) (*Key, error) {
 	if !ValidName(name) {
 		return nil, fmt.Errorf("%w: %q", ErrBadName, name)
 	}
 	if _, err := jose.ParseAlgorithm(string(alg)); err != nil {
 		return nil, err
+	}
+	if err := settings.Validate(); err != nil {
+		return nil, fmt.Errorf("keyring: create %q: %w", name, err)
 	}
 	if alg.KeyType() == jose.KeyRSA {
 		if bits == 0 {
@@ -198,50 +200,22 @@ func (r *Ring) Create(name string, alg jose.Algorithm, bits int) (*Key, error) {
 	} else {
 		bits = 0
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	// Re-read first: another daemon or the CLI may have created the key meanwhile.
-	if err := r.refreshLocked(); err != nil {
-		return nil, err
-	}
-	if _, ok := r.snap.Load().keys[name]; ok {
-		return nil, fmt.Errorf("%w: %q", ErrExists, name)
-	}
-	now := r.now().UTC()
-	m := &Meta{Format: metaFormat, Name: name, Alg: alg, Bits: bits, Revision: 1, Grace: Duration(DefaultGrace)}
-	id, s, err := r.store.Generate(alg, bits, versionLabel(name, 1))
-	if err != nil {
-		return nil, fmt.Errorf("keyring: create %q: %w", name, err)
-	}
-	kid, err := jose.Thumbprint(s.Public())
-	if err != nil {
-		_ = r.store.Destroy(id)
-		return nil, fmt.Errorf("keyring: create %q: %w", name, err)
-	}
-	m.Versions = []Version{{Number: 1, ID: id, Kid: kid, Created: now, ActivateAt: now}}
-	if err := r.write(m); err != nil {
-		_ = r.store.Destroy(id)
-		return nil, err
-	}
-	if err := r.refreshLocked(); err != nil {
-		return nil, err
-	}
-	return r.snap.Load().keys[name], nil
+	return r.update(name, func(cur *Meta, now time.Time) (*Meta, []byte, error) {
+		if cur != nil {
+			return nil, nil, fmt.Errorf("%w: %q", ErrExists, name)
+		}
+		m := &Meta{Format: metaFormat, Name: name, Alg: alg, Bits: bits, Settings: settings}
+		v, err := r.newVersion(m, now, now)
+		if err != nil {
+			return nil, nil, err
+		}
+		m.Versions = []Version{v}
+		return m, v.ID, nil
+	})
 }
 
 // versionLabel is the CKA_LABEL of a version's key pair, for people reading the token with other tools.
 func versionLabel(name string, n int) string { return fmt.Sprintf("signerd:%s:v%d", name, n) }
-
-func (r *Ring) write(m *Meta) error {
-	b, err := json.Marshal(m)
-	if err != nil {
-		return fmt.Errorf("keyring: encode %q: %w", m.Name, err)
-	}
-	if err := r.store.WriteRecord(m.Name, b); err != nil {
-		return fmt.Errorf("keyring: write %q: %w", m.Name, err)
-	}
-	return nil
-}
 
 // Snapshot is an immutable view of every key at one moment.
 type Snapshot struct {

@@ -19,7 +19,7 @@ func TestCreateAndReload(t *testing.T) {
 	}
 	for _, alg := range jose.Algorithms() {
 		name := "k-" + strings.ToLower(string(alg))
-		k, err := r.Create(name, alg, 2048)
+		k, err := r.Create(name, alg, 2048, keyring.DefaultSettings())
 		if err != nil {
 			t.Fatalf("Create(%q, %s) = %v", name, alg, err)
 		}
@@ -31,15 +31,15 @@ func TestCreateAndReload(t *testing.T) {
 			t.Errorf("kid = %s (JWK %s), want thumbprint %s", k.Active.Kid, k.Active.JWK.Kid, want)
 		}
 	}
-	if _, err := r.Create("k-es256", jose.ES256, 0); !errors.Is(err, keyring.ErrExists) {
+	if _, err := r.Create("k-es256", jose.ES256, 0, keyring.DefaultSettings()); !errors.Is(err, keyring.ErrExists) {
 		t.Errorf("Create(existing) = %v, want ErrExists", err)
 	}
 	for _, bad := range []string{"", "Upper", "-lead", "has_underscore", string(make([]byte, 64))} {
-		if _, err := r.Create(bad, jose.ES256, 0); !errors.Is(err, keyring.ErrBadName) {
+		if _, err := r.Create(bad, jose.ES256, 0, keyring.DefaultSettings()); !errors.Is(err, keyring.ErrBadName) {
 			t.Errorf("Create(%q) = %v, want ErrBadName", bad, err)
 		}
 	}
-	if _, err := r.Create("small-rsa", jose.RS256, 1024); err == nil {
+	if _, err := r.Create("small-rsa", jose.RS256, 1024, keyring.DefaultSettings()); err == nil {
 		t.Error("Create(RSA-1024) = nil error, want refusal")
 	}
 
@@ -73,11 +73,11 @@ func TestRefreshKeepsOldSnapshotOnError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Create("a", jose.ES256, 0); err != nil {
+	if _, err := r.Create("a", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
 		t.Fatal(err)
 	}
 	other, _ := keyring.Open(store, keyring.Options{})
-	if _, err := other.Create("b", jose.ES256, 0); err != nil {
+	if _, err := other.Create("b", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
 		t.Fatal(err)
 	}
 	before := r.Snapshot()
@@ -100,7 +100,7 @@ func TestRefreshKeepsOldSnapshotOnError(t *testing.T) {
 func TestStateAt(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	revoked := t0.Add(time.Hour)
-	m := &keyring.Meta{Grace: keyring.Duration(2 * time.Hour), Versions: []keyring.Version{
+	m := &keyring.Meta{Settings: keyring.Settings{Grace: keyring.Duration(2 * time.Hour)}, Versions: []keyring.Version{
 		{Number: 1, ActivateAt: t0},
 		{Number: 2, ActivateAt: t0.Add(10 * time.Hour)},
 		{Number: 3, ActivateAt: t0.Add(20 * time.Hour), RevokedAt: &revoked},

@@ -34,10 +34,53 @@ type Meta struct {
 	Bits int `json:"bits,omitempty"`
 	// Revision grows by one with every write, so that readers can tell the newer of two records.
 	Revision uint64 `json:"revision"`
-	// Grace is how long a retired version still verifies and stays published.
-	Grace Duration `json:"grace"`
+	// Settings are the key's rotation settings.
+	Settings
+
 	// Versions are in creation order; version numbers start at 1.
 	Versions []Version `json:"versions"`
+}
+
+// Settings are a key's rotation settings.
+type Settings struct {
+	// Prepublish is how long a new version is published before it signs.
+	Prepublish Duration `json:"prepublish"`
+	// Grace is how long a retired version still verifies and stays published.
+	Grace Duration `json:"grace"`
+	// RotationPeriod is the active version's age at which RotateDue rotates the key; zero means never.
+	RotationPeriod Duration `json:"rotation_period,omitempty"`
+	// KeepRetired keeps versions past their grace in the token instead of destroying them.
+	KeepRetired bool `json:"keep_retired,omitempty"`
+}
+
+// Default settings.
+const (
+	DefaultPrepublish = 10 * time.Minute
+	DefaultGrace      = 24 * time.Hour
+)
+
+// DefaultSettings returns the settings of a key created without any.
+func DefaultSettings() Settings {
+	return Settings{Prepublish: Duration(DefaultPrepublish), Grace: Duration(DefaultGrace)}
+}
+
+// Validate checks s on its own; the daemon checks it against its configuration too (prepublish at
+// least the JWKS max-age, grace at least the longest token TTL).
+func (s Settings) Validate() error {
+	var errs []error
+	if s.Prepublish < 0 {
+		errs = append(errs, errors.New("prepublish: negative"))
+	}
+	if s.Grace < 0 {
+		errs = append(errs, errors.New("grace: negative"))
+	}
+	if s.RotationPeriod < 0 {
+		errs = append(errs, errors.New("rotation_period: negative"))
+	}
+	if s.RotationPeriod > 0 && s.RotationPeriod.D() <= s.Prepublish.D() {
+		errs = append(errs, errors.New("rotation_period: must be longer than prepublish"))
+	}
+	return errors.Join(errs...)
 }
 
 // Version is one key pair generated in the token. Its state is not stored: it follows from the timestamps
@@ -82,9 +125,11 @@ type Timeline struct {
 	ExpiresAt time.Time
 }
 
-// StateAt derives the state of version index i at time now. The active version is the latest one whose
-// ActivateAt has passed and which is neither revoked nor destroyed; older ones are retired by the next
-// version's activation and expire a grace period later.
+// StateAt derives the state of version index i at time now. A version is retired by the first later
+// version that has become active (even if that one was revoked or destroyed since), and expires a grace
+// period later; the active version is the latest one that has activated and was never retired or
+// revoked. Revoking the active version therefore leaves the key without one until it is rotated: an
+// older version never comes back.
 func (m *Meta) StateAt(i int, now time.Time) Timeline {
 	v := m.Versions[i]
 	switch {
@@ -95,10 +140,9 @@ func (m *Meta) StateAt(i int, now time.Time) Timeline {
 	case now.Before(v.ActivateAt):
 		return Timeline{State: Pending}
 	}
-	// Find the first later live version that has activated: it retired this one.
 	for j := i + 1; j < len(m.Versions); j++ {
 		w := m.Versions[j]
-		if w.RevokedAt != nil || w.DestroyedAt != nil || now.Before(w.ActivateAt) {
+		if now.Before(w.ActivateAt) || !w.wasActive() {
 			continue
 		}
 		retired := w.ActivateAt
@@ -114,6 +158,31 @@ func (m *Meta) StateAt(i int, now time.Time) Timeline {
 	return Timeline{State: Active}
 }
 
+// wasActive reports whether v ever became active: it was not revoked before its activation time.
+func (v Version) wasActive() bool {
+	return v.RevokedAt == nil || v.RevokedAt.After(v.ActivateAt)
+}
+
+// nextTransition returns the first instant after now at which a version of m changes state, or zero.
+func (m *Meta) nextTransition(now time.Time) time.Time {
+	var next time.Time
+	consider := func(t time.Time) {
+		if t.After(now) && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	for i, v := range m.Versions {
+		if v.DestroyedAt != nil || v.RevokedAt != nil {
+			continue
+		}
+		consider(v.ActivateAt)
+		if tl := m.StateAt(i, now); tl.State == Retired {
+			consider(tl.ExpiresAt)
+		}
+	}
+	return next
+}
+
 // validate checks a record read from the token.
 func (m *Meta) validate() error {
 	var errs []error
@@ -124,6 +193,9 @@ func (m *Meta) validate() error {
 		errs = append(errs, ErrBadName)
 	}
 	if _, err := jose.ParseAlgorithm(string(m.Alg)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := m.Settings.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if m.Alg.KeyType() == jose.KeyRSA && m.Bits < jose.MinRSABits {
@@ -186,4 +258,19 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	}
 	*d = Duration(v)
 	return nil
+}
+
+// CheckAgainst checks s against the daemon's configuration: a new version must stay published for at
+// least the JWKS cache lifetime before it signs (minPrepublish), so that no verifier meets a kid it has
+// not fetched; and a retired version must keep verifying for at least the longest token lifetime
+// (minGrace), so that no token outlives its key.
+func (s Settings) CheckAgainst(minPrepublish, minGrace time.Duration) error {
+	var errs []error
+	if s.Prepublish.D() < minPrepublish {
+		errs = append(errs, fmt.Errorf("prepublish %v is shorter than the JWKS max-age %v", s.Prepublish.D(), minPrepublish))
+	}
+	if s.Grace.D() < minGrace {
+		errs = append(errs, fmt.Errorf("grace %v is shorter than the longest token TTL granted for the key, %v", s.Grace.D(), minGrace))
+	}
+	return errors.Join(errs...)
 }

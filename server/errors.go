@@ -70,8 +70,14 @@ func toStatus(log *slog.Logger, err error) error {
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded before the key was free")
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, "request canceled")
-	case errors.Is(err, keyring.ErrNotFound):
+	case errors.Is(err, keyring.ErrNotFound), errors.Is(err, keyring.ErrNoVersion):
 		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, keyring.ErrExists):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, keyring.ErrState):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, keyring.ErrBadName), errors.Is(err, jose.ErrUnsupportedAlgorithm):
+		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, jose.ErrMalformedSignature), errors.Is(err, jose.ErrWrongDigestLength):
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, authz.ErrClaimPolicy):

@@ -229,7 +229,7 @@ func (s *Server) verifySignature(tok string, ev *audit.Event) (*verified, error)
 		return nil, invalidToken("header has no kid")
 	}
 	// kids are public (they are in the JWKS), so looking one up before authorization reveals nothing.
-	v, ok := s.keys.Snapshot().Kid(hdr.Kid)
+	v, ok := s.kid(hdr.Kid)
 	if !ok || !v.State.Publishable() || v.Public == nil {
 		return nil, invalidToken("unknown kid %q", hdr.Kid)
 	}

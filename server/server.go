@@ -41,6 +41,10 @@ type Keys interface {
 // Config configures a Server.
 type Config struct {
 	Keys Keys
+	// Manager changes keys for the KeyAdmin service; nil leaves KeyAdmin unregistered.
+	Manager KeyManager
+	// MinPrepublish is the shortest prepublish period KeyAdmin accepts for a key: the JWKS max-age.
+	MinPrepublish time.Duration
 	// Policy is the compiled access policy; SetPolicy replaces it at run time.
 	Policy *authz.Authorizer
 	// MaxInFlight bounds concurrent signing operations; size it to the HSM session pool so that no request
@@ -61,15 +65,19 @@ type Config struct {
 type Server struct {
 	signerv1.UnimplementedSignerServer
 
-	keys   Keys
-	policy atomic.Pointer[authz.Authorizer]
-	sem    chan struct{}
-	audit  *audit.Log
-	log    *slog.Logger
-	now    func() time.Time
-	leeway time.Duration
+	keys          Keys
+	manager       KeyManager
+	minPrepublish time.Duration
+	policy        atomic.Pointer[authz.Authorizer]
+	sem           chan struct{}
+	audit         *audit.Log
+	log           *slog.Logger
+	now           func() time.Time
+	leeway        time.Duration
 
 	verified *verifiedCache
+	// lastKidRefresh rate-limits refreshes triggered by unknown kids (Unix nanoseconds).
+	lastKidRefresh atomic.Int64
 
 	rate     rate.Limit
 	burst    int
@@ -100,7 +108,7 @@ func New(cfg Config) (*Server, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	s := &Server{keys: cfg.Keys, sem: make(chan struct{}, cfg.MaxInFlight), audit: cfg.Audit, log: cfg.Log, verified: newVerifiedCache(),
+	s := &Server{keys: cfg.Keys, manager: cfg.Manager, minPrepublish: cfg.MinPrepublish, sem: make(chan struct{}, cfg.MaxInFlight), audit: cfg.Audit, log: cfg.Log, verified: newVerifiedCache(),
 		now: cfg.Now, leeway: cfg.Leeway, rate: rate.Limit(cfg.RatePerSecond), burst: cfg.Burst}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -188,6 +196,39 @@ func (s *Server) allowRate(id string) bool {
 		l, _ = s.limiters.LoadOrStore(id, rate.NewLimiter(s.rate, s.burst))
 	}
 	return l.(*rate.Limiter).Allow()
+}
+
+// minKidRefresh is the least time between two refreshes triggered by unknown kids, so that a caller
+// sending random kids cannot make signerd re-read the token on every request.
+const minKidRefresh = time.Second
+
+// refreshForKid re-reads the keys after a request named a kid this daemon does not know, in case another
+// daemon or the CLI just rotated. It reports whether it refreshed.
+func (s *Server) refreshForKid() bool {
+	r, ok := s.keys.(interface{ Refresh() error })
+	if !ok {
+		return false
+	}
+	now, last := s.now().UnixNano(), s.lastKidRefresh.Load()
+	if now-last < int64(minKidRefresh) || !s.lastKidRefresh.CompareAndSwap(last, now) {
+		return false
+	}
+	if err := r.Refresh(); err != nil {
+		s.log.Warn("refresh for unknown kid failed", "err", err)
+		return false
+	}
+	return true
+}
+
+// kid finds a published version by kid, refreshing once if it is unknown.
+func (s *Server) kid(kid string) (*keyring.LoadedVersion, bool) {
+	if v, ok := s.keys.Snapshot().Kid(kid); ok {
+		return v, true
+	}
+	if s.refreshForKid() {
+		return s.keys.Snapshot().Kid(kid)
+	}
+	return nil, false
 }
 
 // acquire takes a signing slot, giving up at the request's deadline.

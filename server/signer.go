@@ -172,7 +172,11 @@ func (s *Server) verify(ctx context.Context, req *signerv1.VerifyRequest, ev *au
 			}
 		}
 		if versions == nil {
-			return nil, notFound("kid %q is not a published version of key %q", kid, k.Name)
+			if v, ok := s.kid(kid); ok && v.Key.Name == k.Name && v.State.Publishable() {
+				versions = append(versions, v)
+			} else {
+				return nil, notFound("kid %q is not a published version of key %q", kid, k.Name)
+			}
 		}
 	}
 	for _, v := range versions {

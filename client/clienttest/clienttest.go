@@ -147,7 +147,7 @@ func (s *Server) IssueClient(tb testing.TB, identity string) (certFile, keyFile 
 // tests fast.
 func (s *Server) CreateKey(tb testing.TB, name string, alg jose.Algorithm) {
 	tb.Helper()
-	if _, err := s.Ring.Create(name, alg, jose.MinRSABits); err != nil {
+	if _, err := s.Ring.Create(name, alg, jose.MinRSABits, keyring.DefaultSettings()); err != nil {
 		tb.Fatalf("Ring.Create(%q, %s) = %v", name, alg, err)
 	}
 }

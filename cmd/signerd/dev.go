@@ -42,6 +42,10 @@ var devKeys = []struct {
 // devRSABits keeps the dev keys quick to generate.
 const devRSABits = 2048
 
+// devSettings make rotation quick to watch locally: a new version signs after one JWKS max-age
+// (60s in the dev config) and an old one verifies for ten minutes after it retires.
+var devSettings = keyring.Settings{Prepublish: keyring.Duration(time.Minute), Grace: keyring.Duration(10 * time.Minute)}
+
 // cmdDev sets up (or reuses) a complete local instance under --dir and serves it on loopback until
 // interrupted: its own SoftHSM2 config and token, a PIN file, a dev CA with server and client
 // certificates, the dev keys, a config file, and DIR/env for clients.
@@ -203,7 +207,7 @@ func ensureDevKeys(pin string) error {
 		if ring.Snapshot().Exists(k.name) {
 			continue
 		}
-		if _, err := ring.Create(k.name, k.alg, devRSABits); err != nil && !errors.Is(err, keyring.ErrExists) {
+		if _, err := ring.Create(k.name, k.alg, devRSABits, devSettings); err != nil && !errors.Is(err, keyring.ErrExists) {
 			return err
 		}
 	}

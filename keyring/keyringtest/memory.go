@@ -20,6 +20,7 @@ type MemoryStore struct {
 	mu      sync.Mutex
 	keys    map[string]crypto.Signer
 	records map[string][]byte
+	locks   map[string]*sync.Mutex
 	// FailLoad, when set, is returned by Load: a fault to inject.
 	FailLoad error
 	// Wrap, when set, wraps every signer Generate and Load return: the seam for injecting signing faults.
@@ -35,7 +36,7 @@ func (m *MemoryStore) wrap(s crypto.Signer) crypto.Signer {
 
 // NewMemoryStore returns an empty store.
 func NewMemoryStore() *MemoryStore {
-	return &MemoryStore{keys: map[string]crypto.Signer{}, records: map[string][]byte{}}
+	return &MemoryStore{keys: map[string]crypto.Signer{}, records: map[string][]byte{}, locks: map[string]*sync.Mutex{}}
 }
 
 // Generate implements keyring.Store with software keys.
@@ -94,6 +95,19 @@ func (m *MemoryStore) ReadRecords() ([][]byte, error) {
 		out = append(out, v)
 	}
 	return out, nil
+}
+
+// Lock implements keyring.Store with one mutex per name.
+func (m *MemoryStore) Lock(name string) (func() error, error) {
+	m.mu.Lock()
+	l, ok := m.locks[name]
+	if !ok {
+		l = &sync.Mutex{}
+		m.locks[name] = l
+	}
+	m.mu.Unlock()
+	l.Lock()
+	return func() error { l.Unlock(); return nil }, nil
 }
 
 // WriteRecord implements keyring.Store.

@@ -180,6 +180,33 @@ func (a *Authorizer) Visible(identity string, names []string) []string {
 	return slices.Compact(out)
 }
 
+// MaxTTL returns the longest token lifetime any grant lets a caller request for key: the bound a key's
+// grace period must cover, so that every token signed by a version verifies until it expires. It is 0
+// when no grant allows sign_jwt on key.
+func (a *Authorizer) MaxTTL(key string) time.Duration {
+	if a == nil {
+		return 0
+	}
+	var longest time.Duration
+	consider := func(e *entry) {
+		if e == nil || e.ops&OpSignJWT.bit() == 0 {
+			return
+		}
+		ttl := DefaultMaxTTL
+		if e.rules != nil {
+			ttl = e.rules.MaxTTL
+		}
+		longest = max(longest, ttl)
+	}
+	for _, g := range a.grants {
+		consider(g.keys[key])
+		if validKeyName(key) {
+			consider(g.wildcard)
+		}
+	}
+	return longest
+}
+
 // IsAdmin reports whether identity is an administrator, allowed to call the
 // KeyAdmin service.
 func (a *Authorizer) IsAdmin(identity string) bool {

@@ -3,6 +3,7 @@ package authz
 import (
 	"slices"
 	"testing"
+	"time"
 )
 
 // compiled compiles validPolicy or fails the test.
@@ -192,5 +193,21 @@ func BenchmarkAllow(b *testing.B) {
 				a.Allow(bb.identity, bb.key, bb.op)
 			}
 		})
+	}
+}
+
+func TestMaxTTL(t *testing.T) {
+	a, err := Compile(Policy{Grants: []Grant{
+		{Identity: "a", Keys: []string{"k"}, Operations: []Op{OpSignJWT}, JWT: &JWTRules{MaxTTL: 10 * time.Minute}},
+		{Identity: "b", Keys: []string{"*"}, Operations: []Op{OpSignJWT}},
+		{Identity: "c", Keys: []string{"k", "other"}, Operations: []Op{OpSign}},
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string]time.Duration{"k": 10 * time.Minute, "other": DefaultMaxTTL, "Bad_Name": 0} {
+		if got := a.MaxTTL(key); got != want {
+			t.Errorf("MaxTTL(%q) = %v, want %v", key, got, want)
+		}
 	}
 }

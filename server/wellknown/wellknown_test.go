@@ -19,7 +19,7 @@ import (
 func ringWithHistory(t *testing.T, now time.Time) (*keyring.Ring, map[keyring.State]string) {
 	t.Helper()
 	store := keyringtest.NewMemoryStore()
-	meta := keyring.Meta{Format: 1, Name: "k", Alg: jose.ES256, Revision: 1, Grace: keyring.Duration(time.Hour)}
+	meta := keyring.Meta{Format: 1, Name: "k", Alg: jose.ES256, Revision: 1, Settings: keyring.Settings{Grace: keyring.Duration(time.Hour)}}
 	kids := map[keyring.State]string{}
 	at := []struct {
 		activate time.Duration

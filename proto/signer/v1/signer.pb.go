@@ -16,6 +16,7 @@ package signerv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -148,6 +149,493 @@ func (VersionState) EnumDescriptor() ([]byte, []int) {
 	return file_signer_v1_signer_proto_rawDescGZIP(), []int{1}
 }
 
+// KeySettings are a key's rotation settings.
+type KeySettings struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// prepublish is how long a new version is in the JWKS before it signs; at least the JWKS max-age.
+	Prepublish *durationpb.Duration `protobuf:"bytes,1,opt,name=prepublish,proto3" json:"prepublish,omitempty"`
+	// grace is how long a retired version still verifies and stays published; at least the longest TTL
+	// of a token signed with the key.
+	Grace *durationpb.Duration `protobuf:"bytes,2,opt,name=grace,proto3" json:"grace,omitempty"`
+	// rotation_period is the age at which `signerd keys rotate --due` rotates the key; zero means never.
+	RotationPeriod *durationpb.Duration `protobuf:"bytes,3,opt,name=rotation_period,json=rotationPeriod,proto3" json:"rotation_period,omitempty"`
+	// keep_retired keeps versions past their grace in the token instead of destroying them.
+	KeepRetired   bool `protobuf:"varint,4,opt,name=keep_retired,json=keepRetired,proto3" json:"keep_retired,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeySettings) Reset() {
+	*x = KeySettings{}
+	mi := &file_signer_v1_signer_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeySettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeySettings) ProtoMessage() {}
+
+func (x *KeySettings) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_v1_signer_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeySettings.ProtoReflect.Descriptor instead.
+func (*KeySettings) Descriptor() ([]byte, []int) {
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *KeySettings) GetPrepublish() *durationpb.Duration {
+	if x != nil {
+		return x.Prepublish
+	}
+	return nil
+}
+
+func (x *KeySettings) GetGrace() *durationpb.Duration {
+	if x != nil {
+		return x.Grace
+	}
+	return nil
+}
+
+func (x *KeySettings) GetRotationPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.RotationPeriod
+	}
+	return nil
+}
+
+func (x *KeySettings) GetKeepRetired() bool {
+	if x != nil {
+		return x.KeepRetired
+	}
+	return false
+}
+
+type CreateKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// alg is the key's one JOSE algorithm: RS256..RS512, PS256..PS512, ES256..ES512 or EdDSA.
+	Alg string `protobuf:"bytes,2,opt,name=alg,proto3" json:"alg,omitempty"`
+	// rsa_bits is the RSA modulus size (default 3072, at least 2048); ignored for other algorithms.
+	RsaBits uint32 `protobuf:"varint,3,opt,name=rsa_bits,json=rsaBits,proto3" json:"rsa_bits,omitempty"`
+	// settings are optional; unset fields take the defaults.
+	Settings      *KeySettings `protobuf:"bytes,4,opt,name=settings,proto3" json:"settings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateKeyRequest) Reset() {
+	*x = CreateKeyRequest{}
+	mi := &file_signer_v1_signer_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateKeyRequest) ProtoMessage() {}
+
+func (x *CreateKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_v1_signer_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateKeyRequest.ProtoReflect.Descriptor instead.
+func (*CreateKeyRequest) Descriptor() ([]byte, []int) {
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CreateKeyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateKeyRequest) GetAlg() string {
+	if x != nil {
+		return x.Alg
+	}
+	return ""
+}
+
+func (x *CreateKeyRequest) GetRsaBits() uint32 {
+	if x != nil {
+		return x.RsaBits
+	}
+	return 0
+}
+
+func (x *CreateKeyRequest) GetSettings() *KeySettings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
+type CreateKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           *KeyInfo               `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateKeyResponse) Reset() {
+	*x = CreateKeyResponse{}
+	mi := &file_signer_v1_signer_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateKeyResponse) ProtoMessage() {}
+
+func (x *CreateKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_v1_signer_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateKeyResponse.ProtoReflect.Descriptor instead.
+func (*CreateKeyResponse) Descriptor() ([]byte, []int) {
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CreateKeyResponse) GetKey() *KeyInfo {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+type RotateKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// emergency makes the new version active at once and revokes the previous active version.
+	Emergency     bool `protobuf:"varint,2,opt,name=emergency,proto3" json:"emergency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateKeyRequest) Reset() {
+	*x = RotateKeyRequest{}
+	mi := &file_signer_v1_signer_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKeyRequest) ProtoMessage() {}
+
+func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_v1_signer_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKeyRequest.ProtoReflect.Descriptor instead.
+func (*RotateKeyRequest) Descriptor() ([]byte, []int) {
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RotateKeyRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *RotateKeyRequest) GetEmergency() bool {
+	if x != nil {
+		return x.Emergency
+	}
+	return false
+}
+
+type RotateKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   *KeyInfo               `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// version is the new version.
+	Version       *VersionInfo `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateKeyResponse) Reset() {
+	*x = RotateKeyResponse{}
+	mi := &file_signer_v1_signer_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKeyResponse) ProtoMessage() {}
+
+func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_v1_signer_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKeyResponse.ProtoReflect.Descriptor instead.
+func (*RotateKeyResponse) Descriptor() ([]byte, []int) {
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RotateKeyResponse) GetKey() *KeyInfo {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *RotateKeyResponse) GetVersion() *VersionInfo {
+	if x != nil {
+		return x.Version
+	}
+	return nil
+}
+
+type RevokeVersionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Version       uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeVersionRequest) Reset() {
+	*x = RevokeVersionRequest{}
+	mi := &file_signer_v1_signer_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeVersionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeVersionRequest) ProtoMessage() {}
+
+func (x *RevokeVersionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_v1_signer_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeVersionRequest.ProtoReflect.Descriptor instead.
+func (*RevokeVersionRequest) Descriptor() ([]byte, []int) {
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RevokeVersionRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *RevokeVersionRequest) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type RevokeVersionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           *KeyInfo               `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeVersionResponse) Reset() {
+	*x = RevokeVersionResponse{}
+	mi := &file_signer_v1_signer_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeVersionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeVersionResponse) ProtoMessage() {}
+
+func (x *RevokeVersionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_v1_signer_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeVersionResponse.ProtoReflect.Descriptor instead.
+func (*RevokeVersionResponse) Descriptor() ([]byte, []int) {
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RevokeVersionResponse) GetKey() *KeyInfo {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+type DestroyVersionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Version       uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyVersionRequest) Reset() {
+	*x = DestroyVersionRequest{}
+	mi := &file_signer_v1_signer_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyVersionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyVersionRequest) ProtoMessage() {}
+
+func (x *DestroyVersionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_v1_signer_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyVersionRequest.ProtoReflect.Descriptor instead.
+func (*DestroyVersionRequest) Descriptor() ([]byte, []int) {
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *DestroyVersionRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *DestroyVersionRequest) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type DestroyVersionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           *KeyInfo               `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyVersionResponse) Reset() {
+	*x = DestroyVersionResponse{}
+	mi := &file_signer_v1_signer_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyVersionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyVersionResponse) ProtoMessage() {}
+
+func (x *DestroyVersionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_v1_signer_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyVersionResponse.ProtoReflect.Descriptor instead.
+func (*DestroyVersionResponse) Descriptor() ([]byte, []int) {
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *DestroyVersionResponse) GetKey() *KeyInfo {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
 type SignRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// key is the key's name.
@@ -165,7 +653,7 @@ type SignRequest struct {
 
 func (x *SignRequest) Reset() {
 	*x = SignRequest{}
-	mi := &file_signer_v1_signer_proto_msgTypes[0]
+	mi := &file_signer_v1_signer_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -177,7 +665,7 @@ func (x *SignRequest) String() string {
 func (*SignRequest) ProtoMessage() {}
 
 func (x *SignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[0]
+	mi := &file_signer_v1_signer_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -190,7 +678,7 @@ func (x *SignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignRequest.ProtoReflect.Descriptor instead.
 func (*SignRequest) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{0}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SignRequest) GetKey() string {
@@ -266,7 +754,7 @@ type SignResponse struct {
 
 func (x *SignResponse) Reset() {
 	*x = SignResponse{}
-	mi := &file_signer_v1_signer_proto_msgTypes[1]
+	mi := &file_signer_v1_signer_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -278,7 +766,7 @@ func (x *SignResponse) String() string {
 func (*SignResponse) ProtoMessage() {}
 
 func (x *SignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[1]
+	mi := &file_signer_v1_signer_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -291,7 +779,7 @@ func (x *SignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignResponse.ProtoReflect.Descriptor instead.
 func (*SignResponse) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{1}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SignResponse) GetSignature() []byte {
@@ -341,7 +829,7 @@ type VerifyRequest struct {
 
 func (x *VerifyRequest) Reset() {
 	*x = VerifyRequest{}
-	mi := &file_signer_v1_signer_proto_msgTypes[2]
+	mi := &file_signer_v1_signer_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -353,7 +841,7 @@ func (x *VerifyRequest) String() string {
 func (*VerifyRequest) ProtoMessage() {}
 
 func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[2]
+	mi := &file_signer_v1_signer_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -366,7 +854,7 @@ func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRequest) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{2}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *VerifyRequest) GetKey() string {
@@ -449,7 +937,7 @@ type VerifyResponse struct {
 
 func (x *VerifyResponse) Reset() {
 	*x = VerifyResponse{}
-	mi := &file_signer_v1_signer_proto_msgTypes[3]
+	mi := &file_signer_v1_signer_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +949,7 @@ func (x *VerifyResponse) String() string {
 func (*VerifyResponse) ProtoMessage() {}
 
 func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[3]
+	mi := &file_signer_v1_signer_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +962,7 @@ func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
 func (*VerifyResponse) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{3}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *VerifyResponse) GetValid() bool {
@@ -502,7 +990,7 @@ type GetPublicKeyRequest struct {
 
 func (x *GetPublicKeyRequest) Reset() {
 	*x = GetPublicKeyRequest{}
-	mi := &file_signer_v1_signer_proto_msgTypes[4]
+	mi := &file_signer_v1_signer_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -514,7 +1002,7 @@ func (x *GetPublicKeyRequest) String() string {
 func (*GetPublicKeyRequest) ProtoMessage() {}
 
 func (x *GetPublicKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[4]
+	mi := &file_signer_v1_signer_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -527,7 +1015,7 @@ func (x *GetPublicKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPublicKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetPublicKeyRequest) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{4}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetPublicKeyRequest) GetKey() string {
@@ -559,7 +1047,7 @@ type GetPublicKeyResponse struct {
 
 func (x *GetPublicKeyResponse) Reset() {
 	*x = GetPublicKeyResponse{}
-	mi := &file_signer_v1_signer_proto_msgTypes[5]
+	mi := &file_signer_v1_signer_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -571,7 +1059,7 @@ func (x *GetPublicKeyResponse) String() string {
 func (*GetPublicKeyResponse) ProtoMessage() {}
 
 func (x *GetPublicKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[5]
+	mi := &file_signer_v1_signer_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -584,7 +1072,7 @@ func (x *GetPublicKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPublicKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetPublicKeyResponse) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{5}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetPublicKeyResponse) GetKid() string {
@@ -630,7 +1118,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_signer_v1_signer_proto_msgTypes[6]
+	mi := &file_signer_v1_signer_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -642,7 +1130,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[6]
+	mi := &file_signer_v1_signer_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -655,7 +1143,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{6}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{15}
 }
 
 type ListKeysResponse struct {
@@ -667,7 +1155,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_signer_v1_signer_proto_msgTypes[7]
+	mi := &file_signer_v1_signer_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -679,7 +1167,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[7]
+	mi := &file_signer_v1_signer_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -692,7 +1180,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{7}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListKeysResponse) GetKeys() []*KeyInfo {
@@ -708,15 +1196,17 @@ type KeyInfo struct {
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Alg   string                 `protobuf:"bytes,2,opt,name=alg,proto3" json:"alg,omitempty"`
 	// active_kid is the kid of the version that signs now.
-	ActiveKid     string         `protobuf:"bytes,3,opt,name=active_kid,json=activeKid,proto3" json:"active_kid,omitempty"`
-	Versions      []*VersionInfo `protobuf:"bytes,4,rep,name=versions,proto3" json:"versions,omitempty"`
+	ActiveKid string         `protobuf:"bytes,3,opt,name=active_kid,json=activeKid,proto3" json:"active_kid,omitempty"`
+	Versions  []*VersionInfo `protobuf:"bytes,4,rep,name=versions,proto3" json:"versions,omitempty"`
+	// settings are the key's rotation settings (KeyAdmin.ListKeys only).
+	Settings      *KeySettings `protobuf:"bytes,5,opt,name=settings,proto3" json:"settings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *KeyInfo) Reset() {
 	*x = KeyInfo{}
-	mi := &file_signer_v1_signer_proto_msgTypes[8]
+	mi := &file_signer_v1_signer_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +1218,7 @@ func (x *KeyInfo) String() string {
 func (*KeyInfo) ProtoMessage() {}
 
 func (x *KeyInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[8]
+	mi := &file_signer_v1_signer_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +1231,7 @@ func (x *KeyInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyInfo.ProtoReflect.Descriptor instead.
 func (*KeyInfo) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{8}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *KeyInfo) GetName() string {
@@ -772,6 +1262,13 @@ func (x *KeyInfo) GetVersions() []*VersionInfo {
 	return nil
 }
 
+func (x *KeyInfo) GetSettings() *KeySettings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
 // VersionInfo describes one version of a key.
 type VersionInfo struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -784,14 +1281,17 @@ type VersionInfo struct {
 	// retired_at is when the version stopped signing.
 	RetiredAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=retired_at,json=retiredAt,proto3" json:"retired_at,omitempty"`
 	// expires_at is when a retired version leaves the JWKS and stops verifying.
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// revoked_at and destroyed_at are set for revoked and destroyed versions.
+	RevokedAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	DestroyedAt   *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=destroyed_at,json=destroyedAt,proto3" json:"destroyed_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VersionInfo) Reset() {
 	*x = VersionInfo{}
-	mi := &file_signer_v1_signer_proto_msgTypes[9]
+	mi := &file_signer_v1_signer_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +1303,7 @@ func (x *VersionInfo) String() string {
 func (*VersionInfo) ProtoMessage() {}
 
 func (x *VersionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[9]
+	mi := &file_signer_v1_signer_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +1316,7 @@ func (x *VersionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionInfo.ProtoReflect.Descriptor instead.
 func (*VersionInfo) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{9}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *VersionInfo) GetVersion() uint32 {
@@ -868,6 +1368,20 @@ func (x *VersionInfo) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *VersionInfo) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+func (x *VersionInfo) GetDestroyedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DestroyedAt
+	}
+	return nil
+}
+
 type SignJWTRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -882,7 +1396,7 @@ type SignJWTRequest struct {
 
 func (x *SignJWTRequest) Reset() {
 	*x = SignJWTRequest{}
-	mi := &file_signer_v1_signer_proto_msgTypes[10]
+	mi := &file_signer_v1_signer_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -894,7 +1408,7 @@ func (x *SignJWTRequest) String() string {
 func (*SignJWTRequest) ProtoMessage() {}
 
 func (x *SignJWTRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[10]
+	mi := &file_signer_v1_signer_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -907,7 +1421,7 @@ func (x *SignJWTRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTRequest.ProtoReflect.Descriptor instead.
 func (*SignJWTRequest) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{10}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SignJWTRequest) GetKey() string {
@@ -942,7 +1456,7 @@ type SignJWTResponse struct {
 
 func (x *SignJWTResponse) Reset() {
 	*x = SignJWTResponse{}
-	mi := &file_signer_v1_signer_proto_msgTypes[11]
+	mi := &file_signer_v1_signer_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -954,7 +1468,7 @@ func (x *SignJWTResponse) String() string {
 func (*SignJWTResponse) ProtoMessage() {}
 
 func (x *SignJWTResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[11]
+	mi := &file_signer_v1_signer_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -967,7 +1481,7 @@ func (x *SignJWTResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTResponse.ProtoReflect.Descriptor instead.
 func (*SignJWTResponse) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{11}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SignJWTResponse) GetToken() string {
@@ -1002,7 +1516,7 @@ type VerifyJWTRequest struct {
 
 func (x *VerifyJWTRequest) Reset() {
 	*x = VerifyJWTRequest{}
-	mi := &file_signer_v1_signer_proto_msgTypes[12]
+	mi := &file_signer_v1_signer_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1014,7 +1528,7 @@ func (x *VerifyJWTRequest) String() string {
 func (*VerifyJWTRequest) ProtoMessage() {}
 
 func (x *VerifyJWTRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[12]
+	mi := &file_signer_v1_signer_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1027,7 +1541,7 @@ func (x *VerifyJWTRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyJWTRequest.ProtoReflect.Descriptor instead.
 func (*VerifyJWTRequest) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{12}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *VerifyJWTRequest) GetToken() string {
@@ -1056,7 +1570,7 @@ type VerifyJWTResponse struct {
 
 func (x *VerifyJWTResponse) Reset() {
 	*x = VerifyJWTResponse{}
-	mi := &file_signer_v1_signer_proto_msgTypes[13]
+	mi := &file_signer_v1_signer_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1068,7 +1582,7 @@ func (x *VerifyJWTResponse) String() string {
 func (*VerifyJWTResponse) ProtoMessage() {}
 
 func (x *VerifyJWTResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[13]
+	mi := &file_signer_v1_signer_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1081,7 +1595,7 @@ func (x *VerifyJWTResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyJWTResponse.ProtoReflect.Descriptor instead.
 func (*VerifyJWTResponse) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{13}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *VerifyJWTResponse) GetClaimsJson() string {
@@ -1109,7 +1623,37 @@ var File_signer_v1_signer_proto protoreflect.FileDescriptor
 
 const file_signer_v1_signer_proto_rawDesc = "" +
 	"\n" +
-	"\x16signer/v1/signer.proto\x12\tsigner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x01\n" +
+	"\x16signer/v1/signer.proto\x12\tsigner.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x01\n" +
+	"\vKeySettings\x129\n" +
+	"\n" +
+	"prepublish\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"prepublish\x12/\n" +
+	"\x05grace\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x05grace\x12B\n" +
+	"\x0frotation_period\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0erotationPeriod\x12!\n" +
+	"\fkeep_retired\x18\x04 \x01(\bR\vkeepRetired\"\x87\x01\n" +
+	"\x10CreateKeyRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03alg\x18\x02 \x01(\tR\x03alg\x12\x19\n" +
+	"\brsa_bits\x18\x03 \x01(\rR\arsaBits\x122\n" +
+	"\bsettings\x18\x04 \x01(\v2\x16.signer.v1.KeySettingsR\bsettings\"9\n" +
+	"\x11CreateKeyResponse\x12$\n" +
+	"\x03key\x18\x01 \x01(\v2\x12.signer.v1.KeyInfoR\x03key\"B\n" +
+	"\x10RotateKeyRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1c\n" +
+	"\temergency\x18\x02 \x01(\bR\temergency\"k\n" +
+	"\x11RotateKeyResponse\x12$\n" +
+	"\x03key\x18\x01 \x01(\v2\x12.signer.v1.KeyInfoR\x03key\x120\n" +
+	"\aversion\x18\x02 \x01(\v2\x16.signer.v1.VersionInfoR\aversion\"B\n" +
+	"\x14RevokeVersionRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\rR\aversion\"=\n" +
+	"\x15RevokeVersionResponse\x12$\n" +
+	"\x03key\x18\x01 \x01(\v2\x12.signer.v1.KeyInfoR\x03key\"C\n" +
+	"\x15DestroyVersionRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\rR\aversion\">\n" +
+	"\x16DestroyVersionResponse\x12$\n" +
+	"\x03key\x18\x01 \x01(\v2\x12.signer.v1.KeyInfoR\x03key\"\x92\x01\n" +
 	"\vSignRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
 	"\x06digest\x18\x02 \x01(\fH\x00R\x06digest\x12\x1a\n" +
@@ -1143,13 +1687,14 @@ const file_signer_v1_signer_proto_rawDesc = "" +
 	"\bjwk_json\x18\x05 \x01(\tR\ajwkJson\"\x11\n" +
 	"\x0fListKeysRequest\":\n" +
 	"\x10ListKeysResponse\x12&\n" +
-	"\x04keys\x18\x01 \x03(\v2\x12.signer.v1.KeyInfoR\x04keys\"\x82\x01\n" +
+	"\x04keys\x18\x01 \x03(\v2\x12.signer.v1.KeyInfoR\x04keys\"\xb6\x01\n" +
 	"\aKeyInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03alg\x18\x02 \x01(\tR\x03alg\x12\x1d\n" +
 	"\n" +
 	"active_kid\x18\x03 \x01(\tR\tactiveKid\x122\n" +
-	"\bversions\x18\x04 \x03(\v2\x16.signer.v1.VersionInfoR\bversions\"\xd6\x02\n" +
+	"\bversions\x18\x04 \x03(\v2\x16.signer.v1.VersionInfoR\bversions\x122\n" +
+	"\bsettings\x18\x05 \x01(\v2\x16.signer.v1.KeySettingsR\bsettings\"\xd0\x03\n" +
 	"\vVersionInfo\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x10\n" +
 	"\x03kid\x18\x02 \x01(\tR\x03kid\x12-\n" +
@@ -1161,7 +1706,10 @@ const file_signer_v1_signer_proto_rawDesc = "" +
 	"\n" +
 	"retired_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tretiredAt\x129\n" +
 	"\n" +
-	"expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"d\n" +
+	"expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x129\n" +
+	"\n" +
+	"revoked_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12=\n" +
+	"\fdestroyed_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\vdestroyedAt\"d\n" +
 	"\x0eSignJWTRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1f\n" +
 	"\vclaims_json\x18\x02 \x01(\tR\n" +
@@ -1198,7 +1746,13 @@ const file_signer_v1_signer_proto_rawDesc = "" +
 	"\fGetPublicKey\x12\x1e.signer.v1.GetPublicKeyRequest\x1a\x1f.signer.v1.GetPublicKeyResponse\x12C\n" +
 	"\bListKeys\x12\x1a.signer.v1.ListKeysRequest\x1a\x1b.signer.v1.ListKeysResponse\x12@\n" +
 	"\aSignJWT\x12\x19.signer.v1.SignJWTRequest\x1a\x1a.signer.v1.SignJWTResponse\x12F\n" +
-	"\tVerifyJWT\x12\x1b.signer.v1.VerifyJWTRequest\x1a\x1c.signer.v1.VerifyJWTResponseB5Z3github.com/signerd/signerd/proto/signer/v1;signerv1b\x06proto3"
+	"\tVerifyJWT\x12\x1b.signer.v1.VerifyJWTRequest\x1a\x1c.signer.v1.VerifyJWTResponse2\x8a\x03\n" +
+	"\bKeyAdmin\x12F\n" +
+	"\tCreateKey\x12\x1b.signer.v1.CreateKeyRequest\x1a\x1c.signer.v1.CreateKeyResponse\x12F\n" +
+	"\tRotateKey\x12\x1b.signer.v1.RotateKeyRequest\x1a\x1c.signer.v1.RotateKeyResponse\x12R\n" +
+	"\rRevokeVersion\x12\x1f.signer.v1.RevokeVersionRequest\x1a .signer.v1.RevokeVersionResponse\x12U\n" +
+	"\x0eDestroyVersion\x12 .signer.v1.DestroyVersionRequest\x1a!.signer.v1.DestroyVersionResponse\x12C\n" +
+	"\bListKeys\x12\x1a.signer.v1.ListKeysRequest\x1a\x1b.signer.v1.ListKeysResponseB5Z3github.com/signerd/signerd/proto/signer/v1;signerv1b\x06proto3"
 
 var (
 	file_signer_v1_signer_proto_rawDescOnce sync.Once
@@ -1213,54 +1767,86 @@ func file_signer_v1_signer_proto_rawDescGZIP() []byte {
 }
 
 var file_signer_v1_signer_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_signer_v1_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_signer_v1_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_signer_v1_signer_proto_goTypes = []any{
-	(SignatureFormat)(0),          // 0: signer.v1.SignatureFormat
-	(VersionState)(0),             // 1: signer.v1.VersionState
-	(*SignRequest)(nil),           // 2: signer.v1.SignRequest
-	(*SignResponse)(nil),          // 3: signer.v1.SignResponse
-	(*VerifyRequest)(nil),         // 4: signer.v1.VerifyRequest
-	(*VerifyResponse)(nil),        // 5: signer.v1.VerifyResponse
-	(*GetPublicKeyRequest)(nil),   // 6: signer.v1.GetPublicKeyRequest
-	(*GetPublicKeyResponse)(nil),  // 7: signer.v1.GetPublicKeyResponse
-	(*ListKeysRequest)(nil),       // 8: signer.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),      // 9: signer.v1.ListKeysResponse
-	(*KeyInfo)(nil),               // 10: signer.v1.KeyInfo
-	(*VersionInfo)(nil),           // 11: signer.v1.VersionInfo
-	(*SignJWTRequest)(nil),        // 12: signer.v1.SignJWTRequest
-	(*SignJWTResponse)(nil),       // 13: signer.v1.SignJWTResponse
-	(*VerifyJWTRequest)(nil),      // 14: signer.v1.VerifyJWTRequest
-	(*VerifyJWTResponse)(nil),     // 15: signer.v1.VerifyJWTResponse
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(SignatureFormat)(0),           // 0: signer.v1.SignatureFormat
+	(VersionState)(0),              // 1: signer.v1.VersionState
+	(*KeySettings)(nil),            // 2: signer.v1.KeySettings
+	(*CreateKeyRequest)(nil),       // 3: signer.v1.CreateKeyRequest
+	(*CreateKeyResponse)(nil),      // 4: signer.v1.CreateKeyResponse
+	(*RotateKeyRequest)(nil),       // 5: signer.v1.RotateKeyRequest
+	(*RotateKeyResponse)(nil),      // 6: signer.v1.RotateKeyResponse
+	(*RevokeVersionRequest)(nil),   // 7: signer.v1.RevokeVersionRequest
+	(*RevokeVersionResponse)(nil),  // 8: signer.v1.RevokeVersionResponse
+	(*DestroyVersionRequest)(nil),  // 9: signer.v1.DestroyVersionRequest
+	(*DestroyVersionResponse)(nil), // 10: signer.v1.DestroyVersionResponse
+	(*SignRequest)(nil),            // 11: signer.v1.SignRequest
+	(*SignResponse)(nil),           // 12: signer.v1.SignResponse
+	(*VerifyRequest)(nil),          // 13: signer.v1.VerifyRequest
+	(*VerifyResponse)(nil),         // 14: signer.v1.VerifyResponse
+	(*GetPublicKeyRequest)(nil),    // 15: signer.v1.GetPublicKeyRequest
+	(*GetPublicKeyResponse)(nil),   // 16: signer.v1.GetPublicKeyResponse
+	(*ListKeysRequest)(nil),        // 17: signer.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),       // 18: signer.v1.ListKeysResponse
+	(*KeyInfo)(nil),                // 19: signer.v1.KeyInfo
+	(*VersionInfo)(nil),            // 20: signer.v1.VersionInfo
+	(*SignJWTRequest)(nil),         // 21: signer.v1.SignJWTRequest
+	(*SignJWTResponse)(nil),        // 22: signer.v1.SignJWTResponse
+	(*VerifyJWTRequest)(nil),       // 23: signer.v1.VerifyJWTRequest
+	(*VerifyJWTResponse)(nil),      // 24: signer.v1.VerifyJWTResponse
+	(*durationpb.Duration)(nil),    // 25: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 26: google.protobuf.Timestamp
 }
 var file_signer_v1_signer_proto_depIdxs = []int32{
-	0,  // 0: signer.v1.SignRequest.format:type_name -> signer.v1.SignatureFormat
-	0,  // 1: signer.v1.VerifyRequest.format:type_name -> signer.v1.SignatureFormat
-	10, // 2: signer.v1.ListKeysResponse.keys:type_name -> signer.v1.KeyInfo
-	11, // 3: signer.v1.KeyInfo.versions:type_name -> signer.v1.VersionInfo
-	1,  // 4: signer.v1.VersionInfo.state:type_name -> signer.v1.VersionState
-	16, // 5: signer.v1.VersionInfo.created_at:type_name -> google.protobuf.Timestamp
-	16, // 6: signer.v1.VersionInfo.activate_at:type_name -> google.protobuf.Timestamp
-	16, // 7: signer.v1.VersionInfo.retired_at:type_name -> google.protobuf.Timestamp
-	16, // 8: signer.v1.VersionInfo.expires_at:type_name -> google.protobuf.Timestamp
-	16, // 9: signer.v1.SignJWTResponse.expires_at:type_name -> google.protobuf.Timestamp
-	2,  // 10: signer.v1.Signer.Sign:input_type -> signer.v1.SignRequest
-	4,  // 11: signer.v1.Signer.Verify:input_type -> signer.v1.VerifyRequest
-	6,  // 12: signer.v1.Signer.GetPublicKey:input_type -> signer.v1.GetPublicKeyRequest
-	8,  // 13: signer.v1.Signer.ListKeys:input_type -> signer.v1.ListKeysRequest
-	12, // 14: signer.v1.Signer.SignJWT:input_type -> signer.v1.SignJWTRequest
-	14, // 15: signer.v1.Signer.VerifyJWT:input_type -> signer.v1.VerifyJWTRequest
-	3,  // 16: signer.v1.Signer.Sign:output_type -> signer.v1.SignResponse
-	5,  // 17: signer.v1.Signer.Verify:output_type -> signer.v1.VerifyResponse
-	7,  // 18: signer.v1.Signer.GetPublicKey:output_type -> signer.v1.GetPublicKeyResponse
-	9,  // 19: signer.v1.Signer.ListKeys:output_type -> signer.v1.ListKeysResponse
-	13, // 20: signer.v1.Signer.SignJWT:output_type -> signer.v1.SignJWTResponse
-	15, // 21: signer.v1.Signer.VerifyJWT:output_type -> signer.v1.VerifyJWTResponse
-	16, // [16:22] is the sub-list for method output_type
-	10, // [10:16] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	25, // 0: signer.v1.KeySettings.prepublish:type_name -> google.protobuf.Duration
+	25, // 1: signer.v1.KeySettings.grace:type_name -> google.protobuf.Duration
+	25, // 2: signer.v1.KeySettings.rotation_period:type_name -> google.protobuf.Duration
+	2,  // 3: signer.v1.CreateKeyRequest.settings:type_name -> signer.v1.KeySettings
+	19, // 4: signer.v1.CreateKeyResponse.key:type_name -> signer.v1.KeyInfo
+	19, // 5: signer.v1.RotateKeyResponse.key:type_name -> signer.v1.KeyInfo
+	20, // 6: signer.v1.RotateKeyResponse.version:type_name -> signer.v1.VersionInfo
+	19, // 7: signer.v1.RevokeVersionResponse.key:type_name -> signer.v1.KeyInfo
+	19, // 8: signer.v1.DestroyVersionResponse.key:type_name -> signer.v1.KeyInfo
+	0,  // 9: signer.v1.SignRequest.format:type_name -> signer.v1.SignatureFormat
+	0,  // 10: signer.v1.VerifyRequest.format:type_name -> signer.v1.SignatureFormat
+	19, // 11: signer.v1.ListKeysResponse.keys:type_name -> signer.v1.KeyInfo
+	20, // 12: signer.v1.KeyInfo.versions:type_name -> signer.v1.VersionInfo
+	2,  // 13: signer.v1.KeyInfo.settings:type_name -> signer.v1.KeySettings
+	1,  // 14: signer.v1.VersionInfo.state:type_name -> signer.v1.VersionState
+	26, // 15: signer.v1.VersionInfo.created_at:type_name -> google.protobuf.Timestamp
+	26, // 16: signer.v1.VersionInfo.activate_at:type_name -> google.protobuf.Timestamp
+	26, // 17: signer.v1.VersionInfo.retired_at:type_name -> google.protobuf.Timestamp
+	26, // 18: signer.v1.VersionInfo.expires_at:type_name -> google.protobuf.Timestamp
+	26, // 19: signer.v1.VersionInfo.revoked_at:type_name -> google.protobuf.Timestamp
+	26, // 20: signer.v1.VersionInfo.destroyed_at:type_name -> google.protobuf.Timestamp
+	26, // 21: signer.v1.SignJWTResponse.expires_at:type_name -> google.protobuf.Timestamp
+	11, // 22: signer.v1.Signer.Sign:input_type -> signer.v1.SignRequest
+	13, // 23: signer.v1.Signer.Verify:input_type -> signer.v1.VerifyRequest
+	15, // 24: signer.v1.Signer.GetPublicKey:input_type -> signer.v1.GetPublicKeyRequest
+	17, // 25: signer.v1.Signer.ListKeys:input_type -> signer.v1.ListKeysRequest
+	21, // 26: signer.v1.Signer.SignJWT:input_type -> signer.v1.SignJWTRequest
+	23, // 27: signer.v1.Signer.VerifyJWT:input_type -> signer.v1.VerifyJWTRequest
+	3,  // 28: signer.v1.KeyAdmin.CreateKey:input_type -> signer.v1.CreateKeyRequest
+	5,  // 29: signer.v1.KeyAdmin.RotateKey:input_type -> signer.v1.RotateKeyRequest
+	7,  // 30: signer.v1.KeyAdmin.RevokeVersion:input_type -> signer.v1.RevokeVersionRequest
+	9,  // 31: signer.v1.KeyAdmin.DestroyVersion:input_type -> signer.v1.DestroyVersionRequest
+	17, // 32: signer.v1.KeyAdmin.ListKeys:input_type -> signer.v1.ListKeysRequest
+	12, // 33: signer.v1.Signer.Sign:output_type -> signer.v1.SignResponse
+	14, // 34: signer.v1.Signer.Verify:output_type -> signer.v1.VerifyResponse
+	16, // 35: signer.v1.Signer.GetPublicKey:output_type -> signer.v1.GetPublicKeyResponse
+	18, // 36: signer.v1.Signer.ListKeys:output_type -> signer.v1.ListKeysResponse
+	22, // 37: signer.v1.Signer.SignJWT:output_type -> signer.v1.SignJWTResponse
+	24, // 38: signer.v1.Signer.VerifyJWT:output_type -> signer.v1.VerifyJWTResponse
+	4,  // 39: signer.v1.KeyAdmin.CreateKey:output_type -> signer.v1.CreateKeyResponse
+	6,  // 40: signer.v1.KeyAdmin.RotateKey:output_type -> signer.v1.RotateKeyResponse
+	8,  // 41: signer.v1.KeyAdmin.RevokeVersion:output_type -> signer.v1.RevokeVersionResponse
+	10, // 42: signer.v1.KeyAdmin.DestroyVersion:output_type -> signer.v1.DestroyVersionResponse
+	18, // 43: signer.v1.KeyAdmin.ListKeys:output_type -> signer.v1.ListKeysResponse
+	33, // [33:44] is the sub-list for method output_type
+	22, // [22:33] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_signer_v1_signer_proto_init() }
@@ -1268,11 +1854,11 @@ func file_signer_v1_signer_proto_init() {
 	if File_signer_v1_signer_proto != nil {
 		return
 	}
-	file_signer_v1_signer_proto_msgTypes[0].OneofWrappers = []any{
+	file_signer_v1_signer_proto_msgTypes[9].OneofWrappers = []any{
 		(*SignRequest_Digest)(nil),
 		(*SignRequest_Message)(nil),
 	}
-	file_signer_v1_signer_proto_msgTypes[2].OneofWrappers = []any{
+	file_signer_v1_signer_proto_msgTypes[11].OneofWrappers = []any{
 		(*VerifyRequest_Digest)(nil),
 		(*VerifyRequest_Message)(nil),
 	}
@@ -1282,9 +1868,9 @@ func file_signer_v1_signer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signer_v1_signer_proto_rawDesc), len(file_signer_v1_signer_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   14,
+			NumMessages:   23,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_signer_v1_signer_proto_goTypes,
 		DependencyIndexes: file_signer_v1_signer_proto_depIdxs,

@@ -340,3 +340,281 @@ var Signer_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "signer/v1/signer.proto",
 }
+
+const (
+	KeyAdmin_CreateKey_FullMethodName      = "/signer.v1.KeyAdmin/CreateKey"
+	KeyAdmin_RotateKey_FullMethodName      = "/signer.v1.KeyAdmin/RotateKey"
+	KeyAdmin_RevokeVersion_FullMethodName  = "/signer.v1.KeyAdmin/RevokeVersion"
+	KeyAdmin_DestroyVersion_FullMethodName = "/signer.v1.KeyAdmin/DestroyVersion"
+	KeyAdmin_ListKeys_FullMethodName       = "/signer.v1.KeyAdmin/ListKeys"
+)
+
+// KeyAdminClient is the client API for KeyAdmin service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// KeyAdmin manages keys and their versions. Only identities listed as admins in the policy may call it;
+// everyone else gets PERMISSION_DENIED. Every change is written to the token, so every daemon on the
+// token sees it within one refresh interval.
+type KeyAdminClient interface {
+	// CreateKey generates version 1 of a new key in the token; it is active at once.
+	CreateKey(ctx context.Context, in *CreateKeyRequest, opts ...grpc.CallOption) (*CreateKeyResponse, error)
+	// RotateKey adds a new version. Staged (the default): the version is published now and starts signing
+	// when the key's prepublish period has passed, retiring the previous one. Emergency: the new version
+	// signs at once and the previous active version is revoked at once.
+	RotateKey(ctx context.Context, in *RotateKeyRequest, opts ...grpc.CallOption) (*RotateKeyResponse, error)
+	// RevokeVersion withdraws a version at once: unpublished, never verifies, never signs.
+	RevokeVersion(ctx context.Context, in *RevokeVersionRequest, opts ...grpc.CallOption) (*RevokeVersionResponse, error)
+	// DestroyVersion deletes a retired, expired or revoked version's key pair from the token. Its kid stays
+	// recorded as destroyed, so it can never come back.
+	DestroyVersion(ctx context.Context, in *DestroyVersionRequest, opts ...grpc.CallOption) (*DestroyVersionResponse, error)
+	// ListKeys lists every key with every version, its state and timestamps.
+	ListKeys(ctx context.Context, in *ListKeysRequest, opts ...grpc.CallOption) (*ListKeysResponse, error)
+}
+
+type keyAdminClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewKeyAdminClient(cc grpc.ClientConnInterface) KeyAdminClient {
+	return &keyAdminClient{cc}
+}
+
+func (c *keyAdminClient) CreateKey(ctx context.Context, in *CreateKeyRequest, opts ...grpc.CallOption) (*CreateKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateKeyResponse)
+	err := c.cc.Invoke(ctx, KeyAdmin_CreateKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyAdminClient) RotateKey(ctx context.Context, in *RotateKeyRequest, opts ...grpc.CallOption) (*RotateKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateKeyResponse)
+	err := c.cc.Invoke(ctx, KeyAdmin_RotateKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyAdminClient) RevokeVersion(ctx context.Context, in *RevokeVersionRequest, opts ...grpc.CallOption) (*RevokeVersionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeVersionResponse)
+	err := c.cc.Invoke(ctx, KeyAdmin_RevokeVersion_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyAdminClient) DestroyVersion(ctx context.Context, in *DestroyVersionRequest, opts ...grpc.CallOption) (*DestroyVersionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DestroyVersionResponse)
+	err := c.cc.Invoke(ctx, KeyAdmin_DestroyVersion_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyAdminClient) ListKeys(ctx context.Context, in *ListKeysRequest, opts ...grpc.CallOption) (*ListKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListKeysResponse)
+	err := c.cc.Invoke(ctx, KeyAdmin_ListKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// KeyAdminServer is the server API for KeyAdmin service.
+// All implementations must embed UnimplementedKeyAdminServer
+// for forward compatibility.
+//
+// KeyAdmin manages keys and their versions. Only identities listed as admins in the policy may call it;
+// everyone else gets PERMISSION_DENIED. Every change is written to the token, so every daemon on the
+// token sees it within one refresh interval.
+type KeyAdminServer interface {
+	// CreateKey generates version 1 of a new key in the token; it is active at once.
+	CreateKey(context.Context, *CreateKeyRequest) (*CreateKeyResponse, error)
+	// RotateKey adds a new version. Staged (the default): the version is published now and starts signing
+	// when the key's prepublish period has passed, retiring the previous one. Emergency: the new version
+	// signs at once and the previous active version is revoked at once.
+	RotateKey(context.Context, *RotateKeyRequest) (*RotateKeyResponse, error)
+	// RevokeVersion withdraws a version at once: unpublished, never verifies, never signs.
+	RevokeVersion(context.Context, *RevokeVersionRequest) (*RevokeVersionResponse, error)
+	// DestroyVersion deletes a retired, expired or revoked version's key pair from the token. Its kid stays
+	// recorded as destroyed, so it can never come back.
+	DestroyVersion(context.Context, *DestroyVersionRequest) (*DestroyVersionResponse, error)
+	// ListKeys lists every key with every version, its state and timestamps.
+	ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error)
+	mustEmbedUnimplementedKeyAdminServer()
+}
+
+// UnimplementedKeyAdminServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedKeyAdminServer struct{}
+
+func (UnimplementedKeyAdminServer) CreateKey(context.Context, *CreateKeyRequest) (*CreateKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateKey not implemented")
+}
+func (UnimplementedKeyAdminServer) RotateKey(context.Context, *RotateKeyRequest) (*RotateKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateKey not implemented")
+}
+func (UnimplementedKeyAdminServer) RevokeVersion(context.Context, *RevokeVersionRequest) (*RevokeVersionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeVersion not implemented")
+}
+func (UnimplementedKeyAdminServer) DestroyVersion(context.Context, *DestroyVersionRequest) (*DestroyVersionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DestroyVersion not implemented")
+}
+func (UnimplementedKeyAdminServer) ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListKeys not implemented")
+}
+func (UnimplementedKeyAdminServer) mustEmbedUnimplementedKeyAdminServer() {}
+func (UnimplementedKeyAdminServer) testEmbeddedByValue()                  {}
+
+// UnsafeKeyAdminServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to KeyAdminServer will
+// result in compilation errors.
+type UnsafeKeyAdminServer interface {
+	mustEmbedUnimplementedKeyAdminServer()
+}
+
+func RegisterKeyAdminServer(s grpc.ServiceRegistrar, srv KeyAdminServer) {
+	// If the following call panics, it indicates UnimplementedKeyAdminServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&KeyAdmin_ServiceDesc, srv)
+}
+
+func _KeyAdmin_CreateKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyAdminServer).CreateKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyAdmin_CreateKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyAdminServer).CreateKey(ctx, req.(*CreateKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyAdmin_RotateKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyAdminServer).RotateKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyAdmin_RotateKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyAdminServer).RotateKey(ctx, req.(*RotateKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyAdmin_RevokeVersion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeVersionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyAdminServer).RevokeVersion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyAdmin_RevokeVersion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyAdminServer).RevokeVersion(ctx, req.(*RevokeVersionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyAdmin_DestroyVersion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DestroyVersionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyAdminServer).DestroyVersion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyAdmin_DestroyVersion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyAdminServer).DestroyVersion(ctx, req.(*DestroyVersionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyAdmin_ListKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyAdminServer).ListKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyAdmin_ListKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyAdminServer).ListKeys(ctx, req.(*ListKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// KeyAdmin_ServiceDesc is the grpc.ServiceDesc for KeyAdmin service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var KeyAdmin_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "signer.v1.KeyAdmin",
+	HandlerType: (*KeyAdminServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "CreateKey",
+			Handler:    _KeyAdmin_CreateKey_Handler,
+		},
+		{
+			MethodName: "RotateKey",
+			Handler:    _KeyAdmin_RotateKey_Handler,
+		},
+		{
+			MethodName: "RevokeVersion",
+			Handler:    _KeyAdmin_RevokeVersion_Handler,
+		},
+		{
+			MethodName: "DestroyVersion",
+			Handler:    _KeyAdmin_DestroyVersion_Handler,
+		},
+		{
+			MethodName: "ListKeys",
+			Handler:    _KeyAdmin_ListKeys_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "signer/v1/signer.proto",
+}

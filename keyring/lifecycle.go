@@ -1,0 +1,316 @@
+package keyring
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/signerd/signerd/jose"
+)
+
+// Errors of lifecycle operations; test them with errors.Is.
+var (
+	ErrNoVersion = errors.New("keyring: no such version")
+	ErrState     = errors.New("keyring: not allowed in the version's state")
+)
+
+// update runs one read-modify-write of key name's record, holding the key's token-wide lock so that
+// daemons and CLIs on any machine never interleave. fn gets the current record read from the token
+// under the lock (nil if the key does not exist) and returns the record to write, plus the CKA_ID of a
+// key pair it generated, which is destroyed again if the write fails. The new snapshot is published
+// before update returns.
+func (r *Ring) update(name string, fn func(cur *Meta, now time.Time) (*Meta, []byte, error)) (*Key, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	unlock, err := r.store.Lock(name)
+	if err != nil {
+		return nil, fmt.Errorf("keyring: %w", err)
+	}
+	defer func() { _ = unlock() }()
+	cur, err := r.readMeta(name)
+	if err != nil {
+		return nil, err
+	}
+	next, generated, err := fn(cur, r.now().UTC())
+	if err != nil {
+		return nil, err
+	}
+	next.Revision = 1
+	if cur != nil {
+		next.Revision = cur.Revision + 1
+	}
+	if err := r.write(next); err != nil {
+		if generated != nil {
+			_ = r.store.Destroy(generated)
+		}
+		return nil, err
+	}
+	if err := r.refreshLocked(); err != nil {
+		return nil, fmt.Errorf("keyring: %q written, but the refresh after it failed: %w", name, err)
+	}
+	return r.snap.Load().keys[name], nil
+}
+
+// readMeta reads key name's newest record from the store; nil if there is none.
+func (r *Ring) readMeta(name string) (*Meta, error) {
+	raw, err := r.store.ReadRecords()
+	if err != nil {
+		return nil, fmt.Errorf("keyring: read records: %w", err)
+	}
+	var cur *Meta
+	for _, b := range raw {
+		var peek struct {
+			Name string `json:"name"`
+		}
+		if json.Unmarshal(b, &peek) != nil || peek.Name != name {
+			continue
+		}
+		m, err := decodeMeta(b)
+		if err != nil {
+			return nil, err
+		}
+		if cur == nil || m.Revision > cur.Revision {
+			cur = m
+		}
+	}
+	return cur, nil
+}
+
+func (r *Ring) write(m *Meta) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("keyring: encode %q: %w", m.Name, err)
+	}
+	if err := r.store.WriteRecord(m.Name, b); err != nil {
+		return fmt.Errorf("keyring: write %q: %w", m.Name, err)
+	}
+	return nil
+}
+
+// newVersion generates the next version's key pair in the token.
+func (r *Ring) newVersion(m *Meta, now, activateAt time.Time) (Version, error) {
+	n := len(m.Versions) + 1
+	id, s, err := r.store.Generate(m.Alg, m.Bits, versionLabel(m.Name, n))
+	if err != nil {
+		return Version{}, fmt.Errorf("keyring: generate %q version %d: %w", m.Name, n, err)
+	}
+	kid, err := jose.Thumbprint(s.Public())
+	if err != nil {
+		_ = r.store.Destroy(id)
+		return Version{}, fmt.Errorf("keyring: generate %q version %d: %w", m.Name, n, err)
+	}
+	return Version{Number: n, ID: id, Kid: kid, Created: now, ActivateAt: activateAt}, nil
+}
+
+func mustExist(name string, cur *Meta) error {
+	if cur == nil {
+		return fmt.Errorf("%w: %q", ErrNotFound, name)
+	}
+	return nil
+}
+
+// Rotate adds a new version to key name. A staged rotation publishes it now and activates it after the
+// key's prepublish period, which retires the active version at that moment. An emergency rotation
+// activates it at once and revokes the active version at once. Rotating a key that already has a pending
+// version is refused (staged) or revokes that pending version too (emergency).
+func (r *Ring) Rotate(name string, emergency bool) (*Key, *Version, error) {
+	var added Version
+	k, err := r.update(name, func(cur *Meta, now time.Time) (*Meta, []byte, error) {
+		if err := mustExist(name, cur); err != nil {
+			return nil, nil, err
+		}
+		activate := now.Add(cur.Prepublish.D())
+		if emergency {
+			activate = now
+		}
+		for i := range cur.Versions {
+			switch cur.StateAt(i, now).State {
+			case Pending:
+				if !emergency {
+					return nil, nil, fmt.Errorf("%w: %q already has pending version %d", ErrState, name, cur.Versions[i].Number)
+				}
+				cur.Versions[i].RevokedAt = &now
+			case Active:
+				if emergency {
+					cur.Versions[i].RevokedAt = &now
+				}
+			}
+		}
+		v, err := r.newVersion(cur, now, activate)
+		if err != nil {
+			return nil, nil, err
+		}
+		cur.Versions = append(cur.Versions, v)
+		added = v
+		return cur, v.ID, nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return k, &added, nil
+}
+
+// Revoke withdraws version n of key name at once: it leaves the JWKS, stops verifying and never signs
+// again. Revoking the active version leaves the key without one until it is rotated.
+func (r *Ring) Revoke(name string, n int) (*Key, error) {
+	return r.update(name, func(cur *Meta, now time.Time) (*Meta, []byte, error) {
+		if err := mustExist(name, cur); err != nil {
+			return nil, nil, err
+		}
+		if n < 1 || n > len(cur.Versions) {
+			return nil, nil, fmt.Errorf("%w: %q version %d", ErrNoVersion, name, n)
+		}
+		switch st := cur.StateAt(n-1, now).State; st {
+		case Revoked, Destroyed:
+			return nil, nil, fmt.Errorf("%w: %q version %d is %s", ErrState, name, n, st)
+		}
+		cur.Versions[n-1].RevokedAt = &now
+		return cur, nil, nil
+	})
+}
+
+// Destroy deletes the key pair of version n of key name from the token. Only a version that no longer
+// signs may be destroyed (retired, expired or revoked); its kid stays in the record as destroyed, so it
+// can never be reused or come back.
+func (r *Ring) Destroy(name string, n int) (*Key, error) {
+	return r.update(name, func(cur *Meta, now time.Time) (*Meta, []byte, error) {
+		if err := mustExist(name, cur); err != nil {
+			return nil, nil, err
+		}
+		if n < 1 || n > len(cur.Versions) {
+			return nil, nil, fmt.Errorf("%w: %q version %d", ErrNoVersion, name, n)
+		}
+		switch st := cur.StateAt(n-1, now).State; st {
+		case Retired, Expired, Revoked:
+		default:
+			return nil, nil, fmt.Errorf("%w: %q version %d is %s; only retired, expired or revoked versions are destroyed", ErrState, name, n, st)
+		}
+		// Destroy first: a record that says "destroyed" while the objects remain would hide them.
+		if err := r.store.Destroy(cur.Versions[n-1].ID); err != nil {
+			return nil, nil, fmt.Errorf("keyring: destroy %q version %d: %w", name, n, err)
+		}
+		cur.Versions[n-1].DestroyedAt = &now
+		return cur, nil, nil
+	})
+}
+
+// RotateDue staged-rotates every key whose active version is older than its rotation period and that
+// has no pending version. Each key is re-checked under its lock, so processes running it at the same
+// time (on one machine or several) rotate each due key exactly once. It returns the keys it rotated.
+func (r *Ring) RotateDue() ([]string, error) {
+	if err := r.Refresh(); err != nil {
+		return nil, err
+	}
+	var rotated []string
+	var errs []error
+	for _, name := range r.Snapshot().Names() {
+		did := false
+		_, err := r.update(name, func(cur *Meta, now time.Time) (*Meta, []byte, error) {
+			if err := mustExist(name, cur); err != nil {
+				return nil, nil, err
+			}
+			if !cur.due(now) {
+				return nil, nil, errNotDue
+			}
+			v, err := r.newVersion(cur, now, now.Add(cur.Prepublish.D()))
+			if err != nil {
+				return nil, nil, err
+			}
+			cur.Versions = append(cur.Versions, v)
+			did = true
+			return cur, v.ID, nil
+		})
+		switch {
+		case errors.Is(err, errNotDue):
+		case err != nil:
+			errs = append(errs, err)
+		case did:
+			rotated = append(rotated, name)
+		}
+	}
+	return rotated, errors.Join(errs...)
+}
+
+var errNotDue = errors.New("keyring: not due")
+
+// due reports whether m needs a scheduled rotation at now.
+func (m *Meta) due(now time.Time) bool {
+	if m.RotationPeriod <= 0 {
+		return false
+	}
+	var active *Version
+	for i := range m.Versions {
+		switch m.StateAt(i, now).State {
+		case Pending:
+			return false
+		case Active:
+			active = &m.Versions[i]
+		}
+	}
+	return active == nil || !now.Before(active.ActivateAt.Add(m.RotationPeriod.D()))
+}
+
+// DestroyExpired destroys the key pairs of every version past its grace period, except in keys that
+// keep retired versions. A running daemon calls it after each refresh; it returns what it destroyed as
+// "key/version".
+func (r *Ring) DestroyExpired() ([]string, error) {
+	var done []string
+	var errs []error
+	for _, name := range r.Snapshot().Names() {
+		k, _ := r.Snapshot().Key(name)
+		if k.meta.KeepRetired || !k.hasState(Expired) {
+			continue
+		}
+		_, err := r.update(name, func(cur *Meta, now time.Time) (*Meta, []byte, error) {
+			if err := mustExist(name, cur); err != nil {
+				return nil, nil, err
+			}
+			n := 0
+			for i := range cur.Versions {
+				if cur.StateAt(i, now).State != Expired {
+					continue
+				}
+				if err := r.store.Destroy(cur.Versions[i].ID); err != nil {
+					return nil, nil, fmt.Errorf("keyring: destroy %q version %d: %w", name, i+1, err)
+				}
+				cur.Versions[i].DestroyedAt = &now
+				done = append(done, fmt.Sprintf("%s/%d", name, i+1))
+				n++
+			}
+			if n == 0 {
+				return nil, nil, errNotDue
+			}
+			return cur, nil, nil
+		})
+		if err != nil && !errors.Is(err, errNotDue) {
+			errs = append(errs, err)
+		}
+	}
+	return done, errors.Join(errs...)
+}
+
+// NextTransition returns the first instant after the snapshot at which a version changes state (a
+// pending version activates, a retired one expires); zero if none is scheduled. A daemon refreshes then,
+// so transitions happen on time.
+func (s *Snapshot) NextTransition() time.Time {
+	var next time.Time
+	for _, k := range s.keys {
+		if t := k.meta.nextTransition(s.at); !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	return next
+}
+
+func (k *Key) hasState(st State) bool {
+	for _, v := range k.Versions {
+		if v.State == st {
+			return true
+		}
+	}
+	return false
+}
+
+// Settings returns the key's rotation settings.
+func (k *Key) Settings() Settings { return k.meta.Settings }
