@@ -7,90 +7,99 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/signerd/signerd/config"
 	"github.com/signerd/signerd/hsm"
 	"github.com/signerd/signerd/hsmstore"
 	"github.com/signerd/signerd/jose"
 	"github.com/signerd/signerd/keyring"
+	"github.com/signerd/signerd/server/authz"
 )
 
 // openRing opens the token named in the config file and loads its keys, for the local subcommands.
-func openRing(cfgPath string) (*keyring.Ring, func(), error) {
+func openRing(cfgPath string) (*keyring.Ring, *config.Config, func(), error) {
 	if cfgPath == "" {
-		return nil, nil, fmt.Errorf("%w: --config is required", errUsage)
+		return nil, nil, nil, fmt.Errorf("%w: --config is required", errUsage)
 	}
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	hcfg, err := cfg.HSMConfig()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	tok, err := hsm.Open(hcfg)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	ring, err := keyring.Open(hsmstore.New(tok), keyring.Options{})
 	if err != nil {
 		_ = tok.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return ring, func() { _ = tok.Close() }, nil
+	return ring, cfg, func() { _ = tok.Close() }, nil
+}
+
+// checkSettings applies the same rule as the daemon's KeyAdmin: prepublish at least the JWKS max-age,
+// grace at least the longest token TTL the policy grants for the key.
+func checkSettings(cfg *config.Config, name string, st keyring.Settings) error {
+	policy, err := authz.Compile(cfg.Policy, nil)
+	if err != nil {
+		return err
+	}
+	var minPrepublish time.Duration
+	if cfg.HTTP.Listen != "" {
+		minPrepublish = cfg.HTTP.JWKSMaxAge
+	}
+	return st.CheckAgainst(minPrepublish, policy.MaxTTL(name))
 }
 
 func cmdKeys(args []string, stdout io.Writer) error {
 	if len(args) == 0 {
-		return fmt.Errorf("%w: keys needs create, list or public", errUsage)
+		return fmt.Errorf("%w: keys needs create, list, public, rotate, revoke or destroy", errUsage)
 	}
 	fs := newFlags("keys " + args[0])
 	cfgPath := fs.String("config", "", "configuration file (YAML)")
 	name := fs.String("name", "", "key name")
 	alg := fs.String("alg", "", "JOSE algorithm: RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512 EdDSA")
 	bits := fs.Int("bits", 0, "RSA modulus size (default 3072)")
+	def := keyring.DefaultSettings()
+	prepublish := fs.Duration("prepublish", def.Prepublish.D(), "how long a new version is published before it signs")
+	grace := fs.Duration("grace", def.Grace.D(), "how long a retired version still verifies")
+	period := fs.Duration("rotation-period", 0, "rotate when the active version is this old (keys rotate --due); 0 = never")
+	keep := fs.Bool("keep-retired", false, "keep versions past their grace instead of destroying them")
+	emergency := fs.Bool("emergency", false, "rotate: activate the new version now and revoke the active one")
+	due := fs.Bool("due", false, "rotate: every key whose rotation period has passed")
+	version := fs.Int("version", 0, "version number (revoke, destroy)")
 	if err := parseFlags(fs, args[1:]); err != nil {
 		return err
 	}
+	ring, cfg, closeFn, err := openRing(*cfgPath)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
 	switch args[0] {
 	case "create":
 		a, err := jose.ParseAlgorithm(*alg)
 		if err != nil {
 			return fmt.Errorf("%w: --alg: %v", errUsage, err)
 		}
-		ring, closeFn, err := openRing(*cfgPath)
-		if err != nil {
+		st := keyring.Settings{Prepublish: keyring.Duration(*prepublish), Grace: keyring.Duration(*grace),
+			RotationPeriod: keyring.Duration(*period), KeepRetired: *keep}
+		if err := checkSettings(cfg, *name, st); err != nil {
 			return err
 		}
-		defer closeFn()
-		k, err := ring.Create(*name, a, *bits)
+		k, err := ring.Create(*name, a, *bits, st)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "created key %s (%s), version 1, kid %s\n", k.Name, k.Alg, k.Active.Kid)
-		return nil
 	case "list":
-		ring, closeFn, err := openRing(*cfgPath)
-		if err != nil {
-			return err
-		}
-		defer closeFn()
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "KEY\tALG\tVERSION\tSTATE\tKID\tCREATED")
-		snap := ring.Snapshot()
-		for _, n := range snap.Names() {
-			k, _ := snap.Key(n)
-			for _, v := range k.Versions {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", k.Name, k.Alg, v.Number, v.State, v.Kid, v.Created.Format("2006-01-02T15:04:05Z"))
-			}
-		}
-		return tw.Flush()
+		return listKeys(ring, stdout)
 	case "public":
-		ring, closeFn, err := openRing(*cfgPath)
-		if err != nil {
-			return err
-		}
-		defer closeFn()
 		k, ok := ring.Snapshot().Key(*name)
 		if !ok {
 			return fmt.Errorf("%w: %q", keyring.ErrNotFound, *name)
@@ -103,8 +112,65 @@ func cmdKeys(args []string, stdout io.Writer) error {
 			return err
 		}
 		return pem.Encode(stdout, &pem.Block{Type: "PUBLIC KEY", Bytes: der})
+	case "rotate":
+		if *due {
+			if *name != "" || *emergency {
+				return fmt.Errorf("%w: --due rotates every due key; it takes no --name or --emergency", errUsage)
+			}
+			rotated, err := ring.RotateDue()
+			for _, n := range rotated {
+				fmt.Fprintf(stdout, "rotated %s\n", n)
+			}
+			if err != nil {
+				return err
+			}
+			if len(rotated) == 0 {
+				fmt.Fprintln(stdout, "no key due")
+			}
+			return nil
+		}
+		k, v, err := ring.Rotate(*name, *emergency)
+		if err != nil {
+			return err
+		}
+		how := "staged: signs from " + v.ActivateAt.Format(time.RFC3339)
+		if *emergency {
+			how = "emergency: active now, previous version revoked"
+		}
+		fmt.Fprintf(stdout, "rotated %s to version %d, kid %s (%s)\n", k.Name, v.Number, v.Kid, how)
+	case "revoke", "destroy":
+		op := ring.Revoke
+		if args[0] == "destroy" {
+			op = ring.Destroy
+		}
+		k, err := op(*name, *version)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s %s version %d (kid %s)\n", map[string]string{"revoke": "revoked", "destroy": "destroyed"}[args[0]],
+			k.Name, *version, k.Versions[*version-1].Kid)
+	default:
+		return fmt.Errorf("%w: unknown keys command %q", errUsage, args[0])
 	}
-	return fmt.Errorf("%w: unknown keys command %q", errUsage, args[0])
+	return nil
+}
+
+func listKeys(ring *keyring.Ring, stdout io.Writer) error {
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "KEY\tALG\tVERSION\tSTATE\tKID\tCREATED\tACTIVATES\tEXPIRES")
+	snap := ring.Snapshot()
+	for _, n := range snap.Names() {
+		k, _ := snap.Key(n)
+		for _, v := range k.Versions {
+			expires := "-"
+			if !v.ExpiresAt.IsZero() {
+				expires = v.ExpiresAt.Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", k.Name, k.Alg, v.Number, v.State, v.Kid,
+				v.Created.Format(time.RFC3339), v.ActivateAt.Format(time.RFC3339), expires)
+		}
+	}
+	return tw.Flush()
 }
 
 // algSpecs are the key specs listed by `token list`, one per algorithm family and size.

@@ -25,8 +25,12 @@ import (
 // devToken is the label of the token `signerd dev` creates.
 const devToken = "signerd-dev"
 
-// devClient is the identity of the client certificate `signerd dev` issues.
-const devClient = "dev-client"
+// devClient and devAdmin are the identities of the client certificates `signerd dev` issues: one may
+// use every key, the other may manage keys through KeyAdmin.
+const (
+	devClient = "dev-client"
+	devAdmin  = "dev-admin"
+)
 
 // devKeys are the keys `signerd dev` makes, one per algorithm family.
 var devKeys = []struct {
@@ -90,7 +94,8 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	fmt.Fprintf(stdout, `signerd dev is serving on %[1]s (token %[2]q, keys %[3]s)
   JWKS: %[5]s/.well-known/jwks.json
-  . %[4]s/env     # SIGNERD_ADDR, SIGNERD_CACERT, SIGNERD_CERT, SIGNERD_KEY, SIGNERD_HTTP_URL, SIGNERD_JWKS_URL
+  . %[4]s/env     # SIGNERD_ADDR, SIGNERD_CACERT, SIGNERD_CERT, SIGNERD_KEY, SIGNERD_HTTP_URL,
+                              # SIGNERD_JWKS_URL, SIGNERD_ADMIN_CERT, SIGNERD_ADMIN_KEY
   grpcurl -cacert "$SIGNERD_CACERT" -cert "$SIGNERD_CERT" -key "$SIGNERD_KEY" \
     -d '{"key":"dev-es256","message":"aGVsbG8="}' "$SIGNERD_ADDR" signer.v1.Signer/Sign
 Ctrl-C stops it; the token and keys stay in %[4]s for next time.
@@ -150,6 +155,7 @@ hsm:
   max_sessions: 8
   pool_wait_timeout: 5s
 policy:
+  admins: [%q]
   grants:
     - identity: %q
       keys: ["*"]
@@ -161,7 +167,7 @@ refresh_interval: 10s
 audit:
   file: %q
 `, addr, filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem"), filepath.Join(dir, "ca.pem"),
-		hsm.DefaultModule, devToken, pinFile, devClient, httpAddr, filepath.Join(dir, "audit.log"))
+		hsm.DefaultModule, devToken, pinFile, devAdmin, devClient, httpAddr, filepath.Join(dir, "audit.log"))
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return "", err
 	}
@@ -236,15 +242,22 @@ func issueDevCerts(dir string) error {
 	if err != nil {
 		return err
 	}
-	return cli.WriteFiles(filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem"))
+	if err := cli.WriteFiles(filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")); err != nil {
+		return err
+	}
+	adm, err := ca.Issue(devca.Request{CommonName: devAdmin, Client: true, Validity: 30 * 24 * time.Hour})
+	if err != nil {
+		return err
+	}
+	return adm.WriteFiles(filepath.Join(dir, "admin.pem"), filepath.Join(dir, "admin-key.pem"))
 }
 
 // writeEnv writes DIR/env for clients, in shell export form.
 func writeEnv(dir, addr, httpURL string) error {
 	env := fmt.Sprintf("export SIGNERD_ADDR=%s\nexport SIGNERD_CACERT=%s\nexport SIGNERD_CERT=%s\nexport SIGNERD_KEY=%s\n"+
-		"export SIGNERD_HTTP_URL=%s\nexport SIGNERD_JWKS_URL=%s\n",
+		"export SIGNERD_HTTP_URL=%s\nexport SIGNERD_JWKS_URL=%s\nexport SIGNERD_ADMIN_CERT=%s\nexport SIGNERD_ADMIN_KEY=%s\n",
 		addr, filepath.Join(dir, "ca.pem"), filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem"),
-		httpURL, httpURL+wellknown.JWKSPath)
+		httpURL, httpURL+wellknown.JWKSPath, filepath.Join(dir, "admin.pem"), filepath.Join(dir, "admin-key.pem"))
 	return os.WriteFile(filepath.Join(dir, "env"), []byte(env), 0o600)
 }
 

@@ -88,7 +88,19 @@ func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemo
 	if d.audit, err = openAudit(cfg.Audit.File); err != nil {
 		return nil, err
 	}
-	d.srv, err = server.New(server.Config{Keys: d.ring, Policy: policy, MaxInFlight: cfg.HSM.MaxSessions - 1,
+	var minPrepublish time.Duration
+	if cfg.HTTP.Listen != "" {
+		minPrepublish = cfg.HTTP.JWKSMaxAge
+	}
+	snap := d.ring.Snapshot()
+	for _, name := range snap.Names() {
+		k, _ := snap.Key(name)
+		if err := k.Settings().CheckAgainst(minPrepublish, policy.MaxTTL(name)); err != nil {
+			log.Warn("key settings too short for this configuration", "key", name, "err", err)
+		}
+	}
+	d.srv, err = server.New(server.Config{Keys: d.ring, Manager: d.ring, MinPrepublish: minPrepublish,
+		Policy: policy, MaxInFlight: cfg.HSM.MaxSessions - 1,
 		RatePerSecond: cfg.Limits.RatePerSecond, Burst: cfg.Limits.Burst, Leeway: cfg.JWT.Leeway,
 		Audit: d.audit, Log: log})
 	if err != nil {
@@ -122,6 +134,9 @@ func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemo
 		grpc.StreamInterceptor(d.srv.StreamInterceptor()),
 	)
 	d.srv.Register(d.grpc)
+	if err := d.srv.RegisterAdmin(d.grpc); err != nil {
+		return nil, err
+	}
 	d.health = health.NewServer()
 	healthpb.RegisterHealthServer(d.grpc, d.health)
 	reflection.Register(d.grpc)
@@ -235,6 +250,11 @@ func (d *daemon) run(ctx context.Context, refresh time.Duration) error {
 
 	refreshT := time.NewTicker(refresh)
 	defer refreshT.Stop()
+	// transition fires when the next version changes state, so that activation and expiry happen on
+	// time rather than at the next refresh tick.
+	transition := time.NewTimer(time.Hour)
+	defer transition.Stop()
+	d.scheduleTransition(transition)
 	healthT := time.NewTicker(healthInterval)
 	defer healthT.Stop()
 	for {
@@ -246,9 +266,9 @@ func (d *daemon) run(ctx context.Context, refresh time.Duration) error {
 			d.stop()
 			return fmt.Errorf("grpc serve: %w", err)
 		case <-refreshT.C:
-			if err := d.ring.Refresh(); err != nil {
-				d.log.Error("key refresh failed; keeping the previous view", "err", err)
-			}
+			d.refresh(transition)
+		case <-transition.C:
+			d.refresh(transition)
 		case <-healthT.C:
 			err := d.tok.Ping()
 			if err != nil {
@@ -257,8 +277,34 @@ func (d *daemon) run(ctx context.Context, refresh time.Duration) error {
 			d.setHealth(err == nil)
 		case <-hup:
 			d.reload()
+			d.scheduleTransition(transition)
 		}
 	}
+}
+
+// refresh re-reads the keys from the token, destroys versions past their grace (unless their key keeps
+// them), and schedules the next transition.
+func (d *daemon) refresh(transition *time.Timer) {
+	if err := d.ring.Refresh(); err != nil {
+		d.log.Error("key refresh failed; keeping the previous view", "err", err)
+	}
+	destroyed, err := d.ring.DestroyExpired()
+	for _, v := range destroyed {
+		d.log.Info("destroyed expired version", "version", v)
+	}
+	if err != nil {
+		d.log.Error("destroying expired versions failed", "err", err)
+	}
+	d.scheduleTransition(transition)
+}
+
+// scheduleTransition sets t to fire at the snapshot's next transition (or in an hour if none).
+func (d *daemon) scheduleTransition(t *time.Timer) {
+	wait := time.Hour
+	if next := d.ring.Snapshot().NextTransition(); !next.IsZero() {
+		wait = max(time.Until(next), 0) + 10*time.Millisecond
+	}
+	t.Reset(wait)
 }
 
 // reload re-reads the config file, the TLS material, the policy and the keys. Everything is validated
