@@ -202,7 +202,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.HSM.File != "" {
-		if _, err := os.Stat(c.HSM.File); err != nil {
+		if _, err := os.Stat(c.HSM.Path()); err != nil {
 			add("hsm.pin_file", "%v", err)
 		}
 	}

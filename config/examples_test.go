@@ -17,6 +17,11 @@ func TestExampleConfigs(t *testing.T) {
 		t.Fatalf("no example configs found: %v", err)
 	}
 	dir := t.TempDir()
+	// The examples take the PIN from systemd's credentials directory.
+	t.Setenv("CREDENTIALS_DIRECTORY", dir)
+	if err := os.WriteFile(filepath.Join(dir, "pin"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			b, err := os.ReadFile(f)

@@ -77,11 +77,17 @@ func (c *Config) validate() error {
 
 // PINSource says where a PIN comes from. The PIN itself is never written in a config file.
 type PINSource struct {
-	// File is a file holding the PIN (systemd LoadCredential= puts one in $CREDENTIALS_DIRECTORY).
+	// File is a file holding the PIN. "${CREDENTIALS_DIRECTORY}" in it is replaced by that environment
+	// variable, where systemd's LoadCredential= puts credentials, so that one config serves every unit.
 	// Surrounding whitespace is trimmed.
 	File string `yaml:"pin_file"`
 	// Env names an environment variable holding the PIN.
 	Env string `yaml:"pin_env"`
+}
+
+// Path returns File with ${CREDENTIALS_DIRECTORY} expanded.
+func (s PINSource) Path() string {
+	return strings.ReplaceAll(s.File, "${CREDENTIALS_DIRECTORY}", os.Getenv("CREDENTIALS_DIRECTORY"))
 }
 
 // ErrNoPIN is returned when a PINSource names no source or its source is empty.
@@ -93,13 +99,13 @@ func (s PINSource) Read() (string, error) {
 	case s.File != "" && s.Env != "":
 		return "", errors.New("hsm: PIN source: set pin_file or pin_env, not both")
 	case s.File != "":
-		b, err := os.ReadFile(s.File)
+		b, err := os.ReadFile(s.Path())
 		if err != nil {
 			return "", fmt.Errorf("hsm: read PIN file: %w", err)
 		}
 		pin := strings.TrimSpace(string(b))
 		if pin == "" {
-			return "", fmt.Errorf("%w: file %s is empty", ErrNoPIN, s.File)
+			return "", fmt.Errorf("%w: file %s is empty", ErrNoPIN, s.Path())
 		}
 		return pin, nil
 	case s.Env != "":

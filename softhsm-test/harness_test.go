@@ -73,6 +73,10 @@ type instanceOptions struct {
 	keys        map[string]string
 	maxSessions int
 	extraConfig string
+	// keyFlags are extra `signerd keys create` flags (rotation settings).
+	keyFlags []string
+	// edit changes the configuration before keys are created and the daemon starts.
+	edit func(string) string
 }
 
 // signerd runs the signerd binary and returns its combined output.
@@ -150,8 +154,12 @@ http:
 audit:
   file: %[1]s/audit.log
 %[6]s`, in.dir, tok.Module, tok.Label, pinFile, opts.maxSessions, opts.extraConfig))
+	if opts.edit != nil {
+		b, _ := os.ReadFile(in.cfgPath)
+		writeConfig(t, in.cfgPath, opts.edit(string(b)))
+	}
 	for name, alg := range opts.keys {
-		args := []string{"keys", "create", "--config", in.cfgPath, "--name", name, "--alg", alg}
+		args := append([]string{"keys", "create", "--config", in.cfgPath, "--name", name, "--alg", alg}, opts.keyFlags...)
 		if strings.HasPrefix(alg, "RS") || strings.HasPrefix(alg, "PS") {
 			args = append(args, "--bits", "2048")
 		}
@@ -159,7 +167,7 @@ audit:
 			t.Fatalf("signerd %v: %v\n%s", args, err, out)
 		}
 	}
-	in.addr, in.httpURL, in.stderr = serve(t, in.cfgPath)
+	in.addr, in.httpURL, in.stderr, _ = serve(t, in.cfgPath)
 	return in
 }
 
@@ -181,9 +189,9 @@ func issue(t testing.TB, ca *devca.CA, req devca.Request) *devca.Leaf {
 
 var servingRE = regexp.MustCompile(`msg="signerd serving" addr=(\S+) http=(\S*)`)
 
-// serve starts `signerd serve --config cfgPath` and waits until it listens. The process is interrupted
-// and waited for at cleanup.
-func serve(t testing.TB, cfgPath string) (addr, httpURL string, log *lockedBuffer) {
+// serve starts `signerd serve --config cfgPath` and waits until it listens. stop interrupts the process
+// and waits for it; cleanup calls it too.
+func serve(t testing.TB, cfgPath string) (addr, httpURL string, log *lockedBuffer, stop func()) {
 	t.Helper()
 	cmd := exec.Command(signerdBin, "serve", "--config", cfgPath)
 	pr, pw := io.Pipe()
@@ -207,27 +215,32 @@ func serve(t testing.TB, cfgPath string) (addr, httpURL string, log *lockedBuffe
 	}()
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait(); _ = pw.Close() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			_ = cmd.Process.Signal(os.Interrupt)
+			select {
+			case <-exited:
+			case <-time.After(15 * time.Second):
+				_ = cmd.Process.Kill()
+				<-exited
+			}
+		})
+	}
+	t.Cleanup(stop)
 	select {
 	case m := <-addrc:
 		if m[2] != "" {
 			httpURL = "https://" + m[2]
 		}
-		return m[1], httpURL, buf
+		return m[1], httpURL, buf, stop
 	case err := <-exited:
+		once.Do(func() {})
 		t.Fatalf("signerd serve exited: %v\n%s", err, buf)
 	case <-time.After(60 * time.Second):
 		t.Fatalf("signerd serve did not start in 60s\n%s", buf)
 	}
-	return "", "", nil
+	return "", "", nil, nil
 }
 
 // lockedBuffer collects a process's log lines.

@@ -302,11 +302,15 @@ func pubkeyFlags(fs *flag.FlagSet) func(*cli, []string) error {
 }
 
 func keysFlags(fs *flag.FlagSet) func(*cli, []string) error {
-	var asJSON bool
+	var asJSON, all bool
 	fs.BoolVar(&asJSON, "json", false, "print JSON, with every published version, instead of a table")
+	fs.BoolVar(&all, "all", false, "list every key with every version, its state and timestamps, with the administrator's certificate")
 	return func(cl *cli, args []string) error {
 		if len(args) > 0 {
 			return usagef("unexpected argument %q", args[0])
+		}
+		if all {
+			return cl.listAllKeys(asJSON)
 		}
 		c, err := cl.dial()
 		if err != nil {
@@ -335,42 +339,78 @@ func keysFlags(fs *flag.FlagSet) func(*cli, []string) error {
 	}
 }
 
-// keyJSON and versionJSON are the stable JSON form of ListKeys that `keys --json` prints.
+// keyJSON, versionJSON and settingsJSON are the stable JSON form of a KeyInfo that `keys --json` and
+// the administration commands print. Settings, revoked_at and destroyed_at come from KeyAdmin only.
 type keyJSON struct {
 	Name      string        `json:"name"`
 	Alg       string        `json:"alg"`
 	ActiveKid string        `json:"active_kid,omitempty"`
 	Versions  []versionJSON `json:"versions"`
+	Settings  *settingsJSON `json:"settings,omitempty"`
 }
 
 type versionJSON struct {
-	Version    uint32     `json:"version"`
-	Kid        string     `json:"kid"`
-	State      string     `json:"state"`
-	CreatedAt  *time.Time `json:"created_at,omitempty"`
-	ActivateAt *time.Time `json:"activate_at,omitempty"`
-	RetiredAt  *time.Time `json:"retired_at,omitempty"`
-	ExpiresAt  *time.Time `json:"expires_at,omitempty"`
+	Version     uint32     `json:"version"`
+	Kid         string     `json:"kid"`
+	State       string     `json:"state"`
+	CreatedAt   *time.Time `json:"created_at,omitempty"`
+	ActivateAt  *time.Time `json:"activate_at,omitempty"`
+	RetiredAt   *time.Time `json:"retired_at,omitempty"`
+	ExpiresAt   *time.Time `json:"expires_at,omitempty"`
+	RevokedAt   *time.Time `json:"revoked_at,omitempty"`
+	DestroyedAt *time.Time `json:"destroyed_at,omitempty"`
+}
+
+// settingsJSON holds durations in Go's notation ("10m0s"), the notation the flags take.
+type settingsJSON struct {
+	Prepublish     string `json:"prepublish"`
+	Grace          string `json:"grace"`
+	RotationPeriod string `json:"rotation_period"`
+	KeepRetired    bool   `json:"keep_retired"`
 }
 
 func keysJSON(keys []*signerv1.KeyInfo) []keyJSON {
 	out := make([]keyJSON, 0, len(keys))
 	for _, k := range keys {
-		kj := keyJSON{Name: k.GetName(), Alg: k.GetAlg(), ActiveKid: k.GetActiveKid(), Versions: []versionJSON{}}
-		for _, v := range k.GetVersions() {
-			kj.Versions = append(kj.Versions, versionJSON{
-				Version:    v.GetVersion(),
-				Kid:        v.GetKid(),
-				State:      strings.ToLower(strings.TrimPrefix(v.GetState().String(), "VERSION_STATE_")),
-				CreatedAt:  timeOf(v.GetCreatedAt().IsValid(), v.GetCreatedAt().AsTime),
-				ActivateAt: timeOf(v.GetActivateAt().IsValid(), v.GetActivateAt().AsTime),
-				RetiredAt:  timeOf(v.GetRetiredAt().IsValid(), v.GetRetiredAt().AsTime),
-				ExpiresAt:  timeOf(v.GetExpiresAt().IsValid(), v.GetExpiresAt().AsTime),
-			})
-		}
-		out = append(out, kj)
+		out = append(out, keyInfoJSON(k))
 	}
 	return out
+}
+
+func keyInfoJSON(k *signerv1.KeyInfo) keyJSON {
+	kj := keyJSON{Name: k.GetName(), Alg: k.GetAlg(), ActiveKid: k.GetActiveKid(), Versions: []versionJSON{}}
+	for _, v := range k.GetVersions() {
+		kj.Versions = append(kj.Versions, versionInfoJSON(v))
+	}
+	if st := k.GetSettings(); st != nil {
+		kj.Settings = &settingsJSON{
+			Prepublish:     st.GetPrepublish().AsDuration().String(),
+			Grace:          st.GetGrace().AsDuration().String(),
+			RotationPeriod: st.GetRotationPeriod().AsDuration().String(),
+			KeepRetired:    st.GetKeepRetired(),
+		}
+	}
+	return kj
+}
+
+func versionInfoJSON(v *signerv1.VersionInfo) versionJSON {
+	return versionJSON{
+		Version:     v.GetVersion(),
+		Kid:         v.GetKid(),
+		State:       stateName(v.GetState()),
+		CreatedAt:   timeOf(v.GetCreatedAt().IsValid(), v.GetCreatedAt().AsTime),
+		ActivateAt:  timeOf(v.GetActivateAt().IsValid(), v.GetActivateAt().AsTime),
+		RetiredAt:   timeOf(v.GetRetiredAt().IsValid(), v.GetRetiredAt().AsTime),
+		ExpiresAt:   timeOf(v.GetExpiresAt().IsValid(), v.GetExpiresAt().AsTime),
+		RevokedAt:   timeOf(v.GetRevokedAt().IsValid(), v.GetRevokedAt().AsTime),
+		DestroyedAt: timeOf(v.GetDestroyedAt().IsValid(), v.GetDestroyedAt().AsTime),
+	}
+}
+
+// stateName is a version state as signerctl prints it: "pending", "active", "retired", "revoked",
+// "destroyed".
+func stateName(s signerv1.VersionState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "VERSION_STATE_"))
 }
 
 // timeOf returns the time of a protobuf timestamp in UTC, or nil when it is unset.

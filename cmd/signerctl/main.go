@@ -1,6 +1,6 @@
 // Command signerctl calls signerd's gRPC API over mutual TLS, for scripts and people: it signs and
-// verifies digests, messages and JWTs, prints public keys and the keys the caller may use, and fetches
-// the published JWK Set.
+// verifies digests, messages and JWTs, prints public keys and the keys the caller may use, fetches the
+// published JWK Set, and, for administrators, creates, rotates, revokes and destroys keys.
 //
 // Usage:
 //
@@ -10,6 +10,11 @@
 // SIGNERD_KEY (what `signerd dev` writes into DIR/env), each overridden by a connection flag --addr,
 // --cacert, --cert or --key given before the command. The jwks command reads SIGNERD_JWKS_URL (or --url)
 // and trusts SIGNERD_CACERT when it is set.
+//
+// The administration commands (keys list --all, keys create, keys rotate, keys revoke, keys destroy) call
+// signerd's KeyAdmin service with an administrator's certificate: SIGNERD_ADMIN_CERT and
+// SIGNERD_ADMIN_KEY, or --admin-cert and --admin-key before the command. When neither is set they use
+// the client certificate, so a caller whose own certificate is an administrator's needs nothing more.
 //
 // Results go to standard output alone, so that commands compose:
 //
@@ -53,6 +58,9 @@ const (
 	envCert    = "SIGNERD_CERT"
 	envKey     = "SIGNERD_KEY"
 	envJWKSURL = "SIGNERD_JWKS_URL"
+
+	envAdminCert = "SIGNERD_ADMIN_CERT"
+	envAdminKey  = "SIGNERD_ADMIN_KEY"
 )
 
 // maxInput bounds what signerctl reads from a file or standard input: signerd signs messages of at most
@@ -76,7 +84,12 @@ func commands() []command {
 		{name: "jwt sign", summary: "have signerd issue a JWT", synopsis: "--key NAME [--claims JSON | --claims-file FILE | < CLAIMS] [--ttl DURATION] [--json]", flags: jwtSignFlags},
 		{name: "jwt verify", summary: "verify a JWT and print its claims", synopsis: "[--audience AUD] [TOKEN | < TOKEN]", flags: jwtVerifyFlags},
 		{name: "pubkey", summary: "print a key's public key", synopsis: "--key NAME [--kid KID] [--jwk]", flags: pubkeyFlags},
-		{name: "keys", summary: "list the keys you may use", synopsis: "[--json]", flags: keysFlags},
+		{name: "keys", summary: "list the keys you may use", synopsis: "[--all] [--json]", flags: keysFlags},
+		{name: "keys list", summary: "list the keys you may use; with --all, every key and version (admin)", synopsis: "[--all] [--json]", flags: keysFlags},
+		{name: "keys create", summary: "create a key, whose version 1 signs at once (admin)", synopsis: "--name NAME --alg ALG [--bits N] [--prepublish D] [--grace D] [--rotation-period D] [--keep-retired] [--json]", flags: keysCreateFlags},
+		{name: "keys rotate", summary: "add a new version to a key (admin)", synopsis: "--name NAME [--emergency] [--json]", flags: keysRotateFlags},
+		{name: "keys revoke", summary: "withdraw a version of a key at once (admin)", synopsis: "--name NAME --version N [--json]", flags: keysRevokeFlags},
+		{name: "keys destroy", summary: "delete a retired or revoked version from the token (admin)", synopsis: "--name NAME --version N [--json]", flags: keysDestroyFlags},
 		{name: "jwks", summary: "fetch and print the published JWK Set", synopsis: "[--url URL]", flags: jwksFlags},
 	}
 }
@@ -87,7 +100,10 @@ type cli struct {
 	stdout, stderr io.Writer
 
 	addr, caCert, cert, key string
-	timeout                 time.Duration
+	// adminCert and adminKey are the administrator's certificate for KeyAdmin; the client
+	// certificate is used when both are empty.
+	adminCert, adminKey string
+	timeout             time.Duration
 }
 
 // usageError is a mistake in the command line; signerctl exits 2 for it.
@@ -111,6 +127,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	global.StringVar(&cl.caCert, "cacert", os.Getenv(envCACert), "PEM `file` of the CA certificates that issue signerd's certificate; $"+envCACert+" by default")
 	global.StringVar(&cl.cert, "cert", os.Getenv(envCert), "PEM client certificate `file`; $"+envCert+" by default")
 	global.StringVar(&cl.key, "key", os.Getenv(envKey), "PEM client private key `file`; $"+envKey+" by default")
+	global.StringVar(&cl.adminCert, "admin-cert", os.Getenv(envAdminCert), "PEM administrator certificate `file` for the keys administration commands; $"+envAdminCert+" by default, else the client certificate")
+	global.StringVar(&cl.adminKey, "admin-key", os.Getenv(envAdminKey), "PEM administrator private key `file`; $"+envAdminKey+" by default, else the client key")
 	global.DurationVar(&cl.timeout, "timeout", 30*time.Second, "deadline of the whole command")
 	err := global.Parse(args)
 	switch {
@@ -131,7 +149,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	name := args[0]
 	rest := args[1:]
-	if name == "jwt" {
+	switch {
+	case name == "jwt":
 		if len(rest) == 0 || (rest[0] != "sign" && rest[0] != "verify") {
 			if len(rest) > 0 && (rest[0] == "-h" || rest[0] == "--help" || rest[0] == "help") {
 				cl.usage(stdout, global)
@@ -140,6 +159,17 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return cl.fail("jwt", usagef("want 'jwt sign' or 'jwt verify'"))
 		}
 		name, rest = "jwt "+rest[0], rest[1:]
+	case name == "keys" && len(rest) > 0 && !strings.HasPrefix(rest[0], "-"):
+		// Bare "keys" (with flags only) keeps its meaning: the keys the caller may use.
+		switch rest[0] {
+		case "list", "create", "rotate", "revoke", "destroy":
+			name, rest = "keys "+rest[0], rest[1:]
+		case "help":
+			cl.usage(stdout, global)
+			return exitOK
+		default:
+			return cl.fail("keys", usagef("unknown keys command %q: want list, create, rotate, revoke or destroy", rest[0]))
+		}
 	}
 	for _, c := range commands() {
 		if c.name == name {
@@ -223,11 +253,12 @@ signerctl calls signerd's gRPC API over mutual TLS.
 Commands:
 `)
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-11s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-13s %s\n", c.name, c.summary)
 	}
 	fmt.Fprint(w, `
 Connection flags, given before the command (each defaults to an environment variable;
-'signerd dev' writes them into DIR/env):
+'signerd dev' writes them into DIR/env). The keys administration commands use the
+administrator's certificate, or the client certificate when none is set:
 `)
 	global.SetOutput(w)
 	global.PrintDefaults()
@@ -240,21 +271,35 @@ Run 'signerctl COMMAND -h' for a command's flags.
 
 // dial connects to signerd with the connection settings.
 func (cl *cli) dial() (*client.Client, error) {
-	for _, setting := range []struct{ value, env, flag string }{
-		{cl.addr, envAddr, "--addr"},
-		{cl.caCert, envCACert, "--cacert"},
-		{cl.cert, envCert, "--cert"},
-		{cl.key, envKey, "--key"},
-	} {
-		if setting.value == "" {
-			return nil, usagef("no %s: set %s or give %s before the command", setting.flag[2:], setting.env, setting.flag)
-		}
+	if err := cl.checkConnection(true); err != nil {
+		return nil, err
 	}
 	c, err := client.Dial(cl.addr, client.Options{CACertFile: cl.caCert, CertFile: cl.cert, KeyFile: cl.key, Timeout: cl.timeout})
 	if err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// checkConnection reports the first connection setting that is missing; the client certificate and key
+// only when withClientCert is set.
+func (cl *cli) checkConnection(withClientCert bool) error {
+	settings := []struct{ value, env, flag string }{
+		{cl.addr, envAddr, "--addr"},
+		{cl.caCert, envCACert, "--cacert"},
+	}
+	if withClientCert {
+		settings = append(settings, []struct{ value, env, flag string }{
+			{cl.cert, envCert, "--cert"},
+			{cl.key, envKey, "--key"},
+		}...)
+	}
+	for _, setting := range settings {
+		if setting.value == "" {
+			return usagef("no %s: set %s or give %s before the command", setting.flag[2:], setting.env, setting.flag)
+		}
+	}
+	return nil
 }
 
 // context returns the deadline of the command.

@@ -431,6 +431,14 @@ func TestHelp(t *testing.T) {
 		{[]string{"sign", "-h"}, exitOK, "Usage: signerctl [connection flags] sign --key NAME"},
 		{[]string{"jwt", "sign", "--help"}, exitOK, "-claims-file"},
 		{[]string{"jwt", "verify", "-h"}, exitOK, "-audience"},
+		{[]string{"-h"}, exitOK, "keys destroy"},
+		{[]string{"-h"}, exitOK, "SIGNERD_ADMIN_CERT"},
+		{[]string{"keys", "help"}, exitOK, "keys rotate"},
+		{[]string{"keys", "-h"}, exitOK, "Usage: signerctl [connection flags] keys [--all] [--json]"},
+		{[]string{"keys", "list", "-h"}, exitOK, "-all"},
+		{[]string{"keys", "create", "-h"}, exitOK, "-rotation-period"},
+		{[]string{"keys", "rotate", "--help"}, exitOK, "-emergency"},
+		{[]string{"keys", "destroy", "-h"}, exitOK, "Usage: signerctl [connection flags] keys destroy --name NAME --version N"},
 		{nil, exitUsage, "Usage: signerctl"},
 	}
 	for _, tt := range tests {

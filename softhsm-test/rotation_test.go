@@ -1,0 +1,315 @@
+package softhsmtest_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	signerv1 "github.com/signerd/signerd/proto/signer/v1"
+)
+
+// shortPeriods makes rotation observable in seconds: the JWKS may be cached 2s, refreshes run every
+// second, tokens live at most 4s, and svc is an administrator.
+func shortPeriods(cfg string) string {
+	cfg = strings.Replace(cfg, "jwks_max_age: 90s", "jwks_max_age: 2s", 1)
+	cfg = strings.Replace(cfg, "policy:\n", "policy:\n  admins: [spiffe://test/svc]\n", 1)
+	cfg = strings.Replace(cfg, "operations: [sign, verify, public_key, sign_jwt, verify_jwt]\n",
+		"operations: [sign, verify, public_key, sign_jwt, verify_jwt]\n      jwt:\n        max_ttl: 4s\n", 1)
+	cfg = strings.Replace(cfg, "max_ttl: 10m\n        default_ttl: 2m", "max_ttl: 4s\n        default_ttl: 2s", 1)
+	return cfg + "refresh_interval: 1s\n"
+}
+
+// daemonView is one daemon as a verifier and signer sees it.
+type daemonView struct {
+	name    string
+	c       signerv1.SignerClient
+	httpURL string
+}
+
+// second starts another `signerd serve` on the instance's token, with its own audit trail.
+func (in *instance) second(t *testing.T) (daemonView, func()) {
+	t.Helper()
+	b, err := os.ReadFile(in.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(in.dir, "second.yaml")
+	writeConfig(t, cfg, strings.Replace(string(b), "/audit.log", "/audit-second.log", 1))
+	addr, httpURL, _, stop := serve(t, cfg)
+	peer := *in
+	peer.addr = addr
+	return daemonView{name: "B", c: peer.dial(t, in.svc), httpURL: httpURL}, stop
+}
+
+func (d daemonView) jwksKids(t *testing.T, in *instance) map[string]bool {
+	t.Helper()
+	resp, err := in.httpClient().Get(d.httpURL + "/.well-known/jwks.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var set struct{ Keys []struct{ Kid string } }
+	if err := json.NewDecoder(resp.Body).Decode(&set); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, k := range set.Keys {
+		out[k.Kid] = true
+	}
+	return out
+}
+
+func (d daemonView) signKid(t *testing.T, key string) string {
+	t.Helper()
+	resp, err := d.c.Sign(ctxT(t), &signerv1.SignRequest{Key: key, Input: &signerv1.SignRequest_Message{Message: []byte("m")}})
+	if err != nil {
+		t.Fatalf("daemon %s: Sign(%q) = %v", d.name, key, err)
+	}
+	return resp.GetKid()
+}
+
+// eventually retries check until it passes or the deadline (several refresh intervals) passes.
+func eventually(t *testing.T, what string, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(4 * time.Second)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func sameSet(got map[string]bool, want ...string) error {
+	if len(got) != len(want) {
+		return fmt.Errorf("JWKS kids %v, want %v", got, want)
+	}
+	for _, k := range want {
+		if !got[k] {
+			return fmt.Errorf("JWKS kids %v, want %v", got, want)
+		}
+	}
+	return nil
+}
+
+// TestStagedRotationTwoDaemons rotates a key on a real token with two daemons serving it, and checks
+// at each phase that both agree on the JWKS, the signing kid and what verifies; it restarts the daemons
+// mid-way, and checks that the retired version's objects are gone from the token at the end.
+func TestStagedRotationTwoDaemons(t *testing.T) {
+	in := startInstance(t, instanceOptions{keys: map[string]string{"es256": "ES256", "rot": "ES256"},
+		keyFlags: []string{"--prepublish", "3s", "--grace", "5s"}, edit: shortPeriods})
+	a := daemonView{name: "A", c: in.dial(t, in.svc), httpURL: in.httpURL}
+	b, stopB := in.second(t)
+	daemons := []daemonView{a, b}
+
+	v1 := a.signKid(t, "rot")
+	oldSig, err := a.c.Sign(ctxT(t), &signerv1.SignRequest{Key: "rot", Input: &signerv1.SignRequest_Message{Message: []byte("before")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifiesOld := func(d daemonView) bool {
+		v, err := d.c.Verify(ctxT(t), &signerv1.VerifyRequest{Key: "rot", Input: &signerv1.VerifyRequest_Message{Message: []byte("before")}, Signature: oldSig.GetSignature()})
+		return err == nil && v.GetValid()
+	}
+
+	// Staged rotation through the local CLI on the token, while both daemons run.
+	out, err := signerd(t, nil, "keys", "rotate", "--config", in.cfgPath, "--name", "rot")
+	if err != nil {
+		t.Fatalf("signerd keys rotate: %v\n%s", err, out)
+	}
+	rotated := time.Now()
+	list, _ := signerd(t, nil, "keys", "list", "--config", in.cfgPath)
+	var v2 string
+	for _, line := range strings.Split(list, "\n") {
+		if f := strings.Fields(line); len(f) >= 5 && f[0] == "rot" && f[2] == "2" && f[3] == "pending" {
+			v2 = f[4]
+		}
+	}
+	if v2 == "" {
+		t.Fatalf("keys list shows no pending version 2 of rot:\n%s", list)
+	}
+
+	// Pending: within a refresh both publish v2, both still sign with v1.
+	for _, d := range daemons {
+		eventually(t, "daemon "+d.name+" publishes the pending version", func() error { return sameSet(d.jwksKids(t, in), v1, v2, d.esKid(t)) })
+		if time.Since(rotated) < 3*time.Second {
+			if kid := d.signKid(t, "rot"); kid != v1 {
+				t.Errorf("daemon %s signs with %s during prepublish, want v1 %s", d.name, kid, v1)
+			}
+		}
+	}
+	// Restart B while v2 is pending: it comes back with the same view.
+	stopB()
+	b, stopB = in.second(t)
+	daemons[1] = b
+	defer stopB()
+
+	// Active: both sign with v2; v1 is retired but still verifies and is still published.
+	for _, d := range daemons {
+		eventually(t, "daemon "+d.name+" signs with v2", func() error {
+			if kid := d.signKid(t, "rot"); kid != v2 {
+				return fmt.Errorf("signs with %s, want v2 %s", kid, v2)
+			}
+			return nil
+		})
+		if err := sameSet(d.jwksKids(t, in), v1, v2, d.esKid(t)); err != nil && time.Since(rotated) < 7*time.Second {
+			t.Errorf("daemon %s while v1 is in grace: %v", d.name, err)
+		}
+		if !verifiesOld(d) && time.Since(rotated) < 7*time.Second {
+			t.Errorf("daemon %s refuses v1's signature during its grace", d.name)
+		}
+	}
+
+	// Grace over (3s + 5s after the rotation): v1 unpublished and refused everywhere, then destroyed.
+	time.Sleep(time.Until(rotated.Add(8 * time.Second)))
+	for _, d := range daemons {
+		eventually(t, "daemon "+d.name+" drops v1 after its grace", func() error {
+			if verifiesOld(d) {
+				return fmt.Errorf("v1 signature still verifies")
+			}
+			return sameSet(d.jwksKids(t, in), v2, d.esKid(t))
+		})
+	}
+	eventually(t, "v1 destroyed in the token", func() error {
+		out, _ := signerd(t, nil, "keys", "list", "--config", in.cfgPath)
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) >= 5 && f[0] == "rot" && f[2] == "1" {
+				if f[3] != "destroyed" || f[4] != v1 {
+					return fmt.Errorf("v1 is %s (kid %s), want destroyed with its kid kept", f[3], f[4])
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("no v1 line in\n%s", out)
+	})
+	if objs := p11Objects(t, in); strings.Contains(objs, "signerd:rot:v1") || !strings.Contains(objs, "signerd:rot:v2") {
+		t.Errorf("pkcs11-tool still shows rot v1 objects (or lost v2):\n%s", objs)
+	}
+}
+
+// esKid is the kid of the instance's es256 key, which every JWKS also carries.
+func (d daemonView) esKid(t *testing.T) string { return d.signKid(t, "es256") }
+
+// p11Objects lists the token's objects with pkcs11-tool (OpenSC), independently of signerd.
+func p11Objects(t *testing.T, in *instance) string {
+	t.Helper()
+	if _, err := exec.LookPath("pkcs11-tool"); err != nil {
+		t.Skip("pkcs11-tool (opensc) not installed")
+	}
+	cmd := exec.Command("pkcs11-tool", "--module", in.tok.Module, "--token-label", in.tok.Label, "--login", "--pin", in.tok.PIN, "--list-objects")
+	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+in.tok.Conf)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("pkcs11-tool --list-objects: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+// TestEmergencyRotationTwoDaemons revokes the active version through KeyAdmin on one daemon; within a
+// refresh the other refuses its tokens and signatures too, and neither publishes it.
+func TestEmergencyRotationTwoDaemons(t *testing.T) {
+	in := startInstance(t, instanceOptions{keys: map[string]string{"es256": "ES256", "rot": "ES256"},
+		keyFlags: []string{"--prepublish", "3s", "--grace", "5s"}, edit: shortPeriods})
+	a := daemonView{name: "A", c: in.dial(t, in.svc), httpURL: in.httpURL}
+	b, _ := in.second(t)
+	tok, err := a.c.SignJWT(ctxT(t), &signerv1.SignJWTRequest{Key: "rot", ClaimsJson: `{"sub":"x"}`, TtlSeconds: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []daemonView{a, b} {
+		if _, err := d.c.VerifyJWT(ctxT(t), &signerv1.VerifyJWTRequest{Token: tok.GetToken()}); err != nil {
+			t.Fatalf("daemon %s: VerifyJWT before rotation = %v", d.name, err)
+		}
+	}
+	admin := signerv1.NewKeyAdminClient(in.conn(t, in.svc))
+	rot, err := admin.RotateKey(ctxT(t), &signerv1.RotateKeyRequest{Key: "rot", Emergency: true})
+	if err != nil {
+		t.Fatalf("RotateKey(emergency) = %v", err)
+	}
+	v2 := rot.GetVersion().GetKid()
+	for _, d := range []daemonView{a, b} {
+		eventually(t, "daemon "+d.name+" refuses the revoked version", func() error {
+			if _, err := d.c.VerifyJWT(ctxT(t), &signerv1.VerifyJWTRequest{Token: tok.GetToken()}); status.Code(err) != codes.Unauthenticated {
+				return fmt.Errorf("VerifyJWT(old token) = %v, want Unauthenticated", err)
+			}
+			if kid := d.signKid(t, "rot"); kid != v2 {
+				return fmt.Errorf("signs with %s, want %s", kid, v2)
+			}
+			return sameSet(d.jwksKids(t, in), v2, d.esKid(t))
+		})
+	}
+	// Non-admins cannot rotate.
+	limitedAdmin := signerv1.NewKeyAdminClient(in.conn(t, in.limited))
+	if _, err := limitedAdmin.RotateKey(ctxT(t), &signerv1.RotateKeyRequest{Key: "rot"}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("RotateKey by a non-admin = %v, want PermissionDenied", err)
+	}
+	if events := auditEvents(t, in, func(e map[string]any) bool {
+		return e["op"] == "admin.rotate_key" && e["outcome"] == "ok" && strings.Contains(fmt.Sprint(e["reason"]), "emergency")
+	}); len(events) != 1 {
+		t.Errorf("audit trail has %d emergency rotation events, want 1", len(events))
+	}
+}
+
+// TestRotateDueConcurrently runs `signerd keys rotate --due` from three processes at once: every due key
+// is rotated exactly once, and a key that is not due is left alone.
+func TestRotateDueConcurrently(t *testing.T) {
+	keys := map[string]string{"es256": "ES256", "d1": "ES256", "d2": "EdDSA", "d3": "ES384", "d4": "ES256"}
+	in := startInstance(t, instanceOptions{keys: keys, edit: shortPeriods,
+		keyFlags: []string{"--prepublish", "2s", "--grace", "5s", "--rotation-period", "3s"}})
+	// es256 was created with the same period; give every key time to come due.
+	time.Sleep(3100 * time.Millisecond)
+	var wg sync.WaitGroup
+	outs := make([]string, 3)
+	for i := range outs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, err := signerd(t, nil, "keys", "rotate", "--due", "--config", in.cfgPath)
+			if err != nil {
+				t.Errorf("rotate --due #%d: %v\n%s", i, err, out)
+			}
+			outs[i] = out
+		}()
+	}
+	wg.Wait()
+	counts := map[string]int{}
+	for _, out := range outs {
+		for _, line := range strings.Split(out, "\n") {
+			if name, ok := strings.CutPrefix(line, "rotated "); ok {
+				counts[name]++
+			}
+		}
+	}
+	list, err := signerd(t, nil, "keys", "list", "--config", in.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	versions := map[string]int{}
+	for _, line := range strings.Split(list, "\n")[1:] {
+		if f := strings.Fields(line); len(f) > 0 {
+			versions[f[0]]++
+		}
+	}
+	for name := range keys {
+		if counts[name] != 1 || versions[name] != 2 {
+			t.Errorf("key %s: rotated %d times by the processes, has %d versions; want 1 and 2\n%s\n%s", name, counts[name], versions[name], strings.Join(outs, "---\n"), list)
+		}
+	}
+	// Right after, nothing is due (each key has a pending version).
+	if out, err := signerd(t, nil, "keys", "rotate", "--due", "--config", in.cfgPath); err != nil || !strings.Contains(out, "no key due") {
+		t.Errorf("second rotate --due = %v\n%s", err, out)
+	}
+}
