@@ -39,6 +39,12 @@ type Config struct {
 	MaxSessions int
 	// PoolWaitTimeout bounds how long an operation waits for a free session.
 	PoolWaitTimeout time.Duration
+	// LockFile is the file that serialises object-store work among local processes using the token
+	// (see localLock); one per module and token in the temporary directory when empty.
+	LockFile string
+	// Exclusive, when set, is the local lock this process already holds; the Token then takes no local
+	// lock of its own.
+	Exclusive *ExclusiveLock
 }
 
 // validate checks the parts of c that the PKCS#11 library would otherwise report badly or not at all.

@@ -136,18 +136,23 @@ func (t *Token) Generate(spec KeySpec, label string) ([]byte, crypto.Signer, err
 		// (pkcs11-notes §3.4); a collision of 128 random bits means something is badly wrong.
 		return nil, nil, fmt.Errorf("hsm: generate: CKA_ID %x already in use", id)
 	}
-	var err error
-	if spec.Type == Ed25519 {
-		err = t.generateEd25519(id, label, true)
-		if isAttributeUnsupported(err) {
-			err = t.generateEd25519(id, label, false)
+	err := t.local.write(func() error {
+		if err := t.pool.with("generate", t.reindex); err != nil {
+			return err
 		}
-	} else {
-		err = t.generateC11(spec, id, label, true)
+		if spec.Type == Ed25519 {
+			err := t.generateEd25519(id, label, true)
+			if isAttributeUnsupported(err) {
+				err = t.generateEd25519(id, label, false)
+			}
+			return err
+		}
+		err := t.generateC11(spec, id, label, true)
 		if isAttributeUnsupported(err) {
 			err = t.generateC11(spec, id, label, false)
 		}
-	}
+		return err
+	})
 	if err != nil {
 		return nil, nil, classify(fmt.Sprintf("generate %v key %q", spec, label), err)
 	}
@@ -238,6 +243,16 @@ func (t *Token) generateEd25519(id []byte, label string, pinMech bool) error {
 // one private key with that ID, of the expected type and size; sensitive, non-extractable, able to sign
 // and not to decrypt; and a sign-then-verify self test against its public key.
 func (t *Token) Find(spec KeySpec, id []byte) (crypto.Signer, error) {
+	var s crypto.Signer
+	err := t.local.read(func() error {
+		var err error
+		s, err = t.find(spec, id)
+		return err
+	})
+	return s, err
+}
+
+func (t *Token) find(spec KeySpec, id []byte) (crypto.Signer, error) {
 	op := fmt.Sprintf("load key %x", id)
 	if err := spec.validate(); err != nil {
 		return nil, invalidInput(op, "%v", err)
@@ -404,6 +419,10 @@ func (t *Token) Destroy(id []byte) error {
 	if len(id) == 0 {
 		return invalidInput("destroy", "empty CKA_ID")
 	}
+	return t.local.write(func() error { return t.destroy(id) })
+}
+
+func (t *Token) destroy(id []byte) error {
 	return t.pool.with(fmt.Sprintf("destroy key %x", id), func(s pkcs11.SessionHandle) error {
 		handles, err := t.findObjects(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)})
 		if err != nil {
@@ -421,10 +440,12 @@ func (t *Token) Destroy(id []byte) error {
 // countObjects counts the objects of any class with CKA_ID id.
 func (t *Token) countObjects(id []byte) (int, error) {
 	var n int
-	err := t.pool.with("count objects", func(s pkcs11.SessionHandle) error {
-		handles, err := t.findObjects(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)})
-		n = len(handles)
-		return err
+	err := t.local.read(func() error {
+		return t.pool.with("count objects", func(s pkcs11.SessionHandle) error {
+			handles, err := t.findObjects(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)})
+			n = len(handles)
+			return err
+		})
 	})
 	return n, err
 }

@@ -41,38 +41,40 @@ func (t *Token) TryLock(name string, ttl time.Duration) (func() error, error) {
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, name),
 	}
 	var mine pkcs11.ObjectHandle
-	err := t.pool.with("lock "+name, func(s pkcs11.SessionHandle) error {
-		var err error
-		mine, err = t.p11.CreateObject(s, append(tmpl,
-			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-			pkcs11.NewAttribute(pkcs11.CKA_VALUE, val)))
-		if err != nil {
-			return fmt.Errorf("create lock object: %w", err)
-		}
-		handles, err := t.findObjects(s, tmpl)
-		if err != nil {
-			_ = t.p11.DestroyObject(s, mine)
-			return err
-		}
-		now := time.Now().UnixNano()
-		for _, h := range handles {
-			if h == mine {
-				continue
-			}
-			attrs, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
+	err := t.local.write(func() error {
+		return t.pool.with("lock "+name, func(s pkcs11.SessionHandle) error {
+			var err error
+			mine, err = t.p11.CreateObject(s, append(tmpl,
+				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+				pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+				pkcs11.NewAttribute(pkcs11.CKA_VALUE, val)))
 			if err != nil {
-				continue // destroyed meanwhile by its holder
+				return fmt.Errorf("create lock object: %w", err)
 			}
-			var other lockValue
-			if json.Unmarshal(attrs[0].Value, &other) == nil && other.Owner != me && other.Expires <= now {
-				_ = t.p11.DestroyObject(s, h) // a dead holder's lock
-				continue
+			handles, err := t.findObjects(s, tmpl)
+			if err != nil {
+				_ = t.p11.DestroyObject(s, mine)
+				return err
 			}
-			_ = t.p11.DestroyObject(s, mine)
-			return ErrLocked
-		}
-		return nil
+			now := time.Now().UnixNano()
+			for _, h := range handles {
+				if h == mine {
+					continue
+				}
+				attrs, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
+				if err != nil {
+					continue // destroyed meanwhile by its holder
+				}
+				var other lockValue
+				if json.Unmarshal(attrs[0].Value, &other) == nil && other.Owner != me && other.Expires <= now {
+					_ = t.p11.DestroyObject(s, h) // a dead holder's lock
+					continue
+				}
+				_ = t.p11.DestroyObject(s, mine)
+				return ErrLocked
+			}
+			return nil
+		})
 	})
 	if err != nil {
 		if errors.Is(err, ErrLocked) {
@@ -81,8 +83,13 @@ func (t *Token) TryLock(name string, ttl time.Duration) (func() error, error) {
 		return nil, err
 	}
 	return func() error {
-		return t.pool.with("unlock "+name, func(s pkcs11.SessionHandle) error {
-			return t.p11.DestroyObject(s, mine)
+		return t.local.write(func() error {
+			return t.pool.with("unlock "+name, func(s pkcs11.SessionHandle) error {
+				if err := t.reindex(s); err != nil {
+					return err
+				}
+				return t.p11.DestroyObject(s, mine)
+			})
 		})
 	}, nil
 }

@@ -20,23 +20,25 @@ type Record struct {
 // Records returns every signerd record in the token.
 func (t *Token) Records() ([]Record, error) {
 	var out []Record
-	err := t.pool.with("read records", func(s pkcs11.SessionHandle) error {
-		handles, err := t.findObjects(s, recordTemplate(""))
-		if err != nil {
-			return err
-		}
-		out = make([]Record, 0, len(handles))
-		for _, h := range handles {
-			attrs, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{
-				pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil),
-				pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil),
-			})
+	err := t.local.read(func() error {
+		return t.pool.with("read records", func(s pkcs11.SessionHandle) error {
+			handles, err := t.findObjects(s, recordTemplate(""))
 			if err != nil {
-				return fmt.Errorf("read record attributes: %w", err)
+				return err
 			}
-			out = append(out, Record{Name: string(attrs[0].Value), Value: attrs[1].Value})
-		}
-		return nil
+			out = make([]Record, 0, len(handles))
+			for _, h := range handles {
+				attrs, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{
+					pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil),
+					pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil),
+				})
+				if err != nil {
+					return fmt.Errorf("read record attributes: %w", err)
+				}
+				out = append(out, Record{Name: string(attrs[0].Value), Value: attrs[1].Value})
+			}
+			return nil
+		})
 	})
 	return out, err
 }
@@ -49,6 +51,10 @@ func (t *Token) PutRecord(name string, value []byte) error {
 	if name == "" {
 		return invalidInput("put record", "empty name")
 	}
+	return t.local.write(func() error { return t.putRecord(name, value) })
+}
+
+func (t *Token) putRecord(name string, value []byte) error {
 	return t.pool.with("put record "+name, func(s pkcs11.SessionHandle) error {
 		old, err := t.findObjects(s, recordTemplate(name))
 		if err != nil {
@@ -72,6 +78,10 @@ func (t *Token) PutRecord(name string, value []byte) error {
 
 // DeleteRecord removes the record name; a missing record is not an error.
 func (t *Token) DeleteRecord(name string) error {
+	return t.local.write(func() error { return t.deleteRecord(name) })
+}
+
+func (t *Token) deleteRecord(name string) error {
 	return t.pool.with("delete record "+name, func(s pkcs11.SessionHandle) error {
 		handles, err := t.findObjects(s, recordTemplate(name))
 		if err != nil {
@@ -95,6 +105,13 @@ func recordTemplate(name string) []*pkcs11.Attribute {
 		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_LABEL, name))
 	}
 	return tmpl
+}
+
+// reindex makes the token re-read its object list now, before a write (see localLock). Any search does.
+func (t *Token) reindex(s pkcs11.SessionHandle) error {
+	_, err := t.findObjects(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, "signerd-reindex")})
+	return err
 }
 
 // findObjects returns every object matching tmpl.

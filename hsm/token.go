@@ -23,11 +23,13 @@ import (
 // Token is an open, logged-in PKCS#11 token. It is safe for concurrent use. Close it once done; Close is
 // idempotent.
 type Token struct {
-	c11  *crypto11.Context
-	p11  *pkcs11.Ctx
-	slot uint
-	info pkcs11.TokenInfo
-	pool *sessionPool
+	c11 *crypto11.Context
+	p11 *pkcs11.Ctx
+	// local serialises object-store work with other processes on this machine.
+	local *localLock
+	slot  uint
+	info  pkcs11.TokenInfo
+	pool  *sessionPool
 	// mechs caches which signing mechanisms the token supports, probed once at Open.
 	mechs map[uint]pkcs11.MechanismInfo
 
@@ -53,17 +55,35 @@ func Open(cfg Config) (*Token, error) {
 		n := int(*cfg.Slot)
 		c11cfg.SlotNumber = &n
 	}
-	c11, err := crypto11.Configure(c11cfg)
+	if cfg.LockFile == "" {
+		cfg.LockFile = defaultLockFile(cfg)
+	}
+	var local *localLock
+	if cfg.Exclusive == nil {
+		var err error
+		if local, err = openLocalLock(cfg.LockFile); err != nil {
+			return nil, err
+		}
+	}
+	var c11 *crypto11.Context
+	// Login reads the token's own object file, which another local process may be rewriting.
+	err := local.read(func() error {
+		var err error
+		c11, err = crypto11.Configure(c11cfg)
+		return err
+	})
 	if err != nil {
+		local.close()
 		return nil, describeOpenError(cfg, err)
 	}
 	// The module is initialised now; a second dlopen handle shares its state and its login.
 	p11 := pkcs11.New(cfg.Module)
 	if p11 == nil {
 		_ = c11.Close()
+		local.close()
 		return nil, fmt.Errorf("hsm: open module %s a second time: failed", cfg.Module)
 	}
-	t := &Token{c11: c11, p11: p11}
+	t := &Token{c11: c11, p11: p11, local: local}
 	if err := t.selectSlot(cfg); err != nil {
 		t.closeHandles()
 		return nil, err
@@ -157,6 +177,7 @@ func (t *Token) closeHandles() {
 	// unloads its dlopen reference.
 	t.closeErr = t.c11.Close()
 	t.p11.Destroy()
+	t.local.close()
 }
 
 // sessionPool is a bounded pool of raw sessions for the operations crypto11 cannot do. Sessions are opened

@@ -32,6 +32,11 @@ func (r *Ring) update(name string, fn func(cur *Meta, now time.Time) (*Meta, []b
 	if err != nil {
 		return nil, err
 	}
+	// Keys are never deleted: a key this ring has seen but the token does not list means the token's
+	// listing is incomplete, and acting on it (creating the key again, say) would be wrong.
+	if cur == nil && r.snap.Load().Exists(name) {
+		return nil, fmt.Errorf("keyring: %q is loaded but its record is missing from the token's listing; not changing it", name)
+	}
 	next, generated, err := fn(cur, r.now().UTC())
 	if err != nil {
 		return nil, err

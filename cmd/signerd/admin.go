@@ -17,8 +17,11 @@ import (
 	"github.com/signerd/signerd/server/authz"
 )
 
-// openRing opens the token named in the config file and loads its keys, for the local subcommands.
-func openRing(cfgPath string) (*keyring.Ring, *config.Config, func(), error) {
+// openRing opens the token named in the config file and loads its keys, for the local subcommands. A
+// command that changes keys (exclusive) first takes the token's local lock and holds it until it is
+// done, so that its view of the token is complete and no other process on this machine changes the
+// token meanwhile; the token-wide key locks still order it with other machines.
+func openRing(cfgPath string, exclusive bool) (*keyring.Ring, *config.Config, func(), error) {
 	if cfgPath == "" {
 		return nil, nil, nil, fmt.Errorf("%w: --config is required", errUsage)
 	}
@@ -30,16 +33,26 @@ func openRing(cfgPath string) (*keyring.Ring, *config.Config, func(), error) {
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	release := func() {}
+	if exclusive {
+		ex, err := hsm.AcquireExclusive(hcfg)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		hcfg.Exclusive, release = ex, ex.Release
+	}
 	tok, err := hsm.Open(hcfg)
 	if err != nil {
+		release()
 		return nil, nil, nil, err
 	}
 	ring, err := keyring.Open(hsmstore.New(tok), keyring.Options{})
 	if err != nil {
 		_ = tok.Close()
+		release()
 		return nil, nil, nil, err
 	}
-	return ring, cfg, func() { _ = tok.Close() }, nil
+	return ring, cfg, func() { _ = tok.Close(); release() }, nil
 }
 
 // checkSettings applies the same rule as the daemon's KeyAdmin: prepublish at least the JWKS max-age,
@@ -76,7 +89,8 @@ func cmdKeys(args []string, stdout io.Writer) error {
 	if err := parseFlags(fs, args[1:]); err != nil {
 		return err
 	}
-	ring, cfg, closeFn, err := openRing(*cfgPath)
+	exclusive := args[0] != "list" && args[0] != "public"
+	ring, cfg, closeFn, err := openRing(*cfgPath, exclusive)
 	if err != nil {
 		return err
 	}

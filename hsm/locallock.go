@@ -1,0 +1,119 @@
+package hsm
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+)
+
+// localLock serialises object-store work among the processes of one machine that use the same token:
+// reads share it, writes (creating or destroying objects) take it alone. SoftHSM's file store needs
+// this: a process that lists the token directory while another creates or deletes an object file can
+// see a partial listing, or mark the whole token invalid until it is re-initialised (its OSToken::index
+// gives up on a failed directory refresh). Network HSMs do not need it, and it costs them nothing.
+// Signing never takes it.
+//
+// It also guards against a second SoftHSM flaw: a process's own write (Generation::commit) adopts the
+// token generation that other processes' writes produced, so that process stops noticing those writes
+// and its object list goes stale for good. Every write here therefore lists the token first, under the
+// exclusive lock, so that the list is current when the write absorbs the generation (see reindex).
+type localLock struct {
+	f       *os.File
+	rw      sync.RWMutex // orders this process's readers and writers
+	mu      sync.Mutex   // guards readers
+	readers int
+}
+
+// defaultLockFile is the lock file for a token selector when the configuration names none: one per
+// module and token, in the temporary directory.
+func defaultLockFile(cfg Config) string {
+	sum := sha256.Sum256([]byte(cfg.Module + "\x00" + selector(cfg)))
+	return filepath.Join(os.TempDir(), "signerd-token-"+hex.EncodeToString(sum[:8])+".lock")
+}
+
+func openLocalLock(path string) (*localLock, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("hsm: lock file: %w", err)
+	}
+	return &localLock{f: f}, nil
+}
+
+func (l *localLock) flock(how int) {
+	for {
+		if err := syscall.Flock(int(l.f.Fd()), how); err != syscall.EINTR {
+			return
+		}
+	}
+}
+
+// read runs f holding the lock shared. A nil lock (the process holds an ExclusiveLock) just runs f.
+func (l *localLock) read(f func() error) error {
+	if l == nil {
+		return f()
+	}
+	l.rw.RLock()
+	defer l.rw.RUnlock()
+	l.mu.Lock()
+	if l.readers == 0 {
+		l.flock(syscall.LOCK_SH)
+	}
+	l.readers++
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		if l.readers--; l.readers == 0 {
+			l.flock(syscall.LOCK_UN)
+		}
+		l.mu.Unlock()
+	}()
+	return f()
+}
+
+// write runs f holding the lock exclusively.
+func (l *localLock) write(f func() error) error {
+	if l == nil {
+		return f()
+	}
+	l.rw.Lock()
+	defer l.rw.Unlock()
+	l.flock(syscall.LOCK_EX)
+	defer l.flock(syscall.LOCK_UN)
+	return f()
+}
+
+func (l *localLock) close() {
+	if l != nil {
+		_ = l.f.Close()
+	}
+}
+
+// ExclusiveLock is the token's local lock held by this process for as long as it likes, shutting out
+// every other local process's object-store work, even reads. A command that changes keys takes it
+// before it opens the token (Config.Exclusive), so that the token's object list it loads is complete
+// and stays true while it works: SoftHSM's incremental view of other processes' changes is not
+// dependable under concurrent writers, but its first, full listing is.
+type ExclusiveLock struct{ l *localLock }
+
+// AcquireExclusive waits for and takes the local lock of the token cfg selects.
+func AcquireExclusive(cfg Config) (*ExclusiveLock, error) {
+	if cfg.LockFile == "" {
+		cfg.LockFile = defaultLockFile(cfg)
+	}
+	l, err := openLocalLock(cfg.LockFile)
+	if err != nil {
+		return nil, err
+	}
+	l.flock(syscall.LOCK_EX)
+	return &ExclusiveLock{l: l}, nil
+}
+
+// Release gives the lock up.
+func (e *ExclusiveLock) Release() {
+	e.l.flock(syscall.LOCK_UN)
+	e.l.close()
+}
