@@ -67,6 +67,8 @@ type instance struct {
 	// "issuer" may only issue and verify JWTs with es256 under the JWT rules below.
 	svc, limited, issuer *devca.Leaf
 	stderr               *lockedBuffer
+	// stop stops the instance's daemon.
+	stop func()
 }
 
 type instanceOptions struct {
@@ -167,7 +169,7 @@ audit:
 			t.Fatalf("signerd %v: %v\n%s", args, err, out)
 		}
 	}
-	in.addr, in.httpURL, in.stderr, _ = serve(t, in.cfgPath)
+	in.addr, in.httpURL, in.stderr, in.stop = serve(t, in.cfgPath)
 	return in
 }
 

@@ -157,7 +157,18 @@ func TestStagedRotationTwoDaemons(t *testing.T) {
 	daemons[1] = b
 	defer stopB()
 
-	// Active: both sign with v2; v1 is retired but still verifies and is still published.
+	// Active: both sign with v2; v1 is retired but still verifies and is still published. A is restarted
+	// in this phase, B was restarted in the last one.
+	eventually(t, "daemon A signs with v2", func() error {
+		if kid := a.signKid(t, "rot"); kid != v2 {
+			return fmt.Errorf("signs with %s, want v2 %s", kid, v2)
+		}
+		return nil
+	})
+	stopA := in.restartFirst(t)
+	defer stopA()
+	a = daemonView{name: "A", c: in.dial(t, in.svc), httpURL: in.httpURL}
+	daemons[0] = a
 	for _, d := range daemons {
 		eventually(t, "daemon "+d.name+" signs with v2", func() error {
 			if kid := d.signKid(t, "rot"); kid != v2 {
@@ -198,6 +209,16 @@ func TestStagedRotationTwoDaemons(t *testing.T) {
 	if objs := p11Objects(t, in); strings.Contains(objs, "signerd:rot:v1") || !strings.Contains(objs, "signerd:rot:v2") {
 		t.Errorf("pkcs11-tool still shows rot v1 objects (or lost v2):\n%s", objs)
 	}
+}
+
+// restartFirst stops the instance's first daemon and starts it again on the same config.
+func (in *instance) restartFirst(t *testing.T) func() {
+	t.Helper()
+	in.stop()
+	var stop func()
+	in.addr, in.httpURL, in.stderr, stop = serve(t, in.cfgPath)
+	in.stop = stop
+	return stop
 }
 
 // esKid is the kid of the instance's es256 key, which every JWKS also carries.
@@ -311,5 +332,29 @@ func TestRotateDueConcurrently(t *testing.T) {
 	// Right after, nothing is due (each key has a pending version).
 	if out, err := signerd(t, nil, "keys", "rotate", "--due", "--config", in.cfgPath); err != nil || !strings.Contains(out, "no key due") {
 		t.Errorf("second rotate --due = %v\n%s", err, out)
+	}
+}
+
+// TestUnknownKidRefresh: a daemon that refreshes rarely still verifies a token signed by a version that
+// another daemon just created, because an unknown kid makes it re-read the token (SIGHUP does too).
+func TestUnknownKidRefresh(t *testing.T) {
+	slow := func(cfg string) string {
+		return strings.Replace(shortPeriods(cfg), "refresh_interval: 1s\n", "refresh_interval: 1h\n", 1)
+	}
+	in := startInstance(t, instanceOptions{keys: map[string]string{"es256": "ES256", "rot": "ES256"},
+		keyFlags: []string{"--prepublish", "3s", "--grace", "5s"}, edit: slow})
+	b, _ := in.second(t)
+	admin := signerv1.NewKeyAdminClient(in.conn(t, in.svc))
+	rot, err := admin.RotateKey(ctxT(t), &signerv1.RotateKeyRequest{Key: "rot", Emergency: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := in.dial(t, in.svc).SignJWT(ctxT(t), &signerv1.SignJWTRequest{Key: "rot", ClaimsJson: `{"sub":"x"}`})
+	if err != nil || tok.GetKid() != rot.GetVersion().GetKid() {
+		t.Fatalf("SignJWT on A after rotation = %v, %v; want kid %s", tok, err, rot.GetVersion().GetKid())
+	}
+	v, err := b.c.VerifyJWT(ctxT(t), &signerv1.VerifyJWTRequest{Token: tok.GetToken()})
+	if err != nil || v.GetKid() != tok.GetKid() {
+		t.Errorf("VerifyJWT on B (refresh interval 1h) of a token from the new version = %v, %v; want it verified after an unknown-kid refresh", v, err)
 	}
 }
