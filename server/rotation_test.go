@@ -307,4 +307,3 @@ func TestKeyAdminRefusals(t *testing.T) {
 		t.Errorf("admin ListKeys = %v, %v; want k with 2 versions", list, err)
 	}
 }
-
