@@ -41,7 +41,7 @@ func BenchmarkSign(b *testing.B) {
 	for _, key := range []string{"es256", "rs256"} {
 		k, _ := ring.Snapshot().Key(key)
 		digest := k.Alg.Digest([]byte("benchmark message"))
-		for _, conc := range []int{1, 8, 32} {
+		for _, conc := range []int{1, 8, 32, 64} {
 			b.Run(fmt.Sprintf("%s/conc=%d/grpc", jose.Algorithm(k.Alg), conc), func(b *testing.B) {
 				req := &signerv1.SignRequest{Key: key, Input: &signerv1.SignRequest_Digest{Digest: digest}}
 				parallel(b, conc, func() error {
