@@ -8,7 +8,6 @@ package clienttest
 
 import (
 	"crypto/tls"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
@@ -32,12 +31,18 @@ import (
 // Identity is the identity (subject CN) of the client certificate a Server issues for its callers.
 const Identity = "svc"
 
-// DefaultPolicy grants [Identity] every operation on every key, with the default JWT rules.
+// AdminIdentity is the administrator of DefaultPolicy, allowed to call KeyAdmin; issue its certificate
+// with IssueClient.
+const AdminIdentity = "admin"
+
+// DefaultPolicy grants [Identity] every operation on every key, with the default JWT rules, and makes
+// [AdminIdentity] an administrator.
 func DefaultPolicy() authz.Policy {
-	return authz.Policy{Grants: []authz.Grant{{Identity: Identity, Keys: []string{"*"}, Operations: authz.Ops()}}}
+	return authz.Policy{Admins: []string{AdminIdentity},
+		Grants: []authz.Grant{{Identity: Identity, Keys: []string{"*"}, Operations: authz.Ops()}}}
 }
 
-// Server is a running signerd Signer service.
+// Server is a running signerd: the Signer and KeyAdmin services.
 type Server struct {
 	// Addr is the host:port the server listens on (always on 127.0.0.1).
 	Addr string
@@ -81,6 +86,7 @@ func NewServer(tb testing.TB, policy authz.Policy) *Server {
 	tb.Cleanup(func() { _ = auditLog.Close() })
 	srv, err := server.New(server.Config{
 		Keys:        ring,
+		Manager:     ring,
 		Policy:      authorizer,
 		MaxInFlight: 4,
 		Audit:       auditLog,
@@ -106,6 +112,9 @@ func NewServer(tb testing.TB, policy authz.Policy) *Server {
 		grpc.MaxRecvMsgSize(server.MaxRequestBytes),
 	)
 	srv.Register(g)
+	if err := srv.RegisterAdmin(g); err != nil {
+		tb.Fatalf("RegisterAdmin() = %v", err)
+	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatalf("net.Listen() = %v", err)
@@ -144,55 +153,20 @@ func (s *Server) IssueClient(tb testing.TB, identity string) (certFile, keyFile 
 }
 
 // CreateKey creates key name with algorithm alg. RSA keys are 2048 bits, the smallest allowed, to keep
-// tests fast.
+// tests fast. The key has no prepublish period, so that Rotate activates a new version at once.
 func (s *Server) CreateKey(tb testing.TB, name string, alg jose.Algorithm) {
 	tb.Helper()
-	if _, err := s.Ring.Create(name, alg, jose.MinRSABits, keyring.DefaultSettings()); err != nil {
+	settings := keyring.Settings{Grace: keyring.Duration(keyring.DefaultGrace)}
+	if _, err := s.Ring.Create(name, alg, jose.MinRSABits, settings); err != nil {
 		tb.Fatalf("Ring.Create(%q, %s) = %v", name, alg, err)
 	}
 }
 
-// Rotate adds a new version to key name that is active at once, retiring the current one, as an
-// emergency rotation would. It writes the key's record in the store directly and refreshes the ring.
+// Rotate adds a new version to key name (made by CreateKey) that signs at once; the previous version
+// retires and keeps verifying through its grace period.
 func (s *Server) Rotate(tb testing.TB, name string) {
 	tb.Helper()
-	records, err := s.Store.ReadRecords()
-	if err != nil {
-		tb.Fatalf("ReadRecords() = %v", err)
-	}
-	var meta *keyring.Meta
-	for _, b := range records {
-		var m keyring.Meta
-		if err := json.Unmarshal(b, &m); err != nil {
-			tb.Fatalf("decode key record: %v", err)
-		}
-		if m.Name == name && (meta == nil || m.Revision > meta.Revision) {
-			meta = &m
-		}
-	}
-	if meta == nil {
-		tb.Fatalf("Rotate(%q): no such key", name)
-	}
-	n := len(meta.Versions) + 1
-	id, signer, err := s.Store.Generate(meta.Alg, meta.Bits, name)
-	if err != nil {
-		tb.Fatalf("Generate(%s) = %v", meta.Alg, err)
-	}
-	kid, err := jose.Thumbprint(signer.Public())
-	if err != nil {
-		tb.Fatalf("Thumbprint() = %v", err)
-	}
-	now := time.Now().UTC()
-	meta.Versions = append(meta.Versions, keyring.Version{Number: n, ID: id, Kid: kid, Created: now, ActivateAt: now})
-	meta.Revision++
-	b, err := json.Marshal(meta)
-	if err != nil {
-		tb.Fatalf("encode key record: %v", err)
-	}
-	if err := s.Store.WriteRecord(name, b); err != nil {
-		tb.Fatalf("WriteRecord(%q) = %v", name, err)
-	}
-	if err := s.Ring.Refresh(); err != nil {
-		tb.Fatalf("Ring.Refresh() = %v", err)
+	if _, _, err := s.Ring.Rotate(name, false); err != nil {
+		tb.Fatalf("Ring.Rotate(%q) = %v", name, err)
 	}
 }

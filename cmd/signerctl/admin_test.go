@@ -1,12 +1,7 @@
 package main
 
 import (
-	"crypto/tls"
 	"encoding/json"
-	"io"
-	"log/slog"
-	"net"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -15,22 +10,15 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-
-	"github.com/signerd/signerd/audit"
-	"github.com/signerd/signerd/devca"
+	"github.com/signerd/signerd/client/clienttest"
 	"github.com/signerd/signerd/jose"
 	"github.com/signerd/signerd/keyring"
-	"github.com/signerd/signerd/keyring/keyringtest"
-	"github.com/signerd/signerd/server"
-	"github.com/signerd/signerd/server/authz"
 )
 
 // Identities of the certificates an admin test server issues.
 const (
-	adminIdentity  = "admin" // listed in the policy's admins
-	clientIdentity = "svc"   // granted every operation on every key, but no administrator
+	adminIdentity  = clienttest.AdminIdentity // listed in the policy's admins
+	clientIdentity = clienttest.Identity      // granted every operation on every key, but no administrator
 )
 
 // adminServer is a signerd serving both Signer and KeyAdmin in the test process, built like
@@ -44,84 +32,14 @@ type adminServer struct {
 	adminCertFile, adminKeyFile string
 }
 
-// setupAdmin starts an adminServer with software keys and points the SIGNERD_* environment at it: the
-// client certificate in SIGNERD_CERT and SIGNERD_KEY, the administrator's in SIGNERD_ADMIN_CERT and
-// SIGNERD_ADMIN_KEY.
+// setupAdmin starts a server with software keys (clienttest) and points the SIGNERD_* environment at
+// it: the client certificate in SIGNERD_CERT and SIGNERD_KEY, the administrator's in SIGNERD_ADMIN_CERT
+// and SIGNERD_ADMIN_KEY.
 func setupAdmin(t *testing.T) *adminServer {
 	t.Helper()
-	ca, err := devca.New("signerctl test CA", time.Hour)
-	if err != nil {
-		t.Fatalf("devca.New() = %v", err)
-	}
-	ring, err := keyring.Open(keyringtest.NewMemoryStore(), keyring.Options{})
-	if err != nil {
-		t.Fatalf("keyring.Open() = %v", err)
-	}
-	policy, err := authz.Compile(authz.Policy{
-		Admins: []string{adminIdentity},
-		Grants: []authz.Grant{{Identity: clientIdentity, Keys: []string{"*"}, Operations: authz.Ops()}},
-	}, nil)
-	if err != nil {
-		t.Fatalf("authz.Compile() = %v", err)
-	}
-	auditLog := audit.New(io.Discard)
-	t.Cleanup(func() { _ = auditLog.Close() })
-	srv, err := server.New(server.Config{
-		Keys:        ring,
-		Manager:     ring,
-		Policy:      policy,
-		MaxInFlight: 4,
-		Audit:       auditLog,
-		Log:         slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatalf("server.New() = %v", err)
-	}
-	leaf, err := ca.Issue(devca.Request{CommonName: "signerd", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true})
-	if err != nil {
-		t.Fatalf("Issue(server certificate) = %v", err)
-	}
-	g := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(&tls.Config{
-			MinVersion:   tls.VersionTLS13,
-			Certificates: []tls.Certificate{leaf.TLS()},
-			ClientAuth:   tls.RequireAndVerifyClientCert,
-			ClientCAs:    ca.Pool(),
-		})),
-		grpc.UnaryInterceptor(srv.UnaryInterceptor()),
-		grpc.StreamInterceptor(srv.StreamInterceptor()),
-		grpc.MaxRecvMsgSize(server.MaxRequestBytes),
-	)
-	srv.Register(g)
-	if err := srv.RegisterAdmin(g); err != nil {
-		t.Fatalf("RegisterAdmin() = %v", err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("net.Listen() = %v", err)
-	}
-	go func() { _ = g.Serve(lis) }()
-	t.Cleanup(g.Stop)
-
-	dir := t.TempDir()
-	s := &adminServer{addr: lis.Addr().String(), ring: ring, caFile: filepath.Join(dir, "ca.pem")}
-	if err := os.WriteFile(s.caFile, ca.CertPEM(), 0o644); err != nil {
-		t.Fatalf("write CA certificate: %v", err)
-	}
-	issue := func(identity string) (certFile, keyFile string) {
-		leaf, err := ca.Issue(devca.Request{CommonName: identity, Client: true})
-		if err != nil {
-			t.Fatalf("Issue(%q) = %v", identity, err)
-		}
-		certFile, keyFile = filepath.Join(dir, identity+".crt"), filepath.Join(dir, identity+".key")
-		if err := leaf.WriteFiles(certFile, keyFile); err != nil {
-			t.Fatalf("WriteFiles(%q) = %v", identity, err)
-		}
-		return certFile, keyFile
-	}
-	s.certFile, s.keyFile = issue(clientIdentity)
-	s.adminCertFile, s.adminKeyFile = issue(adminIdentity)
-
+	srv := clienttest.NewServer(t, clienttest.DefaultPolicy())
+	s := &adminServer{addr: srv.Addr, ring: srv.Ring, caFile: srv.CACertFile, certFile: srv.CertFile, keyFile: srv.KeyFile}
+	s.adminCertFile, s.adminKeyFile = srv.IssueClient(t, adminIdentity)
 	t.Setenv(envAddr, s.addr)
 	t.Setenv(envCACert, s.caFile)
 	t.Setenv(envCert, s.certFile)
