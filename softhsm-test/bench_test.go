@@ -28,16 +28,7 @@ func BenchmarkSign(b *testing.B) {
 	in := startInstance(b, instanceOptions{keys: map[string]string{"es256": "ES256", "rs256": "RS256"}, maxSessions: 5})
 	c := in.dial(b, in.svc)
 
-	tok, err := hsm.Open(hsm.Config{Module: in.tok.Module, TokenLabel: in.tok.Label, PIN: in.tok.PIN,
-		MaxSessions: 17, PoolWaitTimeout: 5 * time.Second})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = tok.Close() }()
-	ring, err := keyring.Open(hsmstore.New(tok), keyring.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
+	ring := in.openInProcess(b)
 	for _, key := range []string{"es256", "rs256"} {
 		k, _ := ring.Snapshot().Key(key)
 		digest := k.Alg.Digest([]byte("benchmark message"))
@@ -89,16 +80,7 @@ func parallel(b *testing.B, conc int, op func() error) {
 func BenchmarkJWT(b *testing.B) {
 	in := startInstance(b, instanceOptions{keys: map[string]string{"es256": "ES256"}, maxSessions: 5})
 	c := in.dial(b, in.svc)
-	tok, err := hsm.Open(hsm.Config{Module: in.tok.Module, TokenLabel: in.tok.Label, PIN: in.tok.PIN,
-		MaxSessions: 17, PoolWaitTimeout: 5 * time.Second})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = tok.Close() }()
-	ring, err := keyring.Open(hsmstore.New(tok), keyring.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
+	ring := in.openInProcess(b)
 	k, _ := ring.Snapshot().Key("es256")
 	digest := k.Alg.Digest([]byte("benchmark message"))
 	token, err := c.SignJWT(context.Background(), &signerv1.SignJWTRequest{Key: "es256", ClaimsJson: `{"sub":"bench"}`, TtlSeconds: 300})
@@ -156,4 +138,21 @@ func mintTokens(b *testing.B, c signerv1.SignerClient, n int) []string {
 	}
 	wg.Wait()
 	return out
+}
+
+// openInProcess opens the instance's token in this process (crypto11, as the daemon does) and loads its
+// keys, for the in-process side of the comparisons. The token is closed at cleanup.
+func (in *instance) openInProcess(b *testing.B) *keyring.Ring {
+	b.Helper()
+	tok, err := hsm.Open(hsm.Config{Module: in.tok.Module, TokenLabel: in.tok.Label, PIN: in.tok.PIN,
+		MaxSessions: 17, PoolWaitTimeout: 5 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = tok.Close() })
+	ring, err := keyring.Open(hsmstore.New(tok), keyring.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return ring
 }
