@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -57,6 +58,10 @@ type HSM struct {
 	hsm.PINSource   `yaml:",inline"`
 	MaxSessions     int           `yaml:"max_sessions"`
 	PoolWaitTimeout time.Duration `yaml:"pool_wait_timeout"`
+	// LockFile serialises object-store work among the processes of this machine that use the token
+	// (the daemon and the rotation timer's command must name the same file); a file in the temporary
+	// directory when empty, which units with PrivateTmp= do not share.
+	LockFile string `yaml:"lock_file"`
 }
 
 // HTTP configures the public HTTPS listener (server-authenticated TLS only: it serves public data).
@@ -206,6 +211,11 @@ func (c *Config) Validate() error {
 			add("hsm.pin_file", "%v", err)
 		}
 	}
+	if c.HSM.LockFile != "" {
+		if _, err := os.Stat(filepath.Dir(c.HSM.LockFile)); err != nil {
+			add("hsm.lock_file", "%v", err)
+		}
+	}
 	if c.HSM.MaxSessions < 2 {
 		add("hsm.max_sessions", "%d, want at least 2", c.HSM.MaxSessions)
 	}
@@ -260,7 +270,7 @@ func (c *Config) Validate() error {
 func (c *Config) HSMConfig() (hsm.Config, error) {
 	h := c.HSM
 	out := hsm.Config{Module: h.Module, TokenLabel: h.TokenLabel, TokenSerial: h.TokenSerial, Slot: h.Slot,
-		MaxSessions: h.MaxSessions, PoolWaitTimeout: h.PoolWaitTimeout}
+		MaxSessions: h.MaxSessions, PoolWaitTimeout: h.PoolWaitTimeout, LockFile: h.LockFile}
 	src := h.PINSource
 	if h.URI != "" {
 		u, err := hsm.ParseURI(h.URI)

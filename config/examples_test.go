@@ -31,7 +31,7 @@ func TestExampleConfigs(t *testing.T) {
 			body := string(b)
 			for _, line := range strings.Split(body, "\n") {
 				k, v, ok := strings.Cut(strings.TrimSpace(line), ": ")
-				if !ok || !strings.HasSuffix(k, "_file") || !strings.HasPrefix(v, "/") || k == "file" {
+				if !ok || !strings.HasSuffix(k, "_file") || !strings.HasPrefix(v, "/") || k == "file" || k == "lock_file" {
 					continue
 				}
 				local := filepath.Join(dir, filepath.Base(v))
@@ -40,6 +40,8 @@ func TestExampleConfigs(t *testing.T) {
 				}
 				body = strings.Replace(body, v, local, 1)
 			}
+			// The lock file's directory must exist; point it here.
+			body = strings.ReplaceAll(body, "/var/lib/signerd/token.lock", filepath.Join(dir, "token.lock"))
 			if _, err := config.Parse([]byte(body)); err != nil {
 				t.Errorf("config.Parse(%s) = %v", f, err)
 			}

@@ -158,6 +158,8 @@ func (t *Token) Generate(spec KeySpec, label string) ([]byte, crypto.Signer, err
 	}
 	s, err := t.Find(spec, id)
 	if err != nil {
+		// The caller never learns the ID of a key that failed its check, so it goes now.
+		_ = t.Destroy(id)
 		return nil, nil, err
 	}
 	return id, s, nil
@@ -314,6 +316,8 @@ func (t *Token) checkPrivateObject(op string, spec KeySpec, id []byte) (pkcs11.O
 			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, nil),
 			pkcs11.NewAttribute(pkcs11.CKA_SIGN, nil),
 			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, nil),
 		})
 		if err != nil {
 			return fmt.Errorf("read attributes: %w", err)
@@ -333,6 +337,8 @@ func (t *Token) checkPrivateObject(op string, spec KeySpec, id []byte) (pkcs11.O
 			{"CKA_PRIVATE", attrs[3], true},
 			{"CKA_SIGN", attrs[4], true},
 			{"CKA_DECRYPT", attrs[5], false},
+			{"CKA_DERIVE", attrs[6], false},
+			{"CKA_UNWRAP", attrs[7], false},
 		} {
 			if got := boolAttr(c.attr); got != c.want {
 				problems = append(problems, fmt.Errorf("%s is %v, want %v", c.name, got, c.want))

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -26,6 +27,9 @@ type localLock struct {
 	rw      sync.RWMutex // orders this process's readers and writers
 	mu      sync.Mutex   // guards readers
 	readers int
+	// held is set while this process holds the lock for a whole change (Token.Exclusive): the calls
+	// the change makes then run without locking again. Such changes are serialised by the key ring.
+	held atomic.Bool
 }
 
 // defaultLockFile is the lock file for a token selector when the configuration names none: one per
@@ -53,7 +57,7 @@ func (l *localLock) flock(how int) {
 
 // read runs f holding the lock shared. A nil lock (the process holds an ExclusiveLock) just runs f.
 func (l *localLock) read(f func() error) error {
-	if l == nil {
+	if l == nil || l.held.Load() {
 		return f()
 	}
 	l.rw.RLock()
@@ -76,7 +80,7 @@ func (l *localLock) read(f func() error) error {
 
 // write runs f holding the lock exclusively.
 func (l *localLock) write(f func() error) error {
-	if l == nil {
+	if l == nil || l.held.Load() {
 		return f()
 	}
 	l.rw.Lock()
@@ -84,6 +88,25 @@ func (l *localLock) write(f func() error) error {
 	l.flock(syscall.LOCK_EX)
 	defer l.flock(syscall.LOCK_UN)
 	return f()
+}
+
+// Exclusive takes the token's local lock until the returned function is called, for one change made of
+// several object-store calls (read a record, generate, write). Calls made meanwhile do not lock again;
+// the caller serialises such changes (the key ring does). With an ExclusiveLock held for the whole
+// process, it does nothing.
+func (t *Token) Exclusive() func() {
+	l := t.local
+	if l == nil {
+		return func() {}
+	}
+	l.rw.Lock()
+	l.flock(syscall.LOCK_EX)
+	l.held.Store(true)
+	return func() {
+		l.held.Store(false)
+		l.flock(syscall.LOCK_UN)
+		l.rw.Unlock()
+	}
 }
 
 func (l *localLock) close() {

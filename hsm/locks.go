@@ -43,6 +43,10 @@ func (t *Token) TryLock(name string, ttl time.Duration) (func() error, error) {
 	var mine pkcs11.ObjectHandle
 	err := t.local.write(func() error {
 		return t.pool.with("lock "+name, func(s pkcs11.SessionHandle) error {
+			// List before creating: the creation adopts the token generation (see localLock).
+			if err := t.reindex(s); err != nil {
+				return err
+			}
 			var err error
 			mine, err = t.p11.CreateObject(s, append(tmpl,
 				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),

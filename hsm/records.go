@@ -67,10 +67,11 @@ func (t *Token) putRecord(name string, value []byte) error {
 		if _, err := t.p11.CreateObject(s, tmpl); err != nil {
 			return fmt.Errorf("create record: %w", err)
 		}
+		// The new record is written; an old one that cannot be destroyed now is harmless (readers take
+		// the higher revision) and goes at the next write. Failing here would make the caller undo a
+		// change the token already holds.
 		for _, h := range old {
-			if err := t.p11.DestroyObject(s, h); err != nil {
-				return fmt.Errorf("destroy old record: %w", err)
-			}
+			_ = t.p11.DestroyObject(s, h)
 		}
 		return nil
 	})

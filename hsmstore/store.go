@@ -11,6 +11,7 @@ import (
 
 	"github.com/signerd/signerd/hsm"
 	"github.com/signerd/signerd/jose"
+	"github.com/signerd/signerd/keyring"
 )
 
 // Store is a keyring.Store over a token.
@@ -65,17 +66,27 @@ const (
 	lockWait = 30 * time.Second
 )
 
-// Lock implements keyring.Store with the token-wide lock of hsm.TryLock, retrying with jitter while
+// Lock implements keyring.Store. It first takes the token's local lock for the whole change, so that
+// no other process on this machine touches the token's objects meanwhile (and every process takes the
+// two locks in the same order), then the token-wide lock of hsm.TryLock, retrying with jitter while
 // another process (on this machine or another one sharing the token) holds it.
 func (s Store) Lock(name string) (func() error, error) {
+	release := s.t.Exclusive()
 	deadline := time.Now().Add(lockWait)
 	for {
 		unlock, err := s.t.TryLock("key:"+name, lockTTL)
-		if !errors.Is(err, hsm.ErrLocked) {
-			return unlock, err
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("lock key %q: still held by another process after %v: %w", name, lockWait, err)
+		switch {
+		case err == nil:
+			return func() error {
+				defer release()
+				return unlock()
+			}, nil
+		case !errors.Is(err, hsm.ErrLocked):
+			release()
+			return nil, err
+		case time.Now().After(deadline):
+			release()
+			return nil, fmt.Errorf("%w: %q still locked after %v", keyring.ErrLocked, name, lockWait)
 		}
 		time.Sleep(time.Duration(20+rand.IntN(180)) * time.Millisecond)
 	}

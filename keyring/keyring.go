@@ -44,6 +44,10 @@ var (
 	ErrNotFound = errors.New("keyring: no such key")
 	ErrExists   = errors.New("keyring: key exists")
 	ErrNoActive = errors.New("keyring: key has no active version")
+	// ErrInvalid means a request the keyring refuses outright: a key size or settings out of bounds.
+	ErrInvalid = errors.New("keyring: invalid request")
+	// ErrLocked means another process kept the key's lock longer than the store waits; retry later.
+	ErrLocked = errors.New("keyring: key is being changed by another process")
 )
 
 // DefaultRSABits is the RSA modulus size of new keys when none is given.
@@ -78,6 +82,16 @@ func Open(store Store, opts Options) (*Ring, error) {
 
 // Snapshot returns the current view. It never changes; a later refresh publishes a new one.
 func (r *Ring) Snapshot() *Snapshot { return r.snap.Load() }
+
+// TryRefresh refreshes unless a refresh or a change is already under way (which publishes a fresh view
+// itself), so that a request never waits behind a key change for it.
+func (r *Ring) TryRefresh() error {
+	if !r.mu.TryLock() {
+		return nil
+	}
+	defer r.mu.Unlock()
+	return r.refreshLocked()
+}
 
 // Refresh re-reads every record from the store and publishes a new Snapshot. Versions already loaded are
 // reused, so a refresh costs one read of the records unless a version appeared. On error the previous
@@ -115,14 +129,25 @@ func (r *Ring) refreshLocked() error {
 			continue
 		}
 		next.keys[name] = k
+	}
+	// One key's trouble must not freeze every other key's view (a revocation elsewhere must still
+	// arrive), so the snapshot is published with the rest. A key that failed, or that the listing lacks
+	// (keys are never deleted, so that is the token's listing, not the truth), keeps its previous view.
+	// The first load, by Open, is strict instead: a daemon does not start with a key it cannot check.
+	if len(errs) > 0 && len(prev.keys) == 0 {
+		return errors.Join(errs...)
+	}
+	for name, k := range prev.keys {
+		if _, ok := next.keys[name]; !ok {
+			next.keys[name] = k
+		}
+	}
+	for _, k := range next.keys {
 		for _, v := range k.Versions {
 			if v.Public != nil {
 				next.byKid[v.Kid] = v
 			}
 		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return err
 	}
 	next.names = make([]string, 0, len(next.keys))
 	for name := range next.keys {
@@ -130,7 +155,7 @@ func (r *Ring) refreshLocked() error {
 	}
 	sort.Strings(next.names)
 	r.snap.Store(next)
-	return nil
+	return errors.Join(errs...)
 }
 
 // loadKey builds a Key from its record, loading from the store only versions not already in prev.
@@ -188,14 +213,14 @@ func (r *Ring) Create(name string, alg jose.Algorithm, bits int, settings Settin
 		return nil, err
 	}
 	if err := settings.Validate(); err != nil {
-		return nil, fmt.Errorf("keyring: create %q: %w", name, err)
+		return nil, fmt.Errorf("%w: create %q: %w", ErrInvalid, name, err)
 	}
 	if alg.KeyType() == jose.KeyRSA {
 		if bits == 0 {
 			bits = DefaultRSABits
 		}
-		if bits < jose.MinRSABits {
-			return nil, fmt.Errorf("keyring: RSA key of %d bits: want at least %d", bits, jose.MinRSABits)
+		if bits < jose.MinRSABits || bits > 16384 {
+			return nil, fmt.Errorf("%w: RSA key of %d bits: want %d to 16384", ErrInvalid, bits, jose.MinRSABits)
 		}
 	} else {
 		bits = 0

@@ -76,8 +76,10 @@ func toStatus(log *slog.Logger, err error) error {
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, keyring.ErrState):
 		return status.Error(codes.FailedPrecondition, err.Error())
-	case errors.Is(err, keyring.ErrBadName), errors.Is(err, jose.ErrUnsupportedAlgorithm):
+	case errors.Is(err, keyring.ErrBadName), errors.Is(err, keyring.ErrInvalid), errors.Is(err, jose.ErrUnsupportedAlgorithm):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, keyring.ErrLocked):
+		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, jose.ErrMalformedSignature), errors.Is(err, jose.ErrWrongDigestLength):
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, authz.ErrClaimPolicy):

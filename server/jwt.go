@@ -183,12 +183,12 @@ func (s *Server) verifyJWT(ctx context.Context, req *signerv1.VerifyJWTRequest, 
 	}
 	ev.Input = audit.InputHash([]byte(tok))
 	vt := s.verified.get(tok)
-	if vt == nil {
+	cached := vt != nil
+	if !cached {
 		var err error
 		if vt, err = s.verifySignature(tok, ev); err != nil {
 			return nil, err
 		}
-		s.verified.put(tok, vt)
 	}
 	// Whether cached or not: the kid must be published now, and the caller allowed to verify with it.
 	v, ok := s.keys.Snapshot().Kid(vt.kid)
@@ -196,9 +196,10 @@ func (s *Server) verifyJWT(ctx context.Context, req *signerv1.VerifyJWTRequest, 
 		return nil, invalidToken("unknown kid %q", vt.kid)
 	}
 	ev.Key, ev.Kid, ev.Alg, ev.Claims = v.Key.Name, v.Kid, string(v.Key.Alg), summarize(vt.claims)
-	rules, err := s.authorize(ctx, v.Key.Name, authz.OpVerifyJWT)
-	if err != nil {
-		return nil, err
+	// The refusal does not name the key: a token's kid must not tell a stranger the key's name.
+	rules, ok := s.policy.Load().Allow(identity(ctx), v.Key.Name, authz.OpVerifyJWT)
+	if !ok {
+		return nil, permissionDenied("identity %q may not verify tokens of this key", identity(ctx))
 	}
 	opts := []jwt.ParserOption{jwt.WithLeeway(s.leeway), jwt.WithTimeFunc(s.now), jwt.WithIssuedAt(), jwt.WithExpirationRequired()}
 	if rules != nil && rules.Issuer != "" {
@@ -209,6 +210,11 @@ func (s *Server) verifyJWT(ctx context.Context, req *signerv1.VerifyJWTRequest, 
 	}
 	if err := jwt.NewValidator(opts...).Validate(vt.claims); err != nil {
 		return nil, invalidToken("%s", claimsReason(err))
+	}
+	// Only tokens a caller was allowed to verify, and that passed, are remembered, and only small ones,
+	// so that the cache cannot be filled by strangers or with large tokens.
+	if !cached && len(tok) <= maxCachedToken {
+		s.verified.put(tok, vt)
 	}
 	return &signerv1.VerifyJWTResponse{ClaimsJson: string(vt.payload), Kid: v.Kid, Key: v.Key.Name}, nil
 }

@@ -205,7 +205,7 @@ const minKidRefresh = time.Second
 // refreshForKid re-reads the keys after a request named a kid this daemon does not know, in case another
 // daemon or the CLI just rotated. It reports whether it refreshed.
 func (s *Server) refreshForKid() bool {
-	r, ok := s.keys.(interface{ Refresh() error })
+	r, ok := s.keys.(interface{ TryRefresh() error })
 	if !ok {
 		return false
 	}
@@ -213,7 +213,7 @@ func (s *Server) refreshForKid() bool {
 	if now-last < int64(minKidRefresh) || !s.lastKidRefresh.CompareAndSwap(last, now) {
 		return false
 	}
-	if err := r.Refresh(); err != nil {
+	if err := r.TryRefresh(); err != nil {
 		s.log.Warn("refresh for unknown kid failed", "err", err)
 		return false
 	}

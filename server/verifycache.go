@@ -6,8 +6,12 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// verifiedCacheSize bounds the verified-token cache.
-const verifiedCacheSize = 16384
+// verifiedCacheSize bounds the verified-token cache: at most 16384 tokens of at most maxCachedToken
+// bytes each (about 64 MiB with their claims, at worst).
+const (
+	verifiedCacheSize = 16384
+	maxCachedToken    = 2 << 10
+)
 
 // verified is a token whose signature has been checked against the public key of kid. A signature,
 // once valid for a key, stays valid, so only that part is cached: every hit still checks that kid is

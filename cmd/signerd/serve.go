@@ -174,7 +174,7 @@ func (d *daemon) startHTTP(cfg *config.Config) error {
 		}})
 	d.httpSrv = &http.Server{
 		Handler:           h,
-		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}},
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}},
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      10 * time.Second,
@@ -302,7 +302,12 @@ func (d *daemon) refresh(transition *time.Timer) {
 func (d *daemon) scheduleTransition(t *time.Timer) {
 	wait := time.Hour
 	if next := d.ring.Snapshot().NextTransition(); !next.IsZero() {
-		wait = max(time.Until(next), 0) + 10*time.Millisecond
+		wait = time.Until(next) + 10*time.Millisecond
+		if wait <= 10*time.Millisecond {
+			// The transition is due but the last refresh did not take it (it failed): retry calmly
+			// rather than spin on the token.
+			wait = time.Second
+		}
 	}
 	t.Reset(wait)
 }

@@ -26,7 +26,7 @@ const DefaultMaxTTL = 5 * time.Minute
 // as Rules with no Issuer, no Audiences, any Subject, no ForbiddenClaims and
 // a MaxTTL and DefaultTTL of [DefaultMaxTTL].
 type Rules struct {
-	// Issuer is stamped as iss; empty means a caller-supplied iss is kept.
+	// Issuer is stamped as iss; empty means tokens carry no iss (a caller may not set one).
 	Issuer string
 	// Audiences are the allowed aud values; empty means aud may not be set.
 	Audiences []string
@@ -55,7 +55,7 @@ var reservedClaims = [...]string{"iat", "nbf", "exp"}
 // It refuses, with an error wrapping [ErrClaimPolicy] that names the rule:
 // a negative ttl or one above MaxTTL (it is never silently shortened); the
 // claims iat, nbf and exp, which signerd sets, and jti when GenerateJTI is
-// set; any of ForbiddenClaims; an iss that is not a string or, when Issuer is
+// set; any of ForbiddenClaims; an iss when Issuer is empty, one that is not a string or, when Issuer is
 // set, differs from it; an aud (a string or an array of strings) with any
 // value not in Audiences, or any aud at all when Audiences is empty; a sub
 // that is not a string or does not match Subject, or no sub when Subject is
@@ -100,7 +100,11 @@ func (r *Rules) CheckClaims(claims map[string]any, ttl time.Duration) (time.Dura
 		switch {
 		case !ok:
 			return 0, refuse(`claim "iss" must be a string`)
-		case r.Issuer != "" && s != r.Issuer:
+		case r.Issuer == "":
+			// Every key's versions are in one JWKS, so a caller choosing iss could mint tokens that
+			// another service's verifiers accept as their own: only a configured issuer is stamped.
+			return 0, refuse(`claim "iss" may not be set: the grant has no jwt.issuer`)
+		case s != r.Issuer:
 			return 0, refuse(`claim "iss" %s differs from jwt.issuer`, quote(s))
 		}
 	}

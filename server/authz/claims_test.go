@@ -49,7 +49,7 @@ func TestCheckClaims(t *testing.T) {
 		{name: "forbidden null claim", rules: full, claims: `{"sub":"user-1","admin":null}`, wantErr: `claim "admin" is in jwt.forbidden_claims`},
 		{name: "iss differs", rules: full, claims: `{"sub":"user-1","iss":"https://evil.example.org"}`, wantErr: "differs from jwt.issuer"},
 		{name: "iss not a string", rules: full, claims: `{"sub":"user-1","iss":1}`, wantErr: `claim "iss" must be a string`},
-		{name: "iss free without issuer", rules: open, claims: `{"iss":"anyone"}`, want: time.Hour},
+		{name: "iss refused without issuer", rules: open, claims: `{"iss":"anyone"}`, wantErr: "no jwt.issuer"},
 		{name: "aud not allowed", rules: full, claims: `{"sub":"user-1","aud":"admin"}`, wantErr: `claim "aud" value "admin" is not in jwt.audiences`},
 		{name: "aud array with one bad", rules: full, claims: `{"sub":"user-1","aud":["api","admin"]}`, wantErr: `"admin" is not in jwt.audiences`},
 		{name: "aud empty array", rules: full, claims: `{"sub":"user-1","aud":[]}`, wantErr: "empty array"},
