@@ -123,7 +123,7 @@ func (t *Token) Generate(spec KeySpec, label string) ([]byte, crypto.Signer, err
 		return nil, nil, invalidInput("generate", "%v", err)
 	}
 	if !t.Supports(spec) {
-		return nil, nil, invalidInput("generate", "token %q does not support %v", t.info.Label, spec)
+		return nil, nil, invalidInput("generate", "token %q does not support %v", t.Label(), spec)
 	}
 	id := make([]byte, IDLen)
 	if _, err := rand.Read(id); err != nil {
@@ -137,7 +137,7 @@ func (t *Token) Generate(spec KeySpec, label string) ([]byte, crypto.Signer, err
 		return nil, nil, fmt.Errorf("hsm: generate: CKA_ID %x already in use", id)
 	}
 	err := t.local.write(func() error {
-		if err := t.pool.with("generate", t.reindex); err != nil {
+		if err := t.with("generate", t.reindex); err != nil {
 			return err
 		}
 		if spec.Type == Ed25519 {
@@ -218,11 +218,14 @@ func (t *Token) generateC11(spec KeySpec, id []byte, label string, pinMech bool)
 	// crypto11 adds its defaults to these sets in place, so they are built fresh for each call.
 	pub := toAttributeSet(publicTemplate(id, label))
 	priv := toAttributeSet(privateTemplate(id, label, mech, pinMech))
-	var err error
+	c11, _, err := t.context()
+	if err != nil {
+		return err
+	}
 	if spec.Type == RSA {
-		_, err = t.c11.GenerateRSAKeyPairWithAttributes(pub, priv, spec.Bits)
+		_, err = c11.GenerateRSAKeyPairWithAttributes(pub, priv, spec.Bits)
 	} else {
-		_, err = t.c11.GenerateECDSAKeyPairWithAttributes(pub, priv, spec.Curve)
+		_, err = c11.GenerateECDSAKeyPairWithAttributes(pub, priv, spec.Curve)
 	}
 	return err
 }
@@ -234,7 +237,7 @@ func (t *Token) generateEd25519(id []byte, label string, pinMech bool) error {
 		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, oidEd25519))
 	priv := append(privateTemplate(id, label, ckmEdDSA, pinMech),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, ckkECEdwards))
-	return t.pool.with("generate Ed25519", func(s pkcs11.SessionHandle) error {
+	return t.with("generate Ed25519", func(s pkcs11.SessionHandle) error {
 		_, _, err := t.p11.GenerateKeyPair(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(ckmECEdwardsKeyPairGen, nil)}, pub, priv)
 		return err
 	})
@@ -245,16 +248,19 @@ func (t *Token) generateEd25519(id []byte, label string, pinMech bool) error {
 // one private key with that ID, of the expected type and size; sensitive, non-extractable, able to sign
 // and not to decrypt; and a sign-then-verify self test against its public key.
 func (t *Token) Find(spec KeySpec, id []byte) (crypto.Signer, error) {
-	var s crypto.Signer
+	var s *signer
 	err := t.local.read(func() error {
 		var err error
 		s, err = t.find(spec, id)
 		return err
 	})
-	return s, err
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
-func (t *Token) find(spec KeySpec, id []byte) (crypto.Signer, error) {
+func (t *Token) find(spec KeySpec, id []byte) (*signer, error) {
 	op := fmt.Sprintf("load key %x", id)
 	if err := spec.validate(); err != nil {
 		return nil, invalidInput(op, "%v", err)
@@ -266,12 +272,16 @@ func (t *Token) find(spec KeySpec, id []byte) (crypto.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
+	c11, gen, err := t.context()
+	if err != nil {
+		return nil, err
+	}
 	var inner crypto.Signer
 	if spec.Type == Ed25519 {
 		inner, err = t.loadEd25519(op, id, priv)
 	} else {
 		var k crypto11.Signer
-		k, err = t.c11.FindKeyPair(id, nil)
+		k, err = c11.FindKeyPair(id, nil)
 		if err != nil {
 			err = &Error{Op: op, Kind: ErrNotFound, Err: err}
 		}
@@ -280,7 +290,8 @@ func (t *Token) find(spec KeySpec, id []byte) (crypto.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &signer{spec: spec, inner: inner, pub: inner.Public()}
+	s := &signer{t: t, spec: spec, id: id, pub: inner.Public()}
+	s.cur.Store(&bound{inner: inner, gen: gen})
 	if err := checkPublic(spec, s.pub); err != nil {
 		return nil, &Error{Op: op, Kind: ErrKeyCheck, Err: err}
 	}
@@ -293,7 +304,7 @@ func (t *Token) find(spec KeySpec, id []byte) (crypto.Signer, error) {
 // checkPrivateObject finds the one private key with CKA_ID id and checks its attributes.
 func (t *Token) checkPrivateObject(op string, spec KeySpec, id []byte) (pkcs11.ObjectHandle, error) {
 	var handle pkcs11.ObjectHandle
-	err := t.pool.with(op, func(s pkcs11.SessionHandle) error {
+	err := t.with(op, func(s pkcs11.SessionHandle) error {
 		handles, err := t.findObjects(s, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
 			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
@@ -355,7 +366,7 @@ func (t *Token) checkPrivateObject(op string, spec KeySpec, id []byte) (pkcs11.O
 // loadEd25519 reads the public half of an Ed25519 key pair and builds a signer over CKM_EDDSA.
 func (t *Token) loadEd25519(op string, id []byte, priv pkcs11.ObjectHandle) (crypto.Signer, error) {
 	var pub ed25519.PublicKey
-	err := t.pool.with(op, func(s pkcs11.SessionHandle) error {
+	err := t.with(op, func(s pkcs11.SessionHandle) error {
 		handles, err := t.findObjects(s, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
 			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
@@ -429,7 +440,7 @@ func (t *Token) Destroy(id []byte) error {
 }
 
 func (t *Token) destroy(id []byte) error {
-	return t.pool.with(fmt.Sprintf("destroy key %x", id), func(s pkcs11.SessionHandle) error {
+	return t.with(fmt.Sprintf("destroy key %x", id), func(s pkcs11.SessionHandle) error {
 		handles, err := t.findObjects(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)})
 		if err != nil {
 			return err
@@ -447,7 +458,7 @@ func (t *Token) destroy(id []byte) error {
 func (t *Token) countObjects(id []byte) (int, error) {
 	var n int
 	err := t.local.read(func() error {
-		return t.pool.with("count objects", func(s pkcs11.SessionHandle) error {
+		return t.with("count objects", func(s pkcs11.SessionHandle) error {
 			handles, err := t.findObjects(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)})
 			n = len(handles)
 			return err

@@ -42,7 +42,7 @@ func (t *Token) TryLock(name string, ttl time.Duration) (func() error, error) {
 	}
 	var mine pkcs11.ObjectHandle
 	err := t.local.write(func() error {
-		return t.pool.with("lock "+name, func(s pkcs11.SessionHandle) error {
+		return t.with("lock "+name, func(s pkcs11.SessionHandle) error {
 			// List before creating: the creation adopts the token generation (see localLock).
 			if err := t.reindex(s); err != nil {
 				return err
@@ -88,7 +88,7 @@ func (t *Token) TryLock(name string, ttl time.Duration) (func() error, error) {
 	}
 	return func() error {
 		return t.local.write(func() error {
-			return t.pool.with("unlock "+name, func(s pkcs11.SessionHandle) error {
+			return t.with("unlock "+name, func(s pkcs11.SessionHandle) error {
 				if err := t.reindex(s); err != nil {
 					return err
 				}

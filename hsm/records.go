@@ -21,7 +21,7 @@ type Record struct {
 func (t *Token) Records() ([]Record, error) {
 	var out []Record
 	err := t.local.read(func() error {
-		return t.pool.with("read records", func(s pkcs11.SessionHandle) error {
+		return t.with("read records", func(s pkcs11.SessionHandle) error {
 			handles, err := t.findObjects(s, recordTemplate(""))
 			if err != nil {
 				return err
@@ -55,7 +55,7 @@ func (t *Token) PutRecord(name string, value []byte) error {
 }
 
 func (t *Token) putRecord(name string, value []byte) error {
-	return t.pool.with("put record "+name, func(s pkcs11.SessionHandle) error {
+	return t.with("put record "+name, func(s pkcs11.SessionHandle) error {
 		old, err := t.findObjects(s, recordTemplate(name))
 		if err != nil {
 			return err
@@ -83,7 +83,7 @@ func (t *Token) DeleteRecord(name string) error {
 }
 
 func (t *Token) deleteRecord(name string) error {
-	return t.pool.with("delete record "+name, func(s pkcs11.SessionHandle) error {
+	return t.with("delete record "+name, func(s pkcs11.SessionHandle) error {
 		handles, err := t.findObjects(s, recordTemplate(name))
 		if err != nil {
 			return err

@@ -7,7 +7,10 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
+	"sync"
+	"sync/atomic"
 
 	"github.com/miekg/pkcs11"
 )
@@ -17,9 +20,19 @@ import (
 // an unknown hash or a digest of the wrong length with PKCS#1 v1.5, and SoftHSM answers CKR_GENERAL_ERROR
 // for bad PSS input (pkcs11-notes §2.1, §2.2).
 type signer struct {
-	spec  KeySpec
+	t    *Token
+	spec KeySpec
+	id   []byte
+	pub  crypto.PublicKey
+	// cur is the key as found under one connection; after a Reconnect it is found again.
+	cur    atomic.Pointer[bound]
+	refind sync.Mutex
+}
+
+// bound is a key found under connection generation gen.
+type bound struct {
 	inner crypto.Signer
-	pub   crypto.PublicKey
+	gen   uint64
 }
 
 // Public returns the public key read from the token when the key was loaded.
@@ -34,11 +47,51 @@ func (k *signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byt
 	if err != nil {
 		return nil, err
 	}
-	sig, err := k.inner.Sign(nil, digest, opts)
+	b, err := k.bound()
+	if err != nil {
+		return nil, err
+	}
+	sig, err := b.inner.Sign(nil, digest, opts)
+	if err != nil && k.t.gen.Load() != b.gen {
+		// The token reconnected while this call was on its way: once more, with the key found again.
+		if b, err = k.bound(); err == nil {
+			sig, err = b.inner.Sign(nil, digest, opts)
+		}
+	}
 	if err != nil {
 		return nil, classify("sign", err)
 	}
 	return sig, nil
+}
+
+// bound returns the key under the current connection, finding it again (with all of Find's checks) if
+// the token reconnected since.
+func (k *signer) bound() (*bound, error) {
+	b := k.cur.Load()
+	if b.gen == k.t.gen.Load() {
+		return b, nil
+	}
+	k.refind.Lock()
+	defer k.refind.Unlock()
+	if b = k.cur.Load(); b.gen == k.t.gen.Load() {
+		return b, nil
+	}
+	fresh, err := k.t.Find(k.spec, k.id)
+	if err != nil {
+		return nil, err
+	}
+	f := fresh.(*signer)
+	if !samePublic(f.pub, k.pub) {
+		return nil, &Error{Op: fmt.Sprintf("reload key %x", k.id), Kind: ErrKeyCheck, Err: errors.New("a different key now has this CKA_ID")}
+	}
+	b = f.cur.Load()
+	k.cur.Store(b)
+	return b, nil
+}
+
+func samePublic(a, b crypto.PublicKey) bool {
+	x, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && x.Equal(b)
 }
 
 // check validates a request and returns the options to hand to the inner signer.
@@ -129,7 +182,7 @@ func (e *edSigner) Public() crypto.PublicKey { return e.pub }
 
 func (e *edSigner) Sign(_ io.Reader, msg []byte, _ crypto.SignerOpts) ([]byte, error) {
 	var sig []byte
-	err := e.t.pool.with("sign", func(s pkcs11.SessionHandle) error {
+	err := e.t.with("sign", func(s pkcs11.SessionHandle) error {
 		if err := e.t.p11.SignInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(ckmEdDSA, nil)}, e.priv); err != nil {
 			return err
 		}

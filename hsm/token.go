@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	//lint:ignore SA1019 the project pins github.com/ThalesGroup/crypto11 v1.6.x by decision; its successor module path changes nothing we use.
@@ -22,19 +23,30 @@ import (
 
 // Token is an open, logged-in PKCS#11 token. It is safe for concurrent use. Close it once done; Close is
 // idempotent.
+//
+// After the token was reset, removed or logged out (an HSM restart), every call fails until Reconnect
+// opens the module again and logs in; the signers handed out before keep working after it, since each
+// finds its key again on first use.
 type Token struct {
-	c11 *crypto11.Context
-	p11 *pkcs11.Ctx
+	cfg Config // kept for Reconnect, PIN included (crypto11 keeps it too)
 	// local serialises object-store work with other processes on this machine.
 	local *localLock
-	slot  uint
-	info  pkcs11.TokenInfo
-	pool  *sessionPool
 	// mechs caches which signing mechanisms the token supports, probed once at Open.
 	mechs map[uint]pkcs11.MechanismInfo
 
-	closeOnce sync.Once
+	// mu is held for reading while the connection below is in use, for writing while Reconnect or
+	// Close replace or release it.
+	mu        sync.RWMutex
+	c11       *crypto11.Context
+	p11       *pkcs11.Ctx
+	slot      uint
+	info      pkcs11.TokenInfo
+	pool      *sessionPool
+	connected bool
+	closed    bool
 	closeErr  error
+	// gen counts connections; a signer whose key was found under an older one finds it again.
+	gen atomic.Uint64
 }
 
 // Open loads the module, selects the token and logs in. The error names what failed (module, token,
@@ -43,6 +55,28 @@ func Open(cfg Config) (*Token, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("hsm: config: %w", err)
 	}
+	if cfg.LockFile == "" {
+		cfg.LockFile = defaultLockFile(cfg)
+	}
+	t := &Token{cfg: cfg}
+	if cfg.Exclusive == nil {
+		var err error
+		if t.local, err = openLocalLock(cfg.LockFile); err != nil {
+			return nil, err
+		}
+	}
+	if err := t.connect(); err != nil {
+		t.local.close()
+		return nil, err
+	}
+	t.mechs = probeMechanismInfo(t.p11, t.slot)
+	return t, nil
+}
+
+// connect opens crypto11 and the raw handle, logs in and selects the slot. The caller holds mu for
+// writing (or owns t alone).
+func (t *Token) connect() error {
+	cfg := t.cfg
 	c11cfg := &crypto11.Config{
 		Path:            cfg.Module,
 		TokenLabel:      cfg.TokenLabel,
@@ -55,42 +89,85 @@ func Open(cfg Config) (*Token, error) {
 		n := int(*cfg.Slot)
 		c11cfg.SlotNumber = &n
 	}
-	if cfg.LockFile == "" {
-		cfg.LockFile = defaultLockFile(cfg)
-	}
-	var local *localLock
-	if cfg.Exclusive == nil {
-		var err error
-		if local, err = openLocalLock(cfg.LockFile); err != nil {
-			return nil, err
-		}
-	}
 	var c11 *crypto11.Context
 	// Login reads the token's own object file, which another local process may be rewriting.
-	err := local.read(func() error {
+	err := t.local.read(func() error {
 		var err error
 		c11, err = crypto11.Configure(c11cfg)
 		return err
 	})
 	if err != nil {
-		local.close()
-		return nil, describeOpenError(cfg, err)
+		return describeOpenError(cfg, err)
 	}
 	// The module is initialised now; a second dlopen handle shares its state and its login.
 	p11 := pkcs11.New(cfg.Module)
 	if p11 == nil {
 		_ = c11.Close()
-		local.close()
-		return nil, fmt.Errorf("hsm: open module %s a second time: failed", cfg.Module)
+		return fmt.Errorf("hsm: open module %s a second time: failed", cfg.Module)
 	}
-	t := &Token{c11: c11, p11: p11, local: local}
+	t.c11, t.p11 = c11, p11
 	if err := t.selectSlot(cfg); err != nil {
-		t.closeHandles()
-		return nil, err
+		t.disconnect()
+		return err
 	}
 	t.pool = newSessionPool(p11, t.slot, cfg.MaxSessions, cfg.PoolWaitTimeout)
-	t.mechs = probeMechanismInfo(p11, t.slot)
-	return t, nil
+	t.connected = true
+	t.gen.Add(1)
+	return nil
+}
+
+// disconnect releases the connection. crypto11 finalises the module when its last Context closes, so
+// the raw handle goes last and only unloads its dlopen reference. The caller holds mu for writing.
+func (t *Token) disconnect() {
+	if t.pool != nil {
+		t.pool.close()
+	}
+	t.closeErr = t.c11.Close()
+	t.p11.Destroy()
+	t.connected = false
+}
+
+// Reconnect drops the connection (sessions, login, module initialisation) and makes a new one, waiting
+// for operations in flight. The daemon calls it when Ping fails; signers re-find their keys on next use.
+func (t *Token) Reconnect() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return &Error{Op: "reconnect", Kind: ErrClosed}
+	}
+	if t.connected {
+		t.disconnect()
+	}
+	if err := t.connect(); err != nil {
+		return &Error{Op: "reconnect", Kind: ErrUnavailable, Err: err}
+	}
+	return nil
+}
+
+// with runs f on a raw session of the current connection.
+func (t *Token) with(op string, f func(pkcs11.SessionHandle) error) error {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	switch {
+	case t.closed:
+		return &Error{Op: op, Kind: ErrClosed}
+	case !t.connected:
+		return &Error{Op: op, Kind: ErrUnavailable, Err: errors.New("not connected")}
+	}
+	return t.pool.with(op, f)
+}
+
+// context returns the current crypto11 context and connection generation.
+func (t *Token) context() (*crypto11.Context, uint64, error) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	switch {
+	case t.closed:
+		return nil, 0, &Error{Op: "hsm", Kind: ErrClosed}
+	case !t.connected:
+		return nil, 0, &Error{Op: "hsm", Kind: ErrUnavailable, Err: errors.New("not connected")}
+	}
+	return t.c11, t.gen.Load(), nil
 }
 
 // describeOpenError turns crypto11's Configure errors into messages that name the failing part.
@@ -142,15 +219,23 @@ func (t *Token) selectSlot(cfg Config) error {
 }
 
 // Label returns the token's label.
-func (t *Token) Label() string { return t.info.Label }
+func (t *Token) Label() string {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.info.Label
+}
 
 // Serial returns the token's serial number.
-func (t *Token) Serial() string { return t.info.SerialNumber }
+func (t *Token) Serial() string {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.info.SerialNumber
+}
 
 // Ping checks that the token is present and the login still holds, with one cheap call. Health checks
 // use it.
 func (t *Token) Ping() error {
-	return t.pool.with("ping", func(s pkcs11.SessionHandle) error {
+	return t.with("ping", func(s pkcs11.SessionHandle) error {
 		info, err := t.p11.GetSessionInfo(s)
 		if err != nil {
 			return err
@@ -165,19 +250,17 @@ func (t *Token) Ping() error {
 // Close logs out and releases every session. It waits for operations in flight. Calling it again
 // returns the first result (crypto11's own Close corrupts its reference count when called twice).
 func (t *Token) Close() error {
-	t.closeOnce.Do(func() {
-		t.pool.close()
-		t.closeHandles()
-	})
-	return t.closeErr
-}
-
-func (t *Token) closeHandles() {
-	// crypto11 finalises the module when its last Context closes, so the raw handle goes last and only
-	// unloads its dlopen reference.
-	t.closeErr = t.c11.Close()
-	t.p11.Destroy()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return t.closeErr
+	}
+	t.closed = true
+	if t.connected {
+		t.disconnect()
+	}
 	t.local.close()
+	return t.closeErr
 }
 
 // sessionPool is a bounded pool of raw sessions for the operations crypto11 cannot do. Sessions are opened

@@ -270,16 +270,38 @@ func (d *daemon) run(ctx context.Context, refresh time.Duration) error {
 		case <-transition.C:
 			d.refresh(transition)
 		case <-healthT.C:
-			err := d.tok.Ping()
-			if err != nil {
-				d.log.Error("token unusable", "err", err)
-			}
-			d.setHealth(err == nil)
+			d.checkToken()
 		case <-hup:
 			d.reload()
 			d.scheduleTransition(transition)
 		}
 	}
+}
+
+// checkToken pings the token; if it is unusable (reset, removed, logged out) it reports NOT_SERVING and
+// reconnects: a new module initialisation and login. Keys find themselves again on first use. It runs
+// every healthInterval, which is the back-off between reconnect attempts.
+func (d *daemon) checkToken() {
+	err := d.tok.Ping()
+	if err == nil {
+		d.setHealth(true)
+		return
+	}
+	d.setHealth(false)
+	d.log.Error("token unusable; reconnecting", "err", err)
+	if err := d.tok.Reconnect(); err != nil {
+		d.log.Error("reconnect failed; will retry", "err", err, "in", healthInterval)
+		return
+	}
+	if err := d.tok.Ping(); err != nil {
+		d.log.Error("token still unusable after reconnect", "err", err)
+		return
+	}
+	d.log.Info("token reconnected")
+	if err := d.ring.Refresh(); err != nil {
+		d.log.Error("key refresh after reconnect failed", "err", err)
+	}
+	d.setHealth(true)
 }
 
 // refresh re-reads the keys from the token, destroys versions past their grace (unless their key keeps
