@@ -34,11 +34,13 @@ const (
 	FieldHash     = "hash"
 )
 
-// Outcomes.
+// Outcomes. A signing operation is recorded twice: OutcomeStarted just before the HSM is asked, and
+// its result after; a started line without a result means the process died in between.
 const (
-	OutcomeOK     = "ok"
-	OutcomeDenied = "denied"
-	OutcomeError  = "error"
+	OutcomeStarted = "started"
+	OutcomeOK      = "ok"
+	OutcomeDenied  = "denied"
+	OutcomeError   = "error"
 )
 
 // Claims summarises a JWT for the audit trail: who it is for and when it ends, not its whole content.
@@ -141,6 +143,14 @@ func (l *Log) Record(e Event) {
 func hashLine(line []byte) string {
 	h := sha256.Sum256(line)
 	return hex.EncodeToString(h[:])
+}
+
+// Err returns the first error the Log met writing; once it is set, events may have been lost, and
+// signerd refuses to sign rather than sign unaudited.
+func (l *Log) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
 }
 
 // Flush writes buffered events out and returns the first write error seen so far.

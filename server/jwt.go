@@ -96,7 +96,7 @@ func (s *Server) signJWT(ctx context.Context, req *signerv1.SignJWTRequest, ev *
 	}
 	signingInput := b64.EncodeToString(header) + "." + b64.EncodeToString(payload)
 	ev.Input = audit.InputHash([]byte(signingInput))
-	sig, err := s.signJWS(ctx, v, signingInput)
+	sig, err := s.signJWS(ctx, v, signingInput, ev)
 	if err != nil {
 		return nil, err
 	}
@@ -106,11 +106,14 @@ func (s *Server) signJWT(ctx context.Context, req *signerv1.SignJWTRequest, ev *
 
 // signJWS signs a JWS signing input with version v in the JOSE form (raw r||s for ECDSA, PSS salt = hash
 // length), inside the in-flight bound.
-func (s *Server) signJWS(ctx context.Context, v *keyring.LoadedVersion, signingInput string) ([]byte, error) {
+func (s *Server) signJWS(ctx context.Context, v *keyring.LoadedVersion, signingInput string, ev *audit.Event) ([]byte, error) {
 	if err := s.acquire(ctx); err != nil {
 		return nil, err
 	}
 	defer s.release()
+	if err := s.auditStart(ev); err != nil {
+		return nil, err
+	}
 	return jose.NewSigningMethod(v.Key.Alg).Sign(signingInput, v.Signer)
 }
 

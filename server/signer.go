@@ -94,7 +94,7 @@ func (s *Server) sign(ctx context.Context, req *signerv1.SignRequest, ev *audit.
 		return nil, failedPrecondition("key %q has no active version", k.Name)
 	}
 	ev.Kid, ev.Alg, ev.Input = v.Kid, string(k.Alg), audit.InputHash(in)
-	sig, err := s.signWith(ctx, v, in)
+	sig, err := s.signWith(ctx, v, in, ev)
 	if err != nil {
 		return nil, err
 	}
@@ -106,13 +106,29 @@ func (s *Server) sign(ctx context.Context, req *signerv1.SignRequest, ev *audit.
 	return &signerv1.SignResponse{Signature: sig, Kid: v.Kid, Alg: string(k.Alg), Version: uint32(v.Number)}, nil
 }
 
-// signWith signs in with version v, inside the in-flight bound.
-func (s *Server) signWith(ctx context.Context, v *keyring.LoadedVersion, in []byte) ([]byte, error) {
+// signWith signs in with version v, inside the in-flight bound, after auditing the attempt.
+func (s *Server) signWith(ctx context.Context, v *keyring.LoadedVersion, in []byte, ev *audit.Event) ([]byte, error) {
 	if err := s.acquire(ctx); err != nil {
 		return nil, err
 	}
 	defer s.release()
+	if err := s.auditStart(ev); err != nil {
+		return nil, err
+	}
 	return v.Signer.Sign(rand.Reader, in, v.Key.Alg.SignerOpts())
+}
+
+// auditStart records that a signature is about to be made. If the audit trail cannot be written,
+// nothing is signed: no signature leaves signerd unaudited.
+func (s *Server) auditStart(ev *audit.Event) error {
+	if err := s.audit.Err(); err != nil {
+		s.log.Error("audit trail unwritable; refusing to sign", "err", err)
+		return &apiError{code: codes.Unavailable, msg: "audit trail unavailable"}
+	}
+	start := *ev
+	start.Outcome = audit.OutcomeStarted
+	s.audit.Record(start)
+	return nil
 }
 
 func checkFormat(f signerv1.SignatureFormat) error {

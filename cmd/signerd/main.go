@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/signerd/signerd/audit"
 	"github.com/signerd/signerd/config"
 )
 
@@ -28,6 +29,7 @@ const usage = `usage:
   signerd keys public --config FILE --name NAME
   signerd token list [--module PATH]
   signerd token init --label LABEL (--so-pin-file F | --so-pin-env VAR) (--pin-file F | --pin-env VAR) [--module PATH]
+  signerd audit verify FILE...
 `
 
 func main() {
@@ -58,6 +60,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdKeys(args[1:], stdout)
 	case "token":
 		return cmdToken(args[1:], stdout)
+	case "audit":
+		return cmdAudit(args[1:], stdout)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -85,6 +89,29 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(level))
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// cmdAudit checks audit trails: every line's hash and its link to the line before.
+func cmdAudit(args []string, stdout io.Writer) error {
+	if len(args) < 2 || args[0] != "verify" {
+		return fmt.Errorf("%w: audit verify FILE...", errUsage)
+	}
+	var errs []error
+	for _, name := range args[1:] {
+		f, err := os.Open(name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		n, err := audit.Verify(f)
+		_ = f.Close()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w (after %d good events)", name, err, n))
+			continue
+		}
+		fmt.Fprintf(stdout, "%s: %d events, chain intact\n", name, n)
+	}
+	return errors.Join(errs...)
 }
 
 func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
