@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -57,6 +58,8 @@ type Config struct {
 	Leeway time.Duration
 	Audit  *audit.Log
 	Log    *slog.Logger
+	// Metrics, when set, receives the server's Prometheus metrics.
+	Metrics prometheus.Registerer
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -76,6 +79,7 @@ type Server struct {
 	leeway        time.Duration
 
 	verified *verifiedCache
+	metrics  *metrics
 	// lastKidRefresh rate-limits refreshes triggered by unknown kids (Unix nanoseconds).
 	lastKidRefresh atomic.Int64
 
@@ -120,6 +124,7 @@ func New(cfg Config) (*Server, error) {
 		s.leeway = DefaultLeeway
 	}
 	s.policy.Store(cfg.Policy)
+	s.metrics = newMetrics(cfg.Metrics, func() float64 { return float64(len(s.sem)) })
 	return s, nil
 }
 
@@ -148,6 +153,8 @@ func (s *Server) UnaryInterceptor() grpc.UnaryServerInterceptor {
 				resp, err = nil, toStatus(s.log, errors.New("panic"))
 			}
 		}()
+		start := time.Now()
+		defer func() { s.metrics.observe(info.FullMethod, start, err) }()
 		id, err := peerIdentity(ctx)
 		if err != nil {
 			return nil, toStatus(s.log, err)

@@ -451,6 +451,17 @@ func TestJWKSEndpoint(t *testing.T) {
 			t.Errorf("GET %s = %d, want %d", path, r.StatusCode, code)
 		}
 	}
+	mresp, err := in.httpClient().Get(in.httpURL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	for _, want := range []string{"signerd_token_up 1", "signerd_keys 3", `signerd_grpc_requests_total{code="OK",method="/signer.v1.Signer/GetPublicKey"}`, "signerd_signs_in_flight"} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 	r, err := in.httpClient().Post(in.httpURL+"/.well-known/jwks.json", "text/plain", strings.NewReader("x"))
 	if err != nil {
 		t.Fatal(err)

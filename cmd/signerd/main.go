@@ -94,7 +94,7 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 // cmdAudit checks audit trails: every line's hash and its link to the line before.
 func cmdAudit(args []string, stdout io.Writer) error {
 	if len(args) < 2 || args[0] != "verify" {
-		return fmt.Errorf("%w: audit verify FILE...", errUsage)
+		return fmt.Errorf("%w: audit verify needs one or more files", errUsage)
 	}
 	var errs []error
 	for _, name := range args[1:] {

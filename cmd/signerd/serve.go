@@ -17,6 +17,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -54,6 +57,7 @@ type daemon struct {
 	httpSrv *http.Server
 	httpLis net.Listener
 	healthy atomic.Bool
+	metrics *prometheus.Registry
 	cert    atomic.Pointer[tls.Certificate]
 	// clientCAs is swapped on reload; the TLS config reads it per handshake.
 	clientCAs atomic.Pointer[x509.CertPool]
@@ -99,7 +103,8 @@ func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemo
 			log.Warn("key settings too short for this configuration", "key", name, "err", err)
 		}
 	}
-	d.srv, err = server.New(server.Config{Keys: d.ring, Manager: d.ring, MinPrepublish: minPrepublish,
+	d.metrics = d.newMetrics()
+	d.srv, err = server.New(server.Config{Keys: d.ring, Manager: d.ring, MinPrepublish: minPrepublish, Metrics: d.metrics,
 		Policy: policy, MaxInFlight: cfg.HSM.MaxSessions - 1,
 		RatePerSecond: cfg.Limits.RatePerSecond, Burst: cfg.Limits.Burst, Leeway: cfg.JWT.Leeway,
 		Audit: d.audit, Log: log})
@@ -152,6 +157,26 @@ func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemo
 	return d, nil
 }
 
+// newMetrics makes the daemon's Prometheus registry: Go runtime and process metrics, whether the token
+// is usable, and the versions by state; the server adds its request metrics.
+func (d *daemon) newMetrics() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signerd_token_up", Help: "1 while the token answers, 0 while it is unusable."},
+			func() float64 {
+				if d.healthy.Load() {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signerd_keys", Help: "Keys loaded from the token."},
+			func() float64 { return float64(len(d.ring.Snapshot().Names())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signerd_published_versions", Help: "Key versions in the JWKS (pending, active, retired in grace)."},
+			func() float64 { return float64(len(d.ring.Snapshot().Publishable())) }),
+	)
+	return reg
+}
+
 // startHTTP opens the public HTTPS listener: server-authenticated TLS only, since it serves public data.
 func (d *daemon) startHTTP(cfg *config.Config) error {
 	cert, err := tls.LoadX509KeyPair(cfg.HTTP.CertFile, cfg.HTTP.KeyFile)
@@ -166,7 +191,7 @@ func (d *daemon) startHTTP(cfg *config.Config) error {
 		base = "https://" + d.httpLis.Addr().String()
 	}
 	h := wellknown.New(wellknown.Config{Keys: d.ring, BaseURL: base, Issuer: cfg.HTTP.Issuer,
-		MaxAge: cfg.HTTP.JWKSMaxAge, Ready: func() error {
+		MaxAge: cfg.HTTP.JWKSMaxAge, Metrics: promhttp.HandlerFor(d.metrics, promhttp.HandlerOpts{}), Ready: func() error {
 			if !d.healthy.Load() {
 				return errors.New("token unusable")
 			}

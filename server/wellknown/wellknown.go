@@ -1,5 +1,5 @@
 // Package wellknown serves signerd's public HTTP side: the JWK Set of every published key version, an
-// OpenID-style discovery document that points at it, and liveness and readiness probes. Everything here
+// OpenID-style discovery document that points at it, liveness and readiness probes, and metrics. Everything here
 // is public data, served over server-authenticated TLS; nothing here touches the HSM.
 package wellknown
 
@@ -23,6 +23,7 @@ const (
 	DiscoveryPath = "/.well-known/openid-configuration"
 	HealthPath    = "/healthz"
 	ReadyPath     = "/readyz"
+	MetricsPath   = "/metrics"
 )
 
 // DefaultMaxAge is the JWKS Cache-Control max-age when none is configured.
@@ -40,6 +41,8 @@ type Config struct {
 	MaxAge time.Duration
 	// Ready reports whether signerd can sign (token usable); nil means always ready.
 	Ready func() error
+	// Metrics, when set, serves MetricsPath (Prometheus).
+	Metrics http.Handler
 }
 
 // Handler serves the well-known documents and probes.
@@ -74,6 +77,9 @@ func New(cfg Config) *Handler {
 		}
 	})
 	h.mux.HandleFunc(ReadyPath, h.ready)
+	if cfg.Metrics != nil {
+		h.mux.Handle(MetricsPath, cfg.Metrics)
+	}
 	return h
 }
 
