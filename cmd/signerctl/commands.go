@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -91,16 +92,11 @@ func signFlags(fs *flag.FlagSet) func(*cli, []string) error {
 		} else {
 			req.Input = &signerv1.SignRequest_Message{Message: data}
 		}
-		c, err := cl.dial()
+		resp, err := call(cl, func(ctx context.Context, s signerv1.SignerClient) (*signerv1.SignResponse, error) {
+			return s.Sign(ctx, req)
+		})
 		if err != nil {
 			return err
-		}
-		defer c.Close()
-		ctx, cancel := cl.context()
-		defer cancel()
-		resp, err := c.Signer().Sign(ctx, req)
-		if err != nil {
-			return rpcErr(err)
 		}
 		sig := base64.StdEncoding.EncodeToString(resp.GetSignature())
 		if asJSON {
@@ -113,6 +109,24 @@ func signFlags(fs *flag.FlagSet) func(*cli, []string) error {
 		}
 		return writeLine(cl.stdout, sig)
 	}
+}
+
+// call dials signerd, runs one RPC on the Signer service within the command's deadline, and closes the
+// connection; an error status comes back as an *rpcError.
+func call[T any](cl *cli, rpc func(context.Context, signerv1.SignerClient) (T, error)) (T, error) {
+	var zero T
+	c, err := cl.dial()
+	if err != nil {
+		return zero, err
+	}
+	defer c.Close()
+	ctx, cancel := cl.context()
+	defer cancel()
+	resp, err := rpc(ctx, c.Signer())
+	if err != nil {
+		return zero, rpcErr(err)
+	}
+	return resp, nil
 }
 
 func verifyFlags(fs *flag.FlagSet) func(*cli, []string) error {
@@ -149,16 +163,11 @@ func verifyFlags(fs *flag.FlagSet) func(*cli, []string) error {
 		} else {
 			req.Input = &signerv1.VerifyRequest_Message{Message: data}
 		}
-		c, err := cl.dial()
+		resp, err := call(cl, func(ctx context.Context, s signerv1.SignerClient) (*signerv1.VerifyResponse, error) {
+			return s.Verify(ctx, req)
+		})
 		if err != nil {
 			return err
-		}
-		defer c.Close()
-		ctx, cancel := cl.context()
-		defer cancel()
-		resp, err := c.Signer().Verify(ctx, req)
-		if err != nil {
-			return rpcErr(err)
 		}
 		if !resp.GetValid() {
 			fmt.Fprintln(cl.stderr, "invalid signature")
@@ -206,18 +215,13 @@ func jwtSignFlags(fs *flag.FlagSet) func(*cli, []string) error {
 		if err := json.Unmarshal(raw, &object); err != nil || object == nil {
 			return fmt.Errorf("claims: not a JSON object")
 		}
-		c, err := cl.dial()
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		ctx, cancel := cl.context()
-		defer cancel()
-		resp, err := c.Signer().SignJWT(ctx, &signerv1.SignJWTRequest{
-			Key: key, ClaimsJson: string(bytes.TrimSpace(raw)), TtlSeconds: int64(ttl / time.Second),
+		resp, err := call(cl, func(ctx context.Context, s signerv1.SignerClient) (*signerv1.SignJWTResponse, error) {
+			return s.SignJWT(ctx, &signerv1.SignJWTRequest{
+				Key: key, ClaimsJson: string(bytes.TrimSpace(raw)), TtlSeconds: int64(ttl / time.Second),
+			})
 		})
 		if err != nil {
-			return rpcErr(err)
+			return err
 		}
 		if asJSON {
 			out := struct {
@@ -255,16 +259,11 @@ func jwtVerifyFlags(fs *flag.FlagSet) func(*cli, []string) error {
 		if token == "" {
 			return usagef("no token: give it as an argument or on standard input")
 		}
-		c, err := cl.dial()
+		resp, err := call(cl, func(ctx context.Context, s signerv1.SignerClient) (*signerv1.VerifyJWTResponse, error) {
+			return s.VerifyJWT(ctx, &signerv1.VerifyJWTRequest{Token: token, Audience: audience})
+		})
 		if err != nil {
 			return err
-		}
-		defer c.Close()
-		ctx, cancel := cl.context()
-		defer cancel()
-		resp, err := c.Signer().VerifyJWT(ctx, &signerv1.VerifyJWTRequest{Token: token, Audience: audience})
-		if err != nil {
-			return rpcErr(err)
 		}
 		return writeLine(cl.stdout, resp.GetClaimsJson())
 	}
@@ -282,16 +281,11 @@ func pubkeyFlags(fs *flag.FlagSet) func(*cli, []string) error {
 		if err := needKey(key, args); err != nil {
 			return err
 		}
-		c, err := cl.dial()
+		resp, err := call(cl, func(ctx context.Context, s signerv1.SignerClient) (*signerv1.GetPublicKeyResponse, error) {
+			return s.GetPublicKey(ctx, &signerv1.GetPublicKeyRequest{Key: key, Kid: kid})
+		})
 		if err != nil {
 			return err
-		}
-		defer c.Close()
-		ctx, cancel := cl.context()
-		defer cancel()
-		resp, err := c.Signer().GetPublicKey(ctx, &signerv1.GetPublicKeyRequest{Key: key, Kid: kid})
-		if err != nil {
-			return rpcErr(err)
 		}
 		if asJWK {
 			return writeIndented(cl.stdout, []byte(resp.GetJwkJson()))
@@ -312,16 +306,11 @@ func keysFlags(fs *flag.FlagSet) func(*cli, []string) error {
 		if all {
 			return cl.listAllKeys(asJSON)
 		}
-		c, err := cl.dial()
+		resp, err := call(cl, func(ctx context.Context, s signerv1.SignerClient) (*signerv1.ListKeysResponse, error) {
+			return s.ListKeys(ctx, &signerv1.ListKeysRequest{})
+		})
 		if err != nil {
 			return err
-		}
-		defer c.Close()
-		ctx, cancel := cl.context()
-		defer cancel()
-		resp, err := c.Signer().ListKeys(ctx, &signerv1.ListKeysRequest{})
-		if err != nil {
-			return rpcErr(err)
 		}
 		if asJSON {
 			return writeJSON(cl.stdout, keysJSON(resp.GetKeys()))
