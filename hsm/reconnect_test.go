@@ -8,21 +8,13 @@ import (
 	"crypto/sha256"
 	"errors"
 	"testing"
-	"time"
-
-	softhsmtest "github.com/signerd/signerd/softhsm-test"
 )
 
 // TestReconnect closes every session of the slot behind the token's back, as an HSM reset does (the
 // login goes with the last session): signing and Ping fail as unavailable; after Reconnect the signers
 // handed out before sign again, without being loaded anew by their owner.
 func TestReconnect(t *testing.T) {
-	tok := softhsmtest.NewToken(t, "reconnect")
-	tk, err := Open(Config{Module: tok.Module, TokenLabel: tok.Label, PIN: tok.PIN, MaxSessions: 4, PoolWaitTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tk.Close() }()
+	tk := newTestToken(t, "reconnect")
 	_, ec, err := tk.Generate(KeySpec{Type: ECDSA, Curve: elliptic.P256()}, "ec")
 	if err != nil {
 		t.Fatal(err)

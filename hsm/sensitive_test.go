@@ -11,15 +11,22 @@ import (
 	softhsmtest "github.com/signerd/signerd/softhsm-test"
 )
 
-// TestPrivateValueUnreadable asks the token, below crypto11 and signerd's own checks, for the secret
-// attributes of each kind of private key signerd generates: every read fails with CKR_ATTRIBUTE_SENSITIVE.
-func TestPrivateValueUnreadable(t *testing.T) {
-	tok := softhsmtest.NewToken(t, "sensitive")
+// newTestToken opens a fresh SoftHSM2 token for this package's internal tests; it is closed at cleanup.
+func newTestToken(t *testing.T, label string) *Token {
+	t.Helper()
+	tok := softhsmtest.NewToken(t, label)
 	tk, err := Open(Config{Module: tok.Module, TokenLabel: tok.Label, PIN: tok.PIN, MaxSessions: 4, PoolWaitTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = tk.Close() }()
+	t.Cleanup(func() { _ = tk.Close() })
+	return tk
+}
+
+// TestPrivateValueUnreadable asks the token, below crypto11 and signerd's own checks, for the secret
+// attributes of each kind of private key signerd generates: every read fails with CKR_ATTRIBUTE_SENSITIVE.
+func TestPrivateValueUnreadable(t *testing.T) {
+	tk := newTestToken(t, "sensitive")
 	for _, tc := range []struct {
 		spec   KeySpec
 		secret uint
