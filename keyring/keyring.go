@@ -57,19 +57,23 @@ const DefaultRSABits = 3072
 type Options struct {
 	// Now is the clock; time.Now when nil. Tests inject their own.
 	Now func() time.Time
+	// Changed, when set, is called after each new snapshot is published (from the goroutine that
+	// published it), so that an owner can re-arm timers for the next transition.
+	Changed func()
 }
 
 // Ring is the loaded view of every key in the Store. It is safe for concurrent use; readers never block.
 type Ring struct {
-	store Store
-	now   func() time.Time
-	mu    sync.Mutex // serialises writers and refreshes
-	snap  atomic.Pointer[Snapshot]
+	store   Store
+	now     func() time.Time
+	changed func()
+	mu      sync.Mutex // serialises writers and refreshes
+	snap    atomic.Pointer[Snapshot]
 }
 
 // Open loads every key from store.
 func Open(store Store, opts Options) (*Ring, error) {
-	r := &Ring{store: store, now: opts.Now}
+	r := &Ring{store: store, now: opts.Now, changed: opts.Changed}
 	if r.now == nil {
 		r.now = time.Now
 	}
@@ -155,6 +159,9 @@ func (r *Ring) refreshLocked() error {
 	}
 	sort.Strings(next.names)
 	r.snap.Store(next)
+	if r.changed != nil {
+		r.changed()
+	}
 	return errors.Join(errs...)
 }
 

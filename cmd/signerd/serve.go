@@ -58,6 +58,9 @@ type daemon struct {
 	httpLis net.Listener
 	healthy atomic.Bool
 	metrics *prometheus.Registry
+	// changed is signalled whenever the key ring publishes a new view (a KeyAdmin change, an
+	// unknown-kid refresh), so that the transition timer follows it.
+	changed chan struct{}
 	cert    atomic.Pointer[tls.Certificate]
 	// clientCAs is swapped on reload; the TLS config reads it per handshake.
 	clientCAs atomic.Pointer[x509.CertPool]
@@ -79,7 +82,8 @@ func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemo
 	if d.tok, err = hsm.Open(hcfg); err != nil {
 		return nil, fmt.Errorf("hsm: %w", err)
 	}
-	if d.ring, err = keyring.Open(hsmstore.New(d.tok), keyring.Options{}); err != nil {
+	d.changed = make(chan struct{}, 1)
+	if d.ring, err = keyring.Open(hsmstore.New(d.tok), keyring.Options{Changed: d.notifyChanged}); err != nil {
 		return nil, fmt.Errorf("keys in token %q: %w", d.tok.Label(), err)
 	}
 	policy, err := authz.Compile(cfg.Policy, d.ring.Snapshot().Exists)
@@ -294,12 +298,21 @@ func (d *daemon) run(ctx context.Context, refresh time.Duration) error {
 			d.refresh(transition)
 		case <-transition.C:
 			d.refresh(transition)
+		case <-d.changed:
+			d.scheduleTransition(transition)
 		case <-healthT.C:
 			d.checkToken()
 		case <-hup:
 			d.reload()
 			d.scheduleTransition(transition)
 		}
+	}
+}
+
+func (d *daemon) notifyChanged() {
+	select {
+	case d.changed <- struct{}{}:
+	default:
 	}
 }
 
