@@ -67,8 +67,9 @@ type instance struct {
 	// "issuer" may only issue and verify JWTs with es256 under the JWT rules below.
 	svc, limited, issuer *devca.Leaf
 	stderr               *lockedBuffer
-	// stop stops the instance's daemon.
+	// stop stops the instance's daemon; proc is its process.
 	stop func()
+	proc *os.Process
 }
 
 type instanceOptions struct {
@@ -169,7 +170,7 @@ audit:
 			t.Fatalf("signerd %v: %v\n%s", args, err, out)
 		}
 	}
-	in.addr, in.httpURL, in.stderr, in.stop = serve(t, in.cfgPath)
+	in.addr, in.httpURL, in.stderr, in.stop, in.proc = serve(t, in.cfgPath)
 	return in
 }
 
@@ -193,7 +194,7 @@ var servingRE = regexp.MustCompile(`msg="signerd serving" addr=(\S+) http=(\S*)`
 
 // serve starts `signerd serve --config cfgPath` and waits until it listens. stop interrupts the process
 // and waits for it; cleanup calls it too.
-func serve(t testing.TB, cfgPath string) (addr, httpURL string, log *lockedBuffer, stop func()) {
+func serve(t testing.TB, cfgPath string) (addr, httpURL string, log *lockedBuffer, stop func(), proc *os.Process) {
 	t.Helper()
 	cmd := exec.Command(signerdBin, "serve", "--config", cfgPath)
 	pr, pw := io.Pipe()
@@ -235,14 +236,14 @@ func serve(t testing.TB, cfgPath string) (addr, httpURL string, log *lockedBuffe
 		if m[2] != "" {
 			httpURL = "https://" + m[2]
 		}
-		return m[1], httpURL, buf, stop
+		return m[1], httpURL, buf, stop, cmd.Process
 	case err := <-exited:
 		once.Do(func() {})
 		t.Fatalf("signerd serve exited: %v\n%s", err, buf)
 	case <-time.After(60 * time.Second):
 		t.Fatalf("signerd serve did not start in 60s\n%s", buf)
 	}
-	return "", "", nil, nil
+	return "", "", nil, nil, nil
 }
 
 // lockedBuffer collects a process's log lines.

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -44,7 +45,7 @@ func (in *instance) second(t *testing.T) (daemonView, func()) {
 	}
 	cfg := filepath.Join(in.dir, "second.yaml")
 	writeConfig(t, cfg, strings.Replace(string(b), "/audit.log", "/audit-second.log", 1))
-	addr, httpURL, _, stop := serve(t, cfg)
+	addr, httpURL, _, stop, _ := serve(t, cfg)
 	peer := *in
 	peer.addr = addr
 	return daemonView{name: "B", c: peer.dial(t, in.svc), httpURL: httpURL}, stop
@@ -216,7 +217,7 @@ func (in *instance) restartFirst(t *testing.T) func() {
 	t.Helper()
 	in.stop()
 	var stop func()
-	in.addr, in.httpURL, in.stderr, stop = serve(t, in.cfgPath)
+	in.addr, in.httpURL, in.stderr, stop, in.proc = serve(t, in.cfgPath)
 	in.stop = stop
 	return stop
 }
@@ -356,5 +357,45 @@ func TestUnknownKidRefresh(t *testing.T) {
 	v, err := b.c.VerifyJWT(ctxT(t), &signerv1.VerifyJWTRequest{Token: tok.GetToken()})
 	if err != nil || v.GetKid() != tok.GetKid() {
 		t.Errorf("VerifyJWT on B (refresh interval 1h) of a token from the new version = %v, %v; want it verified after an unknown-kid refresh", v, err)
+	}
+}
+
+// TestSIGHUPReload changes the policy in the config file and sends SIGHUP: the daemon applies the new
+// grant without a restart, and a broken config on a later SIGHUP leaves the working one in place.
+func TestSIGHUPReload(t *testing.T) {
+	in := startInstance(t, instanceOptions{keys: map[string]string{"es256": "ES256"}})
+	limited := in.dial(t, in.limited)
+	verify := func() error {
+		_, err := limited.Verify(ctxT(t), &signerv1.VerifyRequest{Key: "es256", Input: &signerv1.VerifyRequest_Message{Message: []byte("m")}, Signature: []byte{1}})
+		return err
+	}
+	if status.Code(verify()) != codes.PermissionDenied {
+		t.Fatal("limited may verify before the reload")
+	}
+	b, err := os.ReadFile(in.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := strings.Replace(string(b), "keys: [es256]\n      operations: [sign]\n", "keys: [es256]\n      operations: [sign, verify]\n", 1)
+	writeConfig(t, in.cfgPath, good)
+	if err := in.proc.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the reloaded grant applies", func() error {
+		if err := verify(); status.Code(err) != codes.InvalidArgument { // allowed now; the signature is malformed
+			return fmt.Errorf("Verify after SIGHUP = %v, want InvalidArgument (allowed, malformed)", err)
+		}
+		return nil
+	})
+	writeConfig(t, in.cfgPath, good+"unknown_field: 1\n")
+	if err := in.proc.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if err := verify(); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("Verify after a SIGHUP with a broken config = %v, want the previous policy kept", err)
+	}
+	if !strings.Contains(in.stderr.String(), "reload failed") {
+		t.Errorf("daemon log lacks the failed reload:\n%s", in.stderr)
 	}
 }
