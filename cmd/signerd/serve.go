@@ -121,9 +121,8 @@ func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemo
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return d.cert.Load(), nil
 		},
-		// The CA pool can be reloaded, so each handshake gets a config with the current one.
-		GetConfigForClient: nil,
 	}
+	// The CA pool can be reloaded (SIGHUP), so each handshake gets a config with the current one.
 	tlsCfg.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
 		c := tlsCfg.Clone()
 		c.GetConfigForClient = nil
