@@ -74,8 +74,15 @@ func Open(cfg Config) (*Token, error) {
 }
 
 // connect opens crypto11 and the raw handle, logs in and selects the slot. The caller holds mu for
-// writing (or owns t alone).
+// writing (or owns t alone). Initialising the module writes the token's generation file, and login and
+// slot listing read the token's files: none of it may overlap another local process's object-store
+// work (seen here as a token that "cannot be found" while other processes write), so it all runs under
+// the local lock.
 func (t *Token) connect() error {
+	return t.local.write(t.connectLocked)
+}
+
+func (t *Token) connectLocked() error {
 	cfg := t.cfg
 	c11cfg := &crypto11.Config{
 		Path:            cfg.Module,
@@ -89,13 +96,7 @@ func (t *Token) connect() error {
 		n := int(*cfg.Slot)
 		c11cfg.SlotNumber = &n
 	}
-	var c11 *crypto11.Context
-	// Login reads the token's own object file, which another local process may be rewriting.
-	err := t.local.read(func() error {
-		var err error
-		c11, err = crypto11.Configure(c11cfg)
-		return err
-	})
+	c11, err := crypto11.Configure(c11cfg)
 	if err != nil {
 		return describeOpenError(cfg, err)
 	}
@@ -107,7 +108,7 @@ func (t *Token) connect() error {
 	}
 	t.c11, t.p11 = c11, p11
 	if err := t.selectSlot(cfg); err != nil {
-		t.disconnect()
+		t.disconnectLocked()
 		return err
 	}
 	t.pool = newSessionPool(p11, t.slot, cfg.MaxSessions, cfg.PoolWaitTimeout)
@@ -119,6 +120,13 @@ func (t *Token) connect() error {
 // disconnect releases the connection. crypto11 finalises the module when its last Context closes, so
 // the raw handle goes last and only unloads its dlopen reference. The caller holds mu for writing.
 func (t *Token) disconnect() {
+	_ = t.local.write(func() error {
+		t.disconnectLocked()
+		return nil
+	})
+}
+
+func (t *Token) disconnectLocked() {
 	if t.pool != nil {
 		t.pool.close()
 	}
