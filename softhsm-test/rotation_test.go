@@ -32,6 +32,7 @@ func shortPeriods(cfg string) string {
 // daemonView is one daemon as a verifier and signer sees it.
 type daemonView struct {
 	name    string
+	addr    string
 	c       signerv1.SignerClient
 	httpURL string
 }
@@ -48,7 +49,7 @@ func (in *instance) second(t *testing.T) (daemonView, func()) {
 	addr, httpURL, _, stop, _ := serve(t, cfg)
 	peer := *in
 	peer.addr = addr
-	return daemonView{name: "B", c: peer.dial(t, in.svc), httpURL: httpURL}, stop
+	return daemonView{name: "B", addr: addr, c: peer.dial(t, in.svc), httpURL: httpURL}, stop
 }
 
 func (d daemonView) jwksKids(t *testing.T, in *instance) map[string]bool {
@@ -397,5 +398,62 @@ func TestSIGHUPReload(t *testing.T) {
 	}
 	if !strings.Contains(in.stderr.String(), "reload failed") {
 		t.Errorf("daemon log lacks the failed reload:\n%s", in.stderr)
+	}
+}
+
+// TestConcurrentAdminOnTwoDaemons has two daemons change keys on one token at the same time (emergency
+// rotations through each one's KeyAdmin, two of them on the same key): every change lands exactly once,
+// and both daemons and a fresh process end with the same view.
+func TestConcurrentAdminOnTwoDaemons(t *testing.T) {
+	in := startInstance(t, instanceOptions{keys: map[string]string{"es256": "ES256", "k1": "ES256", "k2": "ES256"},
+		keyFlags: []string{"--prepublish", "3s", "--grace", "5s"}, edit: shortPeriods})
+	b, _ := in.second(t)
+	peer := *in
+	peer.addr = b.addr
+	admins := []signerv1.KeyAdminClient{signerv1.NewKeyAdminClient(in.conn(t, in.svc)), signerv1.NewKeyAdminClient(peer.conn(t, in.svc))}
+
+	const rounds = 4
+	var wg sync.WaitGroup
+	for i, admin := range admins {
+		for _, key := range []string{"k1", fmt.Sprintf("k%d", i+1)} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range rounds {
+					if _, err := admin.RotateKey(ctxT(t), &signerv1.RotateKeyRequest{Key: key, Emergency: true}); err != nil {
+						t.Errorf("daemon %d: RotateKey(%s) = %v", i, key, err)
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	want := map[string]int{"k1": 1 + 3*rounds, "k2": 1 + rounds}
+	for i, admin := range admins {
+		eventually(t, fmt.Sprintf("daemon %d sees every rotation", i), func() error {
+			list, err := admin.ListKeys(ctxT(t), &signerv1.ListKeysRequest{})
+			if err != nil {
+				return err
+			}
+			got := map[string]int{}
+			for _, k := range list.GetKeys() {
+				got[k.GetName()] = len(k.GetVersions())
+			}
+			for k, n := range want {
+				if got[k] != n {
+					return fmt.Errorf("versions %v, want %v", got, want)
+				}
+			}
+			return nil
+		})
+	}
+	out, err := signerd(t, nil, "keys", "list", "--config", in.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, n := range want {
+		if got := strings.Count(out, "\n"+k+" "); got != n {
+			t.Errorf("signerd keys list shows %d versions of %s, want %d\n%s", got, k, n, out)
+		}
 	}
 }
