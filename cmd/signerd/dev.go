@@ -94,8 +94,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	fmt.Fprintf(stdout, `signerd dev is serving on %[1]s (token %[2]q, keys %[3]s)
   JWKS: %[5]s/.well-known/jwks.json
-  . %[4]s/env     # SIGNERD_ADDR, SIGNERD_CACERT, SIGNERD_CERT, SIGNERD_KEY, SIGNERD_HTTP_URL,
-                              # SIGNERD_JWKS_URL, SIGNERD_ADMIN_CERT, SIGNERD_ADMIN_KEY
+  . %[4]s/env   # SIGNERD_* : address, CA, client and admin certificates, JWKS URL
   grpcurl -cacert "$SIGNERD_CACERT" -cert "$SIGNERD_CERT" -key "$SIGNERD_KEY" \
     -d '{"key":"dev-es256","message":"aGVsbG8="}' "$SIGNERD_ADDR" signer.v1.Signer/Sign
 Ctrl-C stops it; the token and keys stay in %[4]s for next time.
