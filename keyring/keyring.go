@@ -109,6 +109,15 @@ func (r *Ring) Refresh() error {
 func (r *Ring) refreshLocked() error {
 	raw, err := r.store.ReadRecords()
 	if err != nil {
+		// The records cannot be read, but the clock still moves: states are derived again from the
+		// records already held, so that a grace period ends on time even while the token is down.
+		if prev := r.snap.Load(); len(prev.keys) > 0 {
+			metas := make(map[string]*Meta, len(prev.keys))
+			for name, k := range prev.keys {
+				metas[name] = k.meta
+			}
+			_ = r.publish(metas, nil)
+		}
 		return fmt.Errorf("keyring: read records: %w", err)
 	}
 	metas := map[string]*Meta{}
@@ -124,6 +133,12 @@ func (r *Ring) refreshLocked() error {
 			metas[m.Name] = m
 		}
 	}
+	return r.publish(metas, errs)
+}
+
+// publish builds and publishes the snapshot of metas at the ring's time; errs are problems met reading
+// them, returned with the key-loading problems.
+func (r *Ring) publish(metas map[string]*Meta, errs []error) error {
 	prev := r.snap.Load()
 	next := &Snapshot{at: r.now(), keys: map[string]*Key{}, byKid: map[string]*LoadedVersion{}}
 	for name, m := range metas {

@@ -122,3 +122,49 @@ func TestStateAt(t *testing.T) {
 		}
 	}
 }
+
+// failingReads is a store whose record reads fail on demand.
+type failingReads struct {
+	*keyringtest.MemoryStore
+	fail bool
+}
+
+func (f *failingReads) ReadRecords() ([][]byte, error) {
+	if f.fail {
+		return nil, errors.New("token unreachable")
+	}
+	return f.MemoryStore.ReadRecords()
+}
+
+// TestStatesFollowTheClockWhenReadsFail: while the token cannot be read, a refresh still re-derives
+// states from the records held, so a retired version stops verifying when its grace ends.
+func TestStatesFollowTheClockWhenReadsFail(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	store := &failingReads{MemoryStore: keyringtest.NewMemoryStore()}
+	r, err := keyring.Open(store, keyring.Options{Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Create("k", jose.ES256, 0, keyring.Settings{Grace: keyring.Duration(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.Rotate("k", false); err != nil {
+		t.Fatal(err)
+	}
+	k, _ := r.Snapshot().Key("k")
+	if k.Versions[0].State != keyring.Retired {
+		t.Fatalf("v1 after rotation = %s, want retired", k.Versions[0].State)
+	}
+	store.fail = true
+	now = now.Add(2 * time.Hour)
+	if err := r.Refresh(); err == nil {
+		t.Fatal("Refresh with unreadable records = nil, want an error")
+	}
+	k, _ = r.Snapshot().Key("k")
+	if k.Versions[0].State != keyring.Expired || k.Active == nil || k.Active.Number != 2 {
+		t.Errorf("after the grace, with the token unreadable: v1 %s, active %v; want v1 expired, v2 active", k.Versions[0].State, k.Active)
+	}
+	if _, ok := r.Snapshot().Kid(k.Versions[0].Kid); ok && k.Versions[0].State.Publishable() {
+		t.Error("v1 is still publishable after its grace")
+	}
+}
