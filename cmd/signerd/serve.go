@@ -319,6 +319,12 @@ func (d *daemon) notifyChanged() {
 // reconnects: a new module initialisation and login. Keys find themselves again on first use. It runs
 // every healthInterval, which is the back-off between reconnect attempts.
 func (d *daemon) checkToken() {
+	if err := d.audit.Err(); err != nil {
+		// Signing is refused without an audit trail; say so to the load balancer too.
+		d.log.Error("audit trail unwritable", "err", err)
+		d.setHealth(false)
+		return
+	}
 	err := d.tok.Ping()
 	if err == nil {
 		d.setHealth(true)
