@@ -132,13 +132,17 @@ func (l *Log) Record(e Event) {
 		l.err = err
 		return
 	}
-	e.Hash = hashLine(line)
-	line, _ = json.Marshal(e)
-	l.prev = e.Hash
-	if _, err := l.w.Write(append(line, '\n')); err != nil && l.err == nil {
+	// Hash is the last member and empty here: the line with its hash is this one with the hash filled
+	// in, so it is marshalled once (this runs twice per signature).
+	l.prev = hashLine(line)
+	line = append(line[:len(line)-len(emptyHashTail)], `"`+l.prev+`"}`+"\n"...)
+	if _, err := l.w.Write(line); err != nil && l.err == nil {
 		l.err = err
 	}
 }
+
+// emptyHashTail ends every event line before its hash is filled in.
+const emptyHashTail = `""}`
 
 func hashLine(line []byte) string {
 	h := sha256.Sum256(line)
@@ -199,11 +203,13 @@ func Verify(r io.Reader) (int, error) {
 		}
 		want := e.Hash
 		e.Hash = ""
-		line, _ := json.Marshal(e)
-		if got := hashLine(line); got != want {
+		unhashed, _ := json.Marshal(e)
+		if got := hashLine(unhashed); got != want {
 			return n - 1, fmt.Errorf("audit: line %d: hash mismatch: line was altered", n)
 		}
-		if !bytes.Equal(sc.Bytes(), mustMarshalWithHash(e, want)) {
+		// The line must be exactly what Record wrote, so that its bytes are what the hash covers.
+		written := append(unhashed[:len(unhashed)-len(emptyHashTail)], `"`+want+`"}`...)
+		if !bytes.Equal(sc.Bytes(), written) {
 			return n - 1, fmt.Errorf("audit: line %d: not in canonical form", n)
 		}
 		prev = want
@@ -212,10 +218,4 @@ func Verify(r io.Reader) (int, error) {
 		return n, errors.Join(errors.New("audit: read"), err)
 	}
 	return n, nil
-}
-
-func mustMarshalWithHash(e Event, h string) []byte {
-	e.Hash = h
-	b, _ := json.Marshal(e)
-	return b
 }
