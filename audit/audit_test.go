@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"io"
 	"strings"
 	"testing"
 )
@@ -36,5 +37,16 @@ func TestChainVerifies(t *testing.T) {
 		if _, err := Verify(strings.NewReader(tc.trail)); err == nil {
 			t.Errorf("Verify(%s) = nil, want an error", tc.name)
 		}
+	}
+}
+
+func BenchmarkRecord(b *testing.B) {
+	l := New(io.Discard)
+	defer l.Close()
+	e := Event{Identity: "spiffe://example.org/svc", Op: "sign", Key: "k", Kid: "3EThIWAETIS3-K4-d_jtKj-qKSB4Weaio2JXpdONIGo",
+		Alg: "ES256", Input: InputHash([]byte("m")), Outcome: OutcomeOK}
+	b.ReportAllocs()
+	for b.Loop() {
+		l.Record(e)
 	}
 }
