@@ -194,8 +194,8 @@ func (s *Server) verifyJWT(ctx context.Context, req *signerv1.VerifyJWTRequest, 
 		}
 	}
 	// Whether cached or not: the kid must be published now, and the caller allowed to verify with it.
-	v, ok := s.keys.Snapshot().Kid(vt.kid)
-	if !ok || !v.State.Publishable() || v.Public == nil {
+	v, ok := s.published(vt.kid)
+	if !ok {
 		return nil, invalidToken("unknown kid %q", vt.kid)
 	}
 	ev.Key, ev.Kid, ev.Alg, ev.Claims = v.Key.Name, v.Kid, string(v.Key.Alg), summarize(vt.claims)
@@ -238,8 +238,8 @@ func (s *Server) verifySignature(tok string, ev *audit.Event) (*verified, error)
 		return nil, invalidToken("header has no kid")
 	}
 	// kids are public (they are in the JWKS), so looking one up before authorization reveals nothing.
-	v, ok := s.kid(hdr.Kid)
-	if !ok || !v.State.Publishable() || v.Public == nil {
+	v, ok := s.published(hdr.Kid)
+	if !ok {
 		return nil, invalidToken("unknown kid %q", hdr.Kid)
 	}
 	if hdr.Alg != string(v.Key.Alg) {

@@ -227,15 +227,14 @@ func (s *Server) refreshForKid() bool {
 	return true
 }
 
-// kid finds a published version by kid, refreshing once if it is unknown.
-func (s *Server) kid(kid string) (*keyring.LoadedVersion, bool) {
-	if v, ok := s.keys.Snapshot().Kid(kid); ok {
-		return v, true
+// published returns the version with thumbprint kid if it is published (pending, active, or retired
+// within its grace), re-reading the token once if this daemon does not know the kid at all.
+func (s *Server) published(kid string) (*keyring.LoadedVersion, bool) {
+	v, ok := s.keys.Snapshot().Kid(kid)
+	if !ok && s.refreshForKid() {
+		v, ok = s.keys.Snapshot().Kid(kid)
 	}
-	if s.refreshForKid() {
-		return s.keys.Snapshot().Kid(kid)
-	}
-	return nil, false
+	return v, ok && v.State.Publishable() && v.Public != nil
 }
 
 // acquire takes a signing slot, giving up at the request's deadline.

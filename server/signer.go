@@ -181,19 +181,11 @@ func (s *Server) verify(ctx context.Context, req *signerv1.VerifyRequest, ev *au
 	}
 	versions := k.Publishable()
 	if kid := req.GetKid(); kid != "" {
-		versions = nil
-		for _, v := range k.Publishable() {
-			if v.Kid == kid {
-				versions = append(versions, v)
-			}
+		v, err := s.publishedVersion(k, kid)
+		if err != nil {
+			return nil, err
 		}
-		if versions == nil {
-			if v, ok := s.kid(kid); ok && v.Key.Name == k.Name && v.State.Publishable() {
-				versions = append(versions, v)
-			} else {
-				return nil, notFound("kid %q is not a published version of key %q", kid, k.Name)
-			}
-		}
+		versions = []*keyring.LoadedVersion{v}
 	}
 	for _, v := range versions {
 		err := k.Alg.Verify(v.Public, in, sig)
@@ -206,6 +198,16 @@ func (s *Server) verify(ctx context.Context, req *signerv1.VerifyRequest, ev *au
 		}
 	}
 	return &signerv1.VerifyResponse{Valid: false}, nil
+}
+
+// publishedVersion returns key k's published version with thumbprint kid, re-reading the token once if
+// this daemon does not know the kid yet (another daemon may have just rotated).
+func (s *Server) publishedVersion(k *keyring.Key, kid string) (*keyring.LoadedVersion, error) {
+	v, ok := s.published(kid)
+	if !ok || v.Key.Name != k.Name {
+		return nil, notFound("kid %q is not a published version of key %q", kid, k.Name)
+	}
+	return v, nil
 }
 
 // GetPublicKey implements signer.v1.Signer.
@@ -229,14 +231,8 @@ func (s *Server) getPublicKey(ctx context.Context, req *signerv1.GetPublicKeyReq
 	}
 	v := k.Active
 	if kid := req.GetKid(); kid != "" {
-		v = nil
-		for _, p := range k.Publishable() {
-			if p.Kid == kid {
-				v = p
-			}
-		}
-		if v == nil {
-			return nil, notFound("kid %q is not a published version of key %q", kid, k.Name)
+		if v, err = s.publishedVersion(k, kid); err != nil {
+			return nil, err
 		}
 	}
 	if v == nil || v.Public == nil {
