@@ -77,26 +77,6 @@ func (t *Token) putRecord(name string, value []byte) error {
 	})
 }
 
-// DeleteRecord removes the record name; a missing record is not an error.
-func (t *Token) DeleteRecord(name string) error {
-	return t.local.write(func() error { return t.deleteRecord(name) })
-}
-
-func (t *Token) deleteRecord(name string) error {
-	return t.with("delete record "+name, func(s pkcs11.SessionHandle) error {
-		handles, err := t.findObjects(s, recordTemplate(name))
-		if err != nil {
-			return err
-		}
-		for _, h := range handles {
-			if err := t.p11.DestroyObject(s, h); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-}
-
 func recordTemplate(name string) []*pkcs11.Attribute {
 	tmpl := []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),

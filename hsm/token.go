@@ -233,13 +233,6 @@ func (t *Token) Label() string {
 	return t.info.Label
 }
 
-// Serial returns the token's serial number.
-func (t *Token) Serial() string {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	return t.info.SerialNumber
-}
-
 // Ping checks that the token is present and the login still holds, with one cheap call. Health checks
 // use it.
 func (t *Token) Ping() error {

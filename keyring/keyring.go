@@ -331,9 +331,6 @@ func (k *Key) Publishable() []*LoadedVersion {
 	return out
 }
 
-// Bits returns the RSA modulus size (0 for other algorithms).
-func (k *Key) Bits() int { return k.meta.Bits }
-
 // LoadedVersion is a version with its key material: Signer and Public are set for versions that are
 // pending, active or retired.
 type LoadedVersion struct {
