@@ -248,16 +248,22 @@ func (t *Token) generateEd25519(id []byte, label string, pinMech bool) error {
 // one private key with that ID, of the expected type and size; sensitive, non-extractable, able to sign
 // and not to decrypt; and a sign-then-verify self test against its public key.
 func (t *Token) Find(spec KeySpec, id []byte) (crypto.Signer, error) {
+	s, err := t.findSigner(spec, id)
+	if err != nil {
+		return nil, err // not a typed nil in the interface
+	}
+	return s, nil
+}
+
+// findSigner is Find under the local lock, returning the concrete signer.
+func (t *Token) findSigner(spec KeySpec, id []byte) (*signer, error) {
 	var s *signer
 	err := t.local.read(func() error {
 		var err error
 		s, err = t.find(spec, id)
 		return err
 	})
-	if err != nil {
-		return nil, err
-	}
-	return s, nil
+	return s, err
 }
 
 func (t *Token) find(spec KeySpec, id []byte) (*signer, error) {

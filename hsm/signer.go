@@ -76,11 +76,10 @@ func (k *signer) bound() (*bound, error) {
 	if b = k.cur.Load(); b.gen == k.t.gen.Load() {
 		return b, nil
 	}
-	fresh, err := k.t.Find(k.spec, k.id)
+	f, err := k.t.findSigner(k.spec, k.id)
 	if err != nil {
 		return nil, err
 	}
-	f := fresh.(*signer)
 	if !samePublic(f.pub, k.pub) {
 		return nil, &Error{Op: fmt.Sprintf("reload key %x", k.id), Kind: ErrKeyCheck, Err: errors.New("a different key now has this CKA_ID")}
 	}

@@ -269,8 +269,9 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-// TestConcurrentSignsShareSessions runs more concurrent requests than sessions; all succeed, and a
-// request whose deadline passes while it waits gets DeadlineExceeded rather than hanging.
+// TestConcurrentSignsShareSessions runs ten times more concurrent requests than the daemon has sessions
+// (max_sessions 3): all succeed, waiting their turn in the daemon. (A request whose deadline passes while
+// it waits is server's TestDeadlineWhileWaitingForSlot.)
 func TestConcurrentSignsShareSessions(t *testing.T) {
 	in := startInstance(t, instanceOptions{keys: map[string]string{"es256": "ES256"}, maxSessions: 3})
 	c := in.dial(t, in.svc)
