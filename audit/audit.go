@@ -80,8 +80,8 @@ func InputHash(b []byte) string {
 	return hex.EncodeToString(h[:])
 }
 
-// Log appends events to a writer. It is safe for concurrent use. Lines are buffered and flushed by Flush
-// and Close, and at least every FlushInterval by a background loop.
+// Log appends events to a writer. It is safe for concurrent use. Lines are buffered and written out by
+// RecordNow, Flush and Close, and at least every FlushInterval by a background loop.
 type Log struct {
 	mu   sync.Mutex
 	w    *bufio.Writer
@@ -125,6 +125,10 @@ func (l *Log) flushLoop() {
 func (l *Log) Record(e Event) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.record(e)
+}
+
+func (l *Log) record(e Event) {
 	l.seq++
 	e.Time, e.Seq, e.Prev, e.Hash = l.now().UTC(), l.seq, l.prev, ""
 	line, err := json.Marshal(e)
@@ -139,6 +143,23 @@ func (l *Log) Record(e Event) {
 	if _, err := l.w.Write(line); err != nil && l.err == nil {
 		l.err = err
 	}
+}
+
+// RecordNow appends e like Record and writes the buffer out before it returns, so that the line is in
+// the file (the operating system's page cache) even if the process dies a moment later. It returns the
+// Log's first write error; once there is one, it records nothing more. signerd writes the "started" line
+// of every signature this way before the token is asked, so that no signature leaves it unaudited.
+func (l *Log) RecordNow(e Event) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil {
+		return l.err
+	}
+	l.record(e)
+	if err := l.w.Flush(); err != nil && l.err == nil {
+		l.err = err
+	}
+	return l.err
 }
 
 // emptyHashTail ends every event line before its hash is filled in.

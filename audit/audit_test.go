@@ -50,3 +50,37 @@ func BenchmarkRecord(b *testing.B) {
 		l.Record(e)
 	}
 }
+
+type failingWriter struct{ writes int }
+
+func (w *failingWriter) Write([]byte) (int, error) {
+	w.writes++
+	return 0, io.ErrShortWrite
+}
+
+// TestRecordNow: RecordNow's line is written out when it returns; after a write error it reports the
+// error and records nothing more.
+func TestRecordNow(t *testing.T) {
+	var buf bytes.Buffer
+	l := New(&buf)
+	l.Record(Event{Identity: "svc", Op: "verify", Outcome: OutcomeOK})
+	if err := l.RecordNow(Event{Identity: "svc", Op: "sign", Outcome: OutcomeStarted}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := Verify(bytes.NewReader(buf.Bytes())); err != nil || n != 2 {
+		t.Errorf("before Flush: Verify = %d, %v; want both lines written out", n, err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	w := &failingWriter{}
+	l = New(w)
+	defer l.Close()
+	if err := l.RecordNow(Event{Op: "sign"}); err == nil {
+		t.Fatal("RecordNow to a failing writer = nil, want its error")
+	}
+	if err := l.RecordNow(Event{Op: "sign"}); err == nil || w.writes != 1 {
+		t.Errorf("RecordNow after a write error = %v with %d writes, want the error and no new write", err, w.writes)
+	}
+}

@@ -1,8 +1,11 @@
 package server
 
 import (
+	"bytes"
 	"errors"
 	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,8 +22,8 @@ type brokenDisk struct{}
 
 func (brokenDisk) Write([]byte) (int, error) { return 0, errors.New("no space left on device") }
 
-// TestAuditFailureStopsSigning: once the audit trail cannot be written, signerd refuses to sign
-// (UNAVAILABLE) rather than hand out unaudited signatures.
+// TestAuditFailureStopsSigning: when the audit trail cannot be written, signerd refuses to sign
+// (UNAVAILABLE) rather than hand out unaudited signatures, from the first signature on.
 func TestAuditFailureStopsSigning(t *testing.T) {
 	clk := &clock{t: time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)}
 	r := newRotationServer(t, clk)
@@ -31,16 +34,59 @@ func TestAuditFailureStopsSigning(t *testing.T) {
 		t.Fatal(err)
 	}
 	req := &signerv1.SignRequest{Key: "k", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}
-	if _, err := r.Sign(r.svc, req); err != nil {
-		t.Fatalf("first Sign (error not yet seen) = %v", err)
-	}
-	if err := log.Flush(); err == nil {
-		t.Fatal("Flush to a broken disk = nil, want an error")
-	}
 	if _, err := r.Sign(r.svc, req); status.Code(err) != codes.Unavailable {
 		t.Errorf("Sign with a broken audit trail = %v, want Unavailable", err)
 	}
 	if _, err := r.SignJWT(r.svc, &signerv1.SignJWTRequest{Key: "k", ClaimsJson: `{}`}); status.Code(err) != codes.Unavailable {
 		t.Errorf("SignJWT with a broken audit trail = %v, want Unavailable", err)
+	}
+}
+
+// syncBuffer is an audit destination that tests may read while the Log writes to it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestSignatureAuditedBeforeItLeaves: by the time Sign and SignJWT return a signature, its "started"
+// line has been written out, not merely buffered (the flush loop cannot have run: its interval is far
+// longer than the test).
+func TestSignatureAuditedBeforeItLeaves(t *testing.T) {
+	clk := &clock{t: time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)}
+	r := newRotationServer(t, clk)
+	var out syncBuffer
+	log := audit.New(&out)
+	t.Cleanup(func() { _ = log.Close() })
+	r.audit = log
+	if _, err := r.ring.Create("k", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now()
+	if _, err := r.Sign(r.svc, &signerv1.SignRequest{Key: "k", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.SignJWT(r.svc, &signerv1.SignJWTRequest{Key: "k", ClaimsJson: `{}`}); err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(before) >= audit.FlushInterval {
+		t.Skip("too slow to tell a write-through from the flush loop")
+	}
+	trail := out.String()
+	for _, op := range []string{`"op":"sign"`, `"op":"sign_jwt"`} {
+		if !strings.Contains(trail, op) || strings.Count(trail, `"outcome":"started"`) != 2 {
+			t.Errorf("audit trail right after signing = %q, want a started line for %s", trail, op)
+		}
 	}
 }

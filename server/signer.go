@@ -118,16 +118,15 @@ func (s *Server) signWith(ctx context.Context, v *keyring.LoadedVersion, in []by
 	return v.Signer.Sign(rand.Reader, in, v.Key.Alg.SignerOpts())
 }
 
-// auditStart records that a signature is about to be made. If the audit trail cannot be written,
-// nothing is signed: no signature leaves signerd unaudited.
+// auditStart records that a signature is about to be made and writes the line out before the token is
+// asked. If the audit trail cannot be written, nothing is signed: no signature leaves signerd unaudited.
 func (s *Server) auditStart(ev *audit.Event) error {
-	if err := s.audit.Err(); err != nil {
+	start := *ev
+	start.Outcome = audit.OutcomeStarted
+	if err := s.audit.RecordNow(start); err != nil {
 		s.log.Error("audit trail unwritable; refusing to sign", "err", err)
 		return &apiError{code: codes.Unavailable, msg: "audit trail unavailable"}
 	}
-	start := *ev
-	start.Outcome = audit.OutcomeStarted
-	s.audit.Record(start)
 	return nil
 }
 
