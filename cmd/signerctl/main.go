@@ -20,6 +20,9 @@
 //
 //	signerctl jwt sign --key api --claims '{"sub":"alice"}' | signerctl jwt verify
 //
+// bench measures throughput and latency against a running signerd, each concurrency level for a
+// bounded time (and, with --requests, a bounded count).
+//
 // signerctl exits 0 on success, 1 when the operation fails or a signature does not verify, and 2 for a
 // usage error. Failures print one line, "signerctl: COMMAND: ...", with the gRPC status code and
 // message when the server refused.
@@ -91,6 +94,7 @@ func commands() []command {
 		{name: "keys revoke", summary: "withdraw a version of a key at once (admin)", synopsis: "--name NAME --version N [--json]", flags: keysRevokeFlags},
 		{name: "keys destroy", summary: "delete a retired or revoked version from the token (admin)", synopsis: "--name NAME --version N [--json]", flags: keysDestroyFlags},
 		{name: "jwks", summary: "fetch and print the published JWK Set", synopsis: "[--url URL]", flags: jwksFlags},
+		{name: "bench", summary: "measure a key's throughput and latency through signerd", synopsis: "--key NAME [--op sign|jwt-sign|jwt-verify] [--concurrency 1,8,32] [--duration D] [--requests N] [--json]", flags: benchFlags},
 	}
 }
 
@@ -129,7 +133,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	global.StringVar(&cl.key, "key", os.Getenv(envKey), "PEM client private key `file`; $"+envKey+" by default")
 	global.StringVar(&cl.adminCert, "admin-cert", os.Getenv(envAdminCert), "PEM administrator certificate `file` for the keys administration commands; $"+envAdminCert+" by default, else the client certificate")
 	global.StringVar(&cl.adminKey, "admin-key", os.Getenv(envAdminKey), "PEM administrator private key `file`; $"+envAdminKey+" by default, else the client key")
-	global.DurationVar(&cl.timeout, "timeout", 30*time.Second, "deadline of the whole command")
+	global.DurationVar(&cl.timeout, "timeout", 30*time.Second, "deadline of the whole command (for bench: of each request)")
 	err := global.Parse(args)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
