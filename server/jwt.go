@@ -29,6 +29,10 @@ const DefaultLeeway = 30 * time.Second
 
 var b64 = base64.RawURLEncoding
 
+// b64Strict decodes a token's parts: unpadded base64url whose unused trailing bits are zero, so that each
+// part has one spelling (see verifySignature for the characters it would otherwise skip).
+var b64Strict = base64.RawURLEncoding.Strict()
+
 // jwtHeader is the only header signerd writes, and the only one it accepts: callers cannot add fields.
 type jwtHeader struct {
 	Alg string `json:"alg"`
@@ -114,7 +118,8 @@ func (s *Server) signJWS(ctx context.Context, v *keyring.LoadedVersion, signingI
 	if err := s.auditStart(ev); err != nil {
 		return nil, err
 	}
-	return jose.NewSigningMethod(v.Key.Alg).Sign(signingInput, v.Signer)
+	sig, err := jose.NewSigningMethod(v.Key.Alg).Sign(signingInput, v.Signer)
+	return sig, tokenFault(err)
 }
 
 // decodeClaims parses the caller's claims: one JSON object, numbers kept exact.
@@ -225,6 +230,11 @@ func (s *Server) verifyJWT(ctx context.Context, req *signerv1.VerifyJWTRequest, 
 // verifySignature parses a compact JWS and checks its header and signature against the published
 // version its kid names. Its errors are the caller's: the token is invalid.
 func (s *Server) verifySignature(tok string, ev *audit.Event) (*verified, error) {
+	// The decoder skips CR and LF even when strict: refuse them, and anything else outside the alphabet,
+	// so that one token has one spelling (the verified-token cache is keyed by it).
+	if i := strings.IndexFunc(tok, func(r rune) bool { return !isJWSChar(r) }); i >= 0 {
+		return nil, invalidToken("not a compact JWS (character %q at offset %d)", tok[i], i)
+	}
 	parts := strings.Split(tok, ".")
 	if len(parts) != 3 {
 		return nil, invalidToken("not a compact JWS (want three dot-separated parts, got %d)", len(parts))
@@ -245,14 +255,14 @@ func (s *Server) verifySignature(tok string, ev *audit.Event) (*verified, error)
 	if hdr.Alg != string(v.Key.Alg) {
 		return nil, invalidToken("algorithm %q does not match the key's %s", hdr.Alg, v.Key.Alg)
 	}
-	sig, err := b64.DecodeString(parts[2])
+	sig, err := b64Strict.DecodeString(parts[2])
 	if err != nil {
 		return nil, invalidToken("signature: not base64url")
 	}
 	if err := jose.NewSigningMethod(v.Key.Alg).Verify(parts[0]+"."+parts[1], sig, v.Public); err != nil {
 		return nil, invalidToken("bad signature")
 	}
-	payload, err := b64.DecodeString(parts[1])
+	payload, err := b64Strict.DecodeString(parts[1])
 	if err != nil {
 		return nil, invalidToken("payload: not base64url")
 	}
@@ -263,6 +273,11 @@ func (s *Server) verifySignature(tok string, ev *audit.Event) (*verified, error)
 		return nil, invalidToken("payload: not a JSON object")
 	}
 	return &verified{kid: v.Kid, payload: payload, claims: claims}, nil
+}
+
+// isJWSChar reports whether r may appear in a compact JWS: the base64url alphabet and the dot.
+func isJWSChar(r rune) bool {
+	return 'A' <= r && r <= 'Z' || 'a' <= r && r <= 'z' || '0' <= r && r <= '9' || r == '-' || r == '_' || r == '.'
 }
 
 // invalidToken is the status of a token that does not verify: UNAUTHENTICATED with the reason.
@@ -292,7 +307,7 @@ func claimsReason(err error) string {
 // decodeStrict decodes one base64url JSON object into v, refusing unknown fields (a "crit", "jku", "x5u"
 // or any header signerd does not write is refused rather than ignored).
 func decodeStrict(part string, v any) error {
-	b, err := b64.DecodeString(part)
+	b, err := b64Strict.DecodeString(part)
 	if err != nil {
 		return errors.New("not base64url")
 	}

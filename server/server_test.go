@@ -124,3 +124,44 @@ func TestDeadlineWhileWaitingForSlot(t *testing.T) {
 		}
 	}
 }
+
+// garbageSigner returns bytes that are no signature while garbage is set.
+type garbageSigner struct {
+	crypto.Signer
+	garbage *atomic.Bool
+}
+
+func (g garbageSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
+	if g.garbage.Load() {
+		return []byte{1, 2, 3}, nil
+	}
+	return g.Signer.Sign(r, d, o)
+}
+
+// TestMalformedSignatureFromToken: when the token returns something that is not a signature, the JOSE
+// conversions fail with INTERNAL and no detail, not INVALID_ARGUMENT (the caller did nothing wrong).
+func TestMalformedSignatureFromToken(t *testing.T) {
+	srv := clienttest.NewServer(t, clienttest.DefaultPolicy())
+	var garbage atomic.Bool
+	srv.Store.Wrap = func(s crypto.Signer) crypto.Signer { return garbageSigner{s, &garbage} }
+	srv.CreateKey(t, "k", jose.ES256)
+	c, err := client.Dial(srv.Addr, client.Options{TLSConfig: srv.ClientTLS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	garbage.Store(true)
+	_, err = c.Signer().Sign(context.Background(), &signerv1.SignRequest{Key: "k", Format: signerv1.SignatureFormat_SIGNATURE_FORMAT_JOSE,
+		Input: &signerv1.SignRequest_Message{Message: []byte("m")}})
+	if st := status.Convert(err); st.Code() != codes.Internal || st.Message() != "internal error" {
+		t.Errorf("Sign (JOSE) with a garbage signature from the token = %v, want Internal with no detail", err)
+	}
+	_, err = c.Signer().SignJWT(context.Background(), &signerv1.SignJWTRequest{Key: "k", ClaimsJson: `{}`})
+	if st := status.Convert(err); st.Code() != codes.Internal || st.Message() != "internal error" {
+		t.Errorf("SignJWT with a garbage signature from the token = %v, want Internal with no detail", err)
+	}
+	garbage.Store(false)
+	if _, err := c.Signer().SignJWT(context.Background(), &signerv1.SignJWTRequest{Key: "k", ClaimsJson: `{}`}); err != nil {
+		t.Errorf("SignJWT once the token behaves = %v", err)
+	}
+}

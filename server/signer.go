@@ -100,7 +100,7 @@ func (s *Server) sign(ctx context.Context, req *signerv1.SignRequest, ev *audit.
 	}
 	if req.GetFormat() == signerv1.SignatureFormat_SIGNATURE_FORMAT_JOSE && k.Alg.KeyType() == jose.KeyEC {
 		if sig, err = jose.DERToRaw(sig, jose.CurveSize(k.Alg.Curve())); err != nil {
-			return nil, err
+			return nil, tokenFault(err)
 		}
 	}
 	return &signerv1.SignResponse{Signature: sig, Kid: v.Kid, Alg: string(k.Alg), Version: uint32(v.Number)}, nil
