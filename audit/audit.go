@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"time"
 )
@@ -97,14 +98,74 @@ type Log struct {
 // FlushInterval bounds how long an event stays in the buffer.
 const FlushInterval = 200 * time.Millisecond
 
-// New starts a Log writing to w; if w is an io.Closer, Close closes it.
+// New starts a Log writing to w, beginning a new chain; if w is an io.Closer, Close closes it.
 func New(w io.Writer) *Log {
+	return newLog(w, nil)
+}
+
+// newLog starts a Log writing to w that continues the chain after event last (a new chain if nil).
+func newLog(w io.Writer, last *Event) *Log {
 	l := &Log{w: bufio.NewWriterSize(w, 64<<10), now: time.Now, stop: make(chan struct{}), done: make(chan struct{})}
+	if last != nil {
+		l.prev, l.seq = last.Hash, last.Seq
+	}
 	if c, ok := w.(io.Closer); ok {
 		l.c = c
 	}
 	go l.flushLoop()
 	return l
+}
+
+// maxLine bounds an audit line, for Verify and for reading a trail's last line.
+const maxLine = 1 << 20
+
+// Open appends to the audit trail in the file at path, created (mode 0600) if missing. A trail that
+// already has events is continued: the next line links to its last line's hash and carries the next
+// sequence number, so that the file verifies as one chain across restarts. A last line that is
+// incomplete (the machine lost power while writing it) or not an event is an error: signerd does not
+// sign on a trail it cannot continue, and an operator should verify the file and move it aside.
+func Open(path string) (*Log, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	last, err := lastEvent(f)
+	if err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("audit: %s: %w", path, err)
+	}
+	return newLog(f, last), nil
+}
+
+// lastEvent reads the last line of the trail in f; nil if f is empty.
+func lastEvent(f *os.File) (*Event, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	size := fi.Size()
+	if size == 0 {
+		return nil, nil
+	}
+	start := max(0, size-maxLine-1)
+	tail := make([]byte, size-start)
+	if _, err := f.ReadAt(tail, start); err != nil {
+		return nil, fmt.Errorf("read the last line: %w", err)
+	}
+	if tail[len(tail)-1] != '\n' {
+		return nil, errors.New("the last line is incomplete")
+	}
+	line := tail[:len(tail)-1]
+	i := bytes.LastIndexByte(line, '\n')
+	if i < 0 && start > 0 {
+		return nil, fmt.Errorf("the last line is longer than %d bytes", maxLine)
+	}
+	line = line[i+1:]
+	var e Event
+	if err := json.Unmarshal(line, &e); err != nil || e.Hash == "" {
+		return nil, errors.New("the last line is not an audit event")
+	}
+	return &e, nil
 }
 
 func (l *Log) flushLoop() {
@@ -211,7 +272,7 @@ func (l *Log) Close() error {
 // the number of events and the first problem, naming its line.
 func Verify(r io.Reader) (int, error) {
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
 	prev, n := "", 0
 	for sc.Scan() {
 		n++

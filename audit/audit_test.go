@@ -3,6 +3,8 @@ package audit
 import (
 	"bytes"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -82,5 +84,52 @@ func TestRecordNow(t *testing.T) {
 	}
 	if err := l.RecordNow(Event{Op: "sign"}); err == nil || w.writes != 1 {
 		t.Errorf("RecordNow after a write error = %v with %d writes, want the error and no new write", err, w.writes)
+	}
+}
+
+// TestOpenContinuesChain: a trail reopened after a restart continues its chain and sequence, so the
+// whole file verifies; a trail whose last line cannot be continued is refused.
+func TestOpenContinuesChain(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	for run := range 3 {
+		l, err := Open(path)
+		if err != nil {
+			t.Fatalf("run %d: Open = %v", run, err)
+		}
+		l.Record(Event{Identity: "svc", Op: "verify", Outcome: OutcomeOK})
+		if err := l.RecordNow(Event{Identity: "svc", Op: "sign", Outcome: OutcomeStarted}); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := Verify(bytes.NewReader(b)); err != nil || n != 6 {
+		t.Fatalf("Verify(three runs) = %d, %v; want 6 events in one chain", n, err)
+	}
+	if !strings.Contains(string(b), `"seq":6,`) {
+		t.Errorf("trail %s: want sequence numbers continued to 6", b)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("trail mode = %v, %v; want 0600", fi.Mode().Perm(), err)
+	}
+
+	for name, tail := range map[string]string{
+		"incomplete": `{"time":"2026-11-22T00:00:00Z","seq":7`,
+		"not event":  "hello\n",
+		"no hash":    `{"seq":7}` + "\n",
+	} {
+		p := filepath.Join(t.TempDir(), "audit.log")
+		if err := os.WriteFile(p, append(bytes.Clone(b), tail...), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if l, err := Open(p); err == nil {
+			_ = l.Close()
+			t.Errorf("Open(trail with a last line %s) = nil, want an error", name)
+		}
 	}
 }

@@ -433,5 +433,9 @@ func TestDevCommand(t *testing.T) {
 		if info, err := os.Stat(filepath.Join(dir, "pin")); err != nil || info.Mode().Perm() != 0o600 {
 			t.Errorf("DIR/pin = %v, %v; want mode 0600", info, err)
 		}
+		// The audit trail is one chain across restarts.
+		if out, err := signerd(t, nil, "audit", "verify", filepath.Join(dir, "audit.log")); err != nil {
+			t.Errorf("round %d: signerd audit verify DIR/audit.log = %v\n%s", round, err, out)
+		}
 	}
 }

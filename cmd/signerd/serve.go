@@ -249,11 +249,11 @@ func openAudit(file string) (*audit.Log, error) {
 	case "-":
 		return audit.New(os.Stdout), nil
 	}
-	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	l, err := audit.Open(file)
 	if err != nil {
 		return nil, fmt.Errorf("audit.file: %w", err)
 	}
-	return audit.New(f), nil
+	return l, nil
 }
 
 // run serves until ctx ends, refreshing keys and health in the background and reloading on SIGHUP.
