@@ -155,7 +155,7 @@ func (s *Server) UnaryInterceptor() grpc.UnaryServerInterceptor {
 		}()
 		start := time.Now()
 		defer func() { s.metrics.observe(info.FullMethod, start, err) }()
-		id, err := peerIdentity(ctx)
+		id, err := s.peerIdentity(ctx)
 		if err != nil {
 			return nil, toStatus(s.log, err)
 		}
@@ -170,15 +170,17 @@ func (s *Server) UnaryInterceptor() grpc.UnaryServerInterceptor {
 // StreamInterceptor authenticates streaming calls (server reflection); it has no key operations.
 func (s *Server) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if _, err := peerIdentity(ss.Context()); err != nil {
+		if _, err := s.peerIdentity(ss.Context()); err != nil {
 			return toStatus(s.log, err)
 		}
 		return handler(srv, ss)
 	}
 }
 
-// peerIdentity reads the identity from the verified client certificate chain of the connection.
-func peerIdentity(ctx context.Context) (string, error) {
+// peerIdentity reads the identity from the verified client certificate chain of the connection. The
+// chain was verified at the handshake, but a connection can outlive a certificate: each request checks
+// again that every certificate of the chain is within its validity period.
+func (s *Server) peerIdentity(ctx context.Context) (string, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return "", unauthenticated("no peer")
@@ -190,6 +192,12 @@ func peerIdentity(ctx context.Context) (string, error) {
 	id, err := authz.IdentityFromChains(tlsInfo.State.VerifiedChains)
 	if err != nil {
 		return "", unauthenticated("no identity in client certificate")
+	}
+	now := s.now()
+	for _, c := range tlsInfo.State.VerifiedChains[0] {
+		if now.After(c.NotAfter) || now.Before(c.NotBefore) {
+			return "", unauthenticated("client certificate chain expired or not yet valid; reconnect with a current certificate")
+		}
 	}
 	return id, nil
 }

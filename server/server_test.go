@@ -3,8 +3,10 @@ package server_test
 import (
 	"context"
 	"crypto"
+	"crypto/tls"
 	"errors"
 	"io"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/signerd/signerd/client"
 	"github.com/signerd/signerd/client/clienttest"
+	"github.com/signerd/signerd/devca"
 	"github.com/signerd/signerd/jose"
 	signerv1 "github.com/signerd/signerd/proto/signer/v1"
 )
@@ -163,5 +166,32 @@ func TestMalformedSignatureFromToken(t *testing.T) {
 	garbage.Store(false)
 	if _, err := c.Signer().SignJWT(context.Background(), &signerv1.SignJWTRequest{Key: "k", ClaimsJson: `{}`}); err != nil {
 		t.Errorf("SignJWT once the token behaves = %v", err)
+	}
+}
+
+// TestExpiredCertificateOnOpenConnection: a connection made with a valid certificate stops working when
+// the certificate expires, although the handshake it was verified in stays in the past.
+func TestExpiredCertificateOnOpenConnection(t *testing.T) {
+	srv := clienttest.NewServer(t, clienttest.DefaultPolicy())
+	srv.CreateKey(t, "k", jose.ES256)
+	leaf, err := srv.CA.Issue(devca.Request{CommonName: clienttest.Identity, Client: true, Validity: 1500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := srv.ClientTLS.Clone()
+	cfg.Certificates = []tls.Certificate{leaf.TLS()}
+	c, err := client.Dial(srv.Addr, client.Options{TLSConfig: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req := &signerv1.SignRequest{Key: "k", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}
+	if _, err := c.Signer().Sign(context.Background(), req); err != nil {
+		t.Fatalf("Sign with a fresh certificate = %v", err)
+	}
+	time.Sleep(time.Until(leaf.Cert.NotAfter.Add(100 * time.Millisecond)))
+	_, err = c.Signer().Sign(context.Background(), req)
+	if st := status.Convert(err); st.Code() != codes.Unauthenticated || !strings.Contains(st.Message(), "expired") {
+		t.Errorf("Sign on the same connection after the certificate expired = %v, want Unauthenticated (expired)", err)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
 	"github.com/signerd/signerd/audit"
@@ -38,6 +39,13 @@ import (
 
 // healthInterval is how often the token is pinged for the health service.
 const healthInterval = 5 * time.Second
+
+// maxConnectionAge is how long a client connection lives before signerd asks the client to reconnect
+// (gRPC adds up to 10% of jitter); calls in flight get maxConnectionAgeGrace to finish.
+const (
+	maxConnectionAge      = 30 * time.Minute
+	maxConnectionAgeGrace = time.Minute
+)
 
 // stopTimeout bounds the graceful stop before in-flight calls are cut.
 const stopTimeout = 10 * time.Second
@@ -138,6 +146,9 @@ func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemo
 		grpc.InitialConnWindowSize(1<<20),
 		// Long-lived workers keep their grown stacks; a goroutine per call grows a fresh one each time.
 		grpc.NumStreamWorkers(uint32(max(32, 8*runtime.GOMAXPROCS(0)))),
+		// A connection was authorised by the chain and CA pool of its handshake: have clients reconnect
+		// now and then, so that a CA removed by a reload stops being trusted within maxConnectionAge.
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: maxConnectionAge, MaxConnectionAgeGrace: maxConnectionAgeGrace}),
 		grpc.UnaryInterceptor(d.srv.UnaryInterceptor()),
 		grpc.StreamInterceptor(d.srv.StreamInterceptor()),
 	)
