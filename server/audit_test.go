@@ -30,11 +30,13 @@ func TestAuditFailureStopsSigning(t *testing.T) {
 	log := audit.New(brokenDisk{})
 	t.Cleanup(func() { _ = log.Close() })
 	r.audit, r.log = log, slog.New(slog.DiscardHandler)
-	if _, err := r.ring.Create("k", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"k", "r"} {
+		if _, err := r.ring.Create(name, jose.ES256, 0, keyring.DefaultSettings()); err != nil {
+			t.Fatal(err)
+		}
 	}
-	req := &signerv1.SignRequest{Key: "k", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}
-	if _, err := r.Sign(r.svc, req); status.Code(err) != codes.Unavailable {
+	req := &signerv1.SignRequest{Key: "r", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}
+	if _, err := r.Sign(r.signer, req); status.Code(err) != codes.Unavailable {
 		t.Errorf("Sign with a broken audit trail = %v, want Unavailable", err)
 	}
 	if _, err := r.SignJWT(r.svc, &signerv1.SignJWTRequest{Key: "k", ClaimsJson: `{}`}); status.Code(err) != codes.Unavailable {
@@ -70,11 +72,13 @@ func TestSignatureAuditedBeforeItLeaves(t *testing.T) {
 	log := audit.New(&out)
 	t.Cleanup(func() { _ = log.Close() })
 	r.audit = log
-	if _, err := r.ring.Create("k", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"k", "r"} {
+		if _, err := r.ring.Create(name, jose.ES256, 0, keyring.DefaultSettings()); err != nil {
+			t.Fatal(err)
+		}
 	}
 	before := time.Now()
-	if _, err := r.Sign(r.svc, &signerv1.SignRequest{Key: "k", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}); err != nil {
+	if _, err := r.Sign(r.signer, &signerv1.SignRequest{Key: "r", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.SignJWT(r.svc, &signerv1.SignJWTRequest{Key: "k", ClaimsJson: `{}`}); err != nil {

@@ -43,9 +43,9 @@ func (c *clock) Set(t time.Time) {
 // rotationServer is a server over software keys with an injected clock, and callers' contexts.
 type rotationServer struct {
 	*Server
-	ring       *keyring.Ring
-	store      *keyringtest.MemoryStore
-	svc, admin context.Context
+	ring               *keyring.Ring
+	store              *keyringtest.MemoryStore
+	svc, signer, admin context.Context
 }
 
 func newRotationServer(t *testing.T, clk *clock) *rotationServer {
@@ -55,8 +55,13 @@ func newRotationServer(t *testing.T, clk *clock) *rotationServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	policy, err := authz.Compile(authz.Policy{Admins: []string{"ops"}, Grants: []authz.Grant{{Identity: "svc", Keys: []string{"*"},
-		Operations: authz.Ops(), JWT: &authz.JWTRules{MaxTTL: 2 * time.Hour}}}}, nil)
+	// svc issues and verifies tokens with keys k and n (under jwt rules, so they may not sign raw data); signer
+	// signs raw data with key r.
+	policy, err := authz.Compile(authz.Policy{Admins: []string{"ops"}, Grants: []authz.Grant{
+		{Identity: "svc", Keys: []string{"k", "n"}, Operations: []authz.Op{authz.OpVerify, authz.OpPublicKey, authz.OpSignJWT, authz.OpVerifyJWT},
+			JWT: &authz.JWTRules{MaxTTL: 2 * time.Hour}},
+		{Identity: "signer", Keys: []string{"r"}, Operations: []authz.Op{authz.OpSign, authz.OpVerify, authz.OpPublicKey}},
+	}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,8 +73,9 @@ func newRotationServer(t *testing.T, clk *clock) *rotationServer {
 		t.Fatal(err)
 	}
 	return &rotationServer{Server: s, ring: ring, store: store,
-		svc:   context.WithValue(context.Background(), identityKey{}, "svc"),
-		admin: context.WithValue(context.Background(), identityKey{}, "ops")}
+		svc:    context.WithValue(context.Background(), identityKey{}, "svc"),
+		signer: context.WithValue(context.Background(), identityKey{}, "signer"),
+		admin:  context.WithValue(context.Background(), identityKey{}, "ops")}
 }
 
 func (r *rotationServer) token(t *testing.T, ttl time.Duration) (string, string) {
@@ -190,14 +196,16 @@ func TestEmergencyRotation(t *testing.T) {
 	t0 := time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
 	clk := &clock{t: t0}
 	r := newRotationServer(t, clk)
-	if _, err := r.ring.Create("k", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"k", "r"} {
+		if _, err := r.ring.Create(name, jose.ES256, 0, keyring.DefaultSettings()); err != nil {
+			t.Fatal(err)
+		}
 	}
 	old, v1 := r.token(t, 30*time.Minute)
 	if err := r.verifies(old); err != nil { // now in the verified-token cache
 		t.Fatal(err)
 	}
-	raw, err := r.Sign(r.svc, &signerv1.SignRequest{Key: "k", Input: &signerv1.SignRequest_Message{Message: []byte("m")}})
+	raw, err := r.Sign(r.signer, &signerv1.SignRequest{Key: "r", Input: &signerv1.SignRequest_Message{Message: []byte("m")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,6 +214,9 @@ func TestEmergencyRotation(t *testing.T) {
 	if err != nil {
 		t.Fatalf("RotateKey(emergency) = %v", err)
 	}
+	if _, err := (&adminServer{s: r.Server}).RotateKey(r.admin, &signerv1.RotateKeyRequest{Key: "r", Emergency: true}); err != nil {
+		t.Fatalf("RotateKey(r, emergency) = %v", err)
+	}
 	v2 := rot.GetVersion().GetKid()
 	if rot.GetVersion().GetState() != signerv1.VersionState_VERSION_STATE_ACTIVE {
 		t.Errorf("emergency version state %v, want active at once", rot.GetVersion().GetState())
@@ -213,7 +224,7 @@ func TestEmergencyRotation(t *testing.T) {
 	if err := r.verifies(old); status.Code(err) != codes.Unauthenticated {
 		t.Errorf("VerifyJWT(token from revoked v1) = %v, want refused", err)
 	}
-	v, err := r.Verify(r.svc, &signerv1.VerifyRequest{Key: "k", Input: &signerv1.VerifyRequest_Message{Message: []byte("m")}, Signature: raw.GetSignature()})
+	v, err := r.Verify(r.signer, &signerv1.VerifyRequest{Key: "r", Input: &signerv1.VerifyRequest_Message{Message: []byte("m")}, Signature: raw.GetSignature()})
 	if err != nil || v.GetValid() {
 		t.Errorf("Verify(signature from revoked v1) = %v, %v; want valid=false", v, err)
 	}

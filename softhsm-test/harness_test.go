@@ -12,6 +12,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -63,14 +65,19 @@ type instance struct {
 	addr    string
 	// httpURL is the base URL of the public HTTPS listener (JWKS).
 	httpURL string
-	// clients by identity: "svc" may do everything with every key, "limited" may only sign with es256,
-	// "issuer" may only issue and verify JWTs with es256 under the JWT rules below.
+	// clients by identity: "svc" may do everything with every key (but sign with issuedKey), "limited" may
+	// only sign with es256, "issuer" may only issue and verify JWTs with issuedKey under the JWT rules
+	// below.
 	svc, limited, issuer *devca.Leaf
 	stderr               *lockedBuffer
 	// stop stops the instance's daemon; proc is its process.
 	stop func()
 	proc *os.Process
 }
+
+// issuedKey is the key that identity issuer.test issues JWTs with under jwt rules. An instance has that
+// grant when its keys include this one.
+const issuedKey = "issued"
 
 type instanceOptions struct {
 	keys        map[string]string
@@ -121,6 +128,34 @@ func startInstance(t testing.TB, opts instanceOptions) *instance {
 		t.Fatal(err)
 	}
 	in.cfgPath = filepath.Join(in.dir, "signerd.yaml")
+	svcKeys, issuerGrants := `["*"]`, ""
+	if _, ok := opts.keys[issuedKey]; ok {
+		// A key with jwt rules may not sign raw data: svc gets the other keys by name, and only issues
+		// (without rules) and verifies with this one.
+		var names []string
+		for name := range opts.keys {
+			if name != issuedKey {
+				names = append(names, strconv.Quote(name))
+			}
+		}
+		slices.Sort(names)
+		svcKeys = "[" + strings.Join(names, ", ") + "]"
+		issuerGrants = `    - identity: spiffe://test/svc
+      keys: [` + issuedKey + `]
+      operations: [verify, public_key, sign_jwt, verify_jwt]
+    - identity: issuer.test
+      keys: [` + issuedKey + `]
+      operations: [sign_jwt, verify_jwt]
+      jwt:
+        issuer: https://issuer.test
+        audiences: [api-a, api-b]
+        subject: "user-[0-9]+"
+        max_ttl: 10m
+        default_ttl: 2m
+        forbidden_claims: [admin]
+        generate_jti: true
+`
+	}
 	writeConfig(t, in.cfgPath, fmt.Sprintf(`listen: 127.0.0.1:0
 tls:
   cert_file: %[1]s/server.pem
@@ -135,28 +170,17 @@ hsm:
 policy:
   grants:
     - identity: spiffe://test/svc
-      keys: ["*"]
+      keys: %[7]s
       operations: [sign, verify, public_key, sign_jwt, verify_jwt]
     - identity: limited.test
       keys: [es256]
       operations: [sign]
-    - identity: issuer.test
-      keys: [es256]
-      operations: [sign_jwt, verify_jwt]
-      jwt:
-        issuer: https://issuer.test
-        audiences: [api-a, api-b]
-        subject: "user-[0-9]+"
-        max_ttl: 10m
-        default_ttl: 2m
-        forbidden_claims: [admin]
-        generate_jti: true
-http:
+%[8]shttp:
   listen: 127.0.0.1:0
   jwks_max_age: 90s
 audit:
   file: %[1]s/audit.log
-%[6]s`, in.dir, tok.Module, tok.Label, pinFile, opts.maxSessions, opts.extraConfig))
+%[6]s`, in.dir, tok.Module, tok.Label, pinFile, opts.maxSessions, opts.extraConfig, svcKeys, issuerGrants))
 	if opts.edit != nil {
 		b, _ := os.ReadFile(in.cfgPath)
 		writeConfig(t, in.cfgPath, opts.edit(string(b)))

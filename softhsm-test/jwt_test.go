@@ -197,10 +197,10 @@ func TestManyES256Tokens(t *testing.T) {
 
 // TestVerifyJWTRefusals checks each way a token can be bad, and the reason VerifyJWT gives.
 func TestVerifyJWTRefusals(t *testing.T) {
-	in := startInstance(t, instanceOptions{keys: map[string]string{"es256": "ES256", "rs256": "RS256"}})
+	in := startInstance(t, instanceOptions{keys: map[string]string{"es256": "ES256", "rs256": "RS256", issuedKey: "ES256"}})
 	c := in.dial(t, in.svc)
 	// The issuer grant may set aud (api-a); the svc identity verifies without an issuer rule.
-	good, err := in.dial(t, in.issuer).SignJWT(ctxT(t), &signerv1.SignJWTRequest{Key: "es256", ClaimsJson: `{"sub":"user-1","aud":"api-a"}`, TtlSeconds: 60})
+	good, err := in.dial(t, in.issuer).SignJWT(ctxT(t), &signerv1.SignJWTRequest{Key: issuedKey, ClaimsJson: `{"sub":"user-1","aud":"api-a"}`, TtlSeconds: 60})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,7 +287,7 @@ func pemBody(t *testing.T, p string) []byte {
 // TestJWTGrantPolicy enforces the issuer grant's rules: each violation is refused with the rule it
 // broke and audited as denied; a conforming request gets iss stamped, a jti and the default TTL.
 func TestJWTGrantPolicy(t *testing.T) {
-	in := startInstance(t, instanceOptions{keys: map[string]string{"es256": "ES256"}})
+	in := startInstance(t, instanceOptions{keys: map[string]string{"es256": "ES256", issuedKey: "ES256"}})
 	c := in.dial(t, in.issuer)
 	tests := []struct {
 		name, claims string
@@ -309,9 +309,9 @@ func TestJWTGrantPolicy(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			key := "es256"
+			key := issuedKey
 			if tc.name == "key outside grant" {
-				key = "other"
+				key = "es256"
 			}
 			_, err := c.SignJWT(ctxT(t), &signerv1.SignJWTRequest{Key: key, ClaimsJson: tc.claims, TtlSeconds: tc.ttl})
 			st := status.Convert(err)
@@ -320,7 +320,7 @@ func TestJWTGrantPolicy(t *testing.T) {
 			}
 		})
 	}
-	resp, err := c.SignJWT(ctxT(t), &signerv1.SignJWTRequest{Key: "es256", ClaimsJson: `{"sub":"user-42","aud":["api-a","api-b"],"iss":"https://issuer.test"}`})
+	resp, err := c.SignJWT(ctxT(t), &signerv1.SignJWTRequest{Key: issuedKey, ClaimsJson: `{"sub":"user-42","aud":["api-a","api-b"],"iss":"https://issuer.test"}`})
 	if err != nil {
 		t.Fatalf("conforming SignJWT = %v", err)
 	}
@@ -335,7 +335,7 @@ func TestJWTGrantPolicy(t *testing.T) {
 		t.Errorf("VerifyJWT(conforming) = %v", err)
 	}
 	// A token from the svc identity (no issuer rule) has no iss: the issuer grant refuses to accept it.
-	svcTok, err := in.dial(t, in.svc).SignJWT(ctxT(t), &signerv1.SignJWTRequest{Key: "es256", ClaimsJson: `{"sub":"user-1"}`})
+	svcTok, err := in.dial(t, in.svc).SignJWT(ctxT(t), &signerv1.SignJWTRequest{Key: issuedKey, ClaimsJson: `{"sub":"user-1"}`})
 	if err != nil {
 		t.Fatal(err)
 	}

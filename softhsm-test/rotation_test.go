@@ -12,21 +12,45 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/signerd/signerd/client"
 	signerv1 "github.com/signerd/signerd/proto/signer/v1"
 )
 
 // shortPeriods makes rotation observable in seconds: the JWKS may be cached 2s, refreshes run every
-// second, tokens live at most 4s, and svc is an administrator.
+// second, and svc is an administrator.
 func shortPeriods(cfg string) string {
 	cfg = strings.Replace(cfg, "jwks_max_age: 90s", "jwks_max_age: 2s", 1)
 	cfg = strings.Replace(cfg, "policy:\n", "policy:\n  admins: [spiffe://test/svc]\n", 1)
+	// No SignJWT: a key's grace must cover the longest token TTL granted for it (5m by default), and a
+	// key with jwt rules may not sign raw data. The tests mint their tokens with mintJWT instead.
 	cfg = strings.Replace(cfg, "operations: [sign, verify, public_key, sign_jwt, verify_jwt]\n",
-		"operations: [sign, verify, public_key, sign_jwt, verify_jwt]\n      jwt:\n        max_ttl: 4s\n", 1)
-	cfg = strings.Replace(cfg, "max_ttl: 10m\n        default_ttl: 2m", "max_ttl: 4s\n        default_ttl: 2s", 1)
+		"operations: [sign, verify, public_key, verify_jwt]\n", 1)
 	return cfg + "refresh_interval: 1s\n"
+}
+
+// mintJWT signs a token valid for ttl with key's active version through the daemon at addr, as a
+// service using the client package's SigningMethod does (a raw Sign), and returns it with its kid.
+func mintJWT(t *testing.T, in *instance, addr, key string, ttl time.Duration) (token, kid string) {
+	t.Helper()
+	c, err := client.Dial(addr, client.Options{TLSConfig: in.clientTLS(in.svc)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	k, err := c.Key(ctxT(t), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	token, err = k.NewToken(jwt.MapClaims{"sub": "x", "iat": now.Unix(), "exp": now.Add(ttl).Unix()}).SignedString(k)
+	if err != nil {
+		t.Fatalf("sign a token with %s: %v", key, err)
+	}
+	return token, k.Kid()
 }
 
 // daemonView is one daemon as a verifier and signer sees it.
@@ -248,12 +272,9 @@ func TestEmergencyRotationTwoDaemons(t *testing.T) {
 		keyFlags: []string{"--prepublish", "3s", "--grace", "5s"}, edit: shortPeriods})
 	a := daemonView{name: "A", c: in.dial(t, in.svc), httpURL: in.httpURL}
 	b, _ := in.second(t)
-	tok, err := a.c.SignJWT(ctxT(t), &signerv1.SignJWTRequest{Key: "rot", ClaimsJson: `{"sub":"x"}`, TtlSeconds: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok, _ := mintJWT(t, in, in.addr, "rot", 4*time.Second)
 	for _, d := range []daemonView{a, b} {
-		if _, err := d.c.VerifyJWT(ctxT(t), &signerv1.VerifyJWTRequest{Token: tok.GetToken()}); err != nil {
+		if _, err := d.c.VerifyJWT(ctxT(t), &signerv1.VerifyJWTRequest{Token: tok}); err != nil {
 			t.Fatalf("daemon %s: VerifyJWT before rotation = %v", d.name, err)
 		}
 	}
@@ -265,7 +286,7 @@ func TestEmergencyRotationTwoDaemons(t *testing.T) {
 	v2 := rot.GetVersion().GetKid()
 	for _, d := range []daemonView{a, b} {
 		eventually(t, "daemon "+d.name+" refuses the revoked version", func() error {
-			if _, err := d.c.VerifyJWT(ctxT(t), &signerv1.VerifyJWTRequest{Token: tok.GetToken()}); status.Code(err) != codes.Unauthenticated {
+			if _, err := d.c.VerifyJWT(ctxT(t), &signerv1.VerifyJWTRequest{Token: tok}); status.Code(err) != codes.Unauthenticated {
 				return fmt.Errorf("VerifyJWT(old token) = %v, want Unauthenticated", err)
 			}
 			if kid := d.signKid(t, "rot"); kid != v2 {
@@ -351,12 +372,12 @@ func TestUnknownKidRefresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, err := in.dial(t, in.svc).SignJWT(ctxT(t), &signerv1.SignJWTRequest{Key: "rot", ClaimsJson: `{"sub":"x"}`})
-	if err != nil || tok.GetKid() != rot.GetVersion().GetKid() {
-		t.Fatalf("SignJWT on A after rotation = %v, %v; want kid %s", tok, err, rot.GetVersion().GetKid())
+	tok, kid := mintJWT(t, in, in.addr, "rot", time.Minute)
+	if kid != rot.GetVersion().GetKid() {
+		t.Fatalf("token signed on A after rotation has kid %s, want %s", kid, rot.GetVersion().GetKid())
 	}
-	v, err := b.c.VerifyJWT(ctxT(t), &signerv1.VerifyJWTRequest{Token: tok.GetToken()})
-	if err != nil || v.GetKid() != tok.GetKid() {
+	v, err := b.c.VerifyJWT(ctxT(t), &signerv1.VerifyJWTRequest{Token: tok})
+	if err != nil || v.GetKid() != kid {
 		t.Errorf("VerifyJWT on B (refresh interval 1h) of a token from the new version = %v, %v; want it verified after an unknown-kid refresh", v, err)
 	}
 }

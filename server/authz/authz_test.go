@@ -46,7 +46,7 @@ func TestAllow(t *testing.T) {
 		want      bool
 		wantRules string // Issuer of the returned rules, "-" for nil
 	}{
-		{name: "exact grant", identity: api, key: "alpha", op: OpSign, want: true, wantRules: "https://auth.example.org"},
+		{name: "exact grant", identity: api, key: "alpha", op: OpPublicKey, want: true, wantRules: "https://auth.example.org"},
 		{name: "exact grant sign_jwt", identity: api, key: "beta", op: OpSignJWT, want: true, wantRules: "https://auth.example.org"},
 		{name: "exact before wildcard", identity: api, key: "alpha", op: OpSignJWT, want: true, wantRules: "https://auth.example.org"},
 		{name: "wildcard fills in op", identity: api, key: "alpha", op: OpVerify, want: true, wantRules: ""},
@@ -168,7 +168,7 @@ func TestAllowDoesNotAllocate(t *testing.T) {
 	a := compiled(t)
 	allocs := testing.AllocsPerRun(100, func() {
 		a.Allow("spiffe://example.org/api", "gamma", OpSignJWT)
-		a.Allow("spiffe://example.org/api", "alpha", OpSign)
+		a.Allow("spiffe://example.org/api", "alpha", OpPublicKey)
 		a.Allow("nobody", "alpha", OpSign)
 	})
 	if allocs != 0 {
@@ -200,7 +200,7 @@ func TestMaxTTL(t *testing.T) {
 	a, err := Compile(Policy{Grants: []Grant{
 		{Identity: "a", Keys: []string{"k"}, Operations: []Op{OpSignJWT}, JWT: &JWTRules{MaxTTL: 10 * time.Minute}},
 		{Identity: "b", Keys: []string{"*"}, Operations: []Op{OpSignJWT}},
-		{Identity: "c", Keys: []string{"k", "other"}, Operations: []Op{OpSign}},
+		{Identity: "c", Keys: []string{"other"}, Operations: []Op{OpSign}},
 	}}, nil)
 	if err != nil {
 		t.Fatal(err)

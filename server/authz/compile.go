@@ -54,6 +54,7 @@ func Compile(p Policy, keyExists func(name string) bool) (*Authorizer, error) {
 	for i, g := range p.Grants {
 		c.grant(a, fmt.Sprintf("policy.grants[%d]", i), g)
 	}
+	c.rawSigningOverRules(p.Grants)
 
 	if err := errors.Join(c.errs...); err != nil {
 		return nil, err
@@ -201,6 +202,55 @@ func (c *compiler) jwt(path string, j *JWTRules, ops opSet) *Rules {
 	r.ForbiddenClaims = c.names(path+".forbidden_claims", j.ForbiddenClaims)
 	slices.Sort(r.ForbiddenClaims)
 	return r
+}
+
+// rawSigningOverRules refuses a policy in which a key that issues JWTs under a grant's jwt rules may
+// also be used with sign. A raw signature over "header.payload" is a JWT: whoever may sign raw data with
+// the key could mint tokens with any claims, lifetime and issuer, which VerifyJWT, the JWKS and every
+// verifier would accept. Keys named by "*" overlap with every key.
+func (c *compiler) rawSigningOverRules(grants []Grant) {
+	for i, ruled := range grants {
+		if ruled.JWT == nil || !slices.Contains(ruled.Operations, OpSignJWT) {
+			continue
+		}
+		for j, raw := range grants {
+			if !slices.Contains(raw.Operations, OpSign) {
+				continue
+			}
+			key, ok := sharedKey(ruled.Keys, raw.Keys)
+			if !ok {
+				continue
+			}
+			path := fmt.Sprintf("policy.grants[%d]", max(i, j))
+			switch {
+			case i == j:
+				c.fail(path+".operations", "sign lets %q sign any token with %s, whatever this grant's jwt rules say; "+
+					"grant sign_jwt alone, and sign on a separate key", ruled.Identity, key)
+			default:
+				c.fail(path, "%s may sign raw data (policy.grants[%d], identity %q) and issues JWTs under the jwt rules of "+
+					"policy.grants[%d] (identity %q): a raw signature can be a token that breaks those rules; "+
+					"use separate keys for JWTs and raw signatures", key, j, raw.Identity, i, ruled.Identity)
+			}
+		}
+	}
+}
+
+// sharedKey returns a description of a key that both key lists name, if there is one.
+func sharedKey(a, b []string) (string, bool) {
+	switch {
+	case slices.Contains(a, wildcardKey) && slices.Contains(b, wildcardKey):
+		return "every key", true
+	case slices.Contains(a, wildcardKey) && len(b) > 0:
+		return fmt.Sprintf("key %q", b[0]), true
+	case slices.Contains(b, wildcardKey) && len(a) > 0:
+		return fmt.Sprintf("key %q", a[0]), true
+	}
+	for _, k := range a {
+		if k != "" && slices.Contains(b, k) {
+			return fmt.Sprintf("key %q", k), true
+		}
+	}
+	return "", false
 }
 
 // names validates a list of non-empty, distinct strings (at path) and

@@ -21,7 +21,7 @@ func validPolicy() Policy {
 			{
 				Identity:   "spiffe://example.org/api",
 				Keys:       []string{"alpha", "beta"},
-				Operations: []Op{OpSign, OpSignJWT, OpPublicKey},
+				Operations: []Op{OpSignJWT, OpPublicKey},
 				JWT: &JWTRules{
 					Issuer:          "https://auth.example.org",
 					Audiences:       []string{"api", "web"},
@@ -213,7 +213,7 @@ func TestCompileErrors(t *testing.T) {
 		{
 			name: "invalid subject",
 			p: Policy{Grants: []Grant{
-				grant("a", []string{"alpha"}, OpSign), grant("b", []string{"alpha"}, OpSign), grant("c", []string{"alpha"}, OpSign),
+				grant("a", []string{"alpha"}, OpVerify), grant("b", []string{"alpha"}, OpVerify), grant("c", []string{"alpha"}, OpVerify),
 				jwtGrant(JWTRules{Subject: `user-(`, MaxTTL: time.Minute}),
 			}},
 			want: []string{`policy.grants[3].jwt.subject: invalid regexp: `},
@@ -322,6 +322,47 @@ func TestCompileErrors(t *testing.T) {
 			}
 			if got := len(joined.Unwrap()); got != len(tt.want) {
 				t.Errorf("Compile() reported %d problems, want %d:\n%s", got, len(tt.want), msg)
+			}
+		})
+	}
+}
+
+// TestRawSigningOverRules: a key that issues JWTs under jwt rules may not also sign raw data, for any
+// identity, "*" included: a raw signature over header.payload would be a token outside the rules.
+func TestRawSigningOverRules(t *testing.T) {
+	rules := &JWTRules{MaxTTL: time.Minute}
+	ruled := func(identity string, keys ...string) Grant {
+		return Grant{Identity: identity, Keys: keys, Operations: []Op{OpSignJWT, OpVerifyJWT}, JWT: rules}
+	}
+	raw := func(identity string, keys ...string) Grant {
+		return Grant{Identity: identity, Keys: keys, Operations: []Op{OpSign, OpVerify}}
+	}
+	tests := []struct {
+		name   string
+		grants []Grant
+		want   string // "" when the policy is fine
+	}{
+		{"raw signer of an issuer's key", []Grant{ruled("issuer", "alpha"), raw("other", "beta", "alpha")},
+			`policy.grants[1]: key "alpha" may sign raw data (policy.grants[1], identity "other") and issues JWTs under the jwt rules of policy.grants[0] (identity "issuer")`},
+		{"issuer after the raw signer", []Grant{raw("other", "alpha"), ruled("issuer", "alpha")},
+			`policy.grants[1]: key "alpha" may sign raw data (policy.grants[0], identity "other")`},
+		{"one grant with both", []Grant{{Identity: "svc", Keys: []string{"alpha"}, Operations: []Op{OpSign, OpSignJWT}, JWT: rules}},
+			`policy.grants[0].operations: sign lets "svc" sign any token with key "alpha"`},
+		{"raw signer of every key", []Grant{ruled("issuer", "alpha"), raw("other", "*")}, `key "alpha" may sign raw data`},
+		{"issuer of every key", []Grant{ruled("issuer", "*"), raw("other", "beta")}, `key "beta" may sign raw data`},
+		{"both wildcards", []Grant{ruled("issuer", "*"), raw("other", "*")}, `every key may sign raw data`},
+		{"separate keys", []Grant{ruled("issuer", "alpha"), raw("other", "beta"), raw("issuer", "beta")}, ""},
+		{"sign_jwt without rules next to sign", []Grant{{Identity: "svc", Keys: []string{"*"}, Operations: Ops()}}, ""},
+		{"verifying next to rules", []Grant{ruled("issuer", "alpha"), {Identity: "v", Keys: []string{"*"}, Operations: []Op{OpVerify, OpVerifyJWT, OpPublicKey}}}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Compile(Policy{Grants: tt.grants}, keyExists)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("Compile() = %v, want nil", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("Compile() = %v, want an error containing %q", err, tt.want)
 			}
 		})
 	}
