@@ -27,8 +27,12 @@ const (
 	// jwksDefaultMaxAge is how long a JWKS is fresh when the response has no Cache-Control max-age.
 	jwksDefaultMaxAge = 5 * time.Minute
 	// jwksMaxMaxAge caps max-age, so that a revoked key leaves the cache within a day whatever the
-	// server said.
+	// server said (plus jwksMaxStale while the JWKS cannot be fetched).
 	jwksMaxMaxAge = 24 * time.Hour
+	// jwksMaxStale is how long past its expiry a cached set stays usable while refetches fail: long
+	// enough to ride out a JWKS outage, short enough that blocking the JWKS cannot keep a revoked key
+	// alive.
+	jwksMaxStale = time.Hour
 	// jwksFetchTimeout bounds one fetch when the HTTP client has no timeout of its own.
 	jwksFetchTimeout = 10 * time.Second
 	// jwksMaxBytes bounds the JWKS document read.
@@ -43,6 +47,8 @@ var (
 	ErrUnknownKid = errors.New("client: no key with this kid in the JWKS")
 	// ErrAlgMismatch means the token's alg header differs from the alg of the JWK with its kid.
 	ErrAlgMismatch = errors.New("client: token alg does not match the key's alg")
+	// ErrStaleJWKS means the cached set expired more than an hour ago and could not be fetched again.
+	ErrStaleJWKS = errors.New("client: the cached JWKS is too old to use and could not be refetched")
 )
 
 // JWKSKeyfunc finds the public keys of tokens in a JWK Set fetched over HTTPS, such as signerd's
@@ -52,14 +58,19 @@ var (
 // when there is none, at most a day). A token whose kid is not in the cache triggers a refetch, so keys
 // published after a rotation are found at once; but no two fetches are closer together than the minimum
 // refresh interval ([DefaultMinRefreshInterval]), so that a stream of tokens with made-up kids cannot
-// turn the verifier against the JWKS server. If a refetch fails, the keys already cached keep working.
+// turn the verifier against the JWKS server. If a refetch fails, the keys already cached keep working
+// for up to an hour past their expiry; after that, tokens are refused with [ErrStaleJWKS] until a fetch
+// succeeds, so that keeping the JWKS out of reach cannot keep a revoked key in use.
 type JWKSKeyfunc struct {
 	url        string
 	http       *http.Client
 	minRefresh time.Duration
 	now        func() time.Time
 
-	// mu is held during a fetch, so that concurrent misses wait for one fetch rather than each start one.
+	// fetching is held during a fetch, so that concurrent misses wait for one fetch rather than each
+	// start one; tokens whose keys are cached and fresh never wait for it.
+	fetching sync.Mutex
+	// mu guards the fields below; it is never held during a fetch.
 	mu      sync.Mutex
 	keys    map[string]jwksKey
 	expires time.Time // when keys go stale
@@ -136,36 +147,67 @@ func (j *JWKSKeyfunc) Keyfunc(token *jwt.Token) (any, error) {
 // lookup returns the key with kid, fetching the set if it is stale or lacks kid and the last fetch is
 // at least minRefresh ago.
 func (j *JWKSKeyfunc) lookup(kid string) (jwksKey, error) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
+	if k, ok := j.cached(kid, j.now()); ok {
+		return k, nil
+	}
+	j.fetching.Lock()
+	defer j.fetching.Unlock()
 	now := j.now()
-	k, ok := j.keys[kid]
-	if ok && now.Before(j.expires) {
+	// Another goroutine may have fetched while this one waited.
+	if k, ok := j.cached(kid, now); ok {
 		return k, nil
 	}
+	j.mu.Lock()
+	due := j.fetched.IsZero() || now.Sub(j.fetched) >= j.minRefresh
+	if due {
+		j.fetched = now
+	}
+	j.mu.Unlock()
 	var fetchErr error
-	if j.fetched.IsZero() || now.Sub(j.fetched) >= j.minRefresh {
-		fetchErr = j.fetchLocked(now)
-		k, ok = j.keys[kid]
+	if due {
+		var keys map[string]jwksKey
+		var expires time.Time
+		if keys, expires, fetchErr = j.fetch(now); fetchErr == nil {
+			j.mu.Lock()
+			j.keys, j.expires = keys, expires
+			j.mu.Unlock()
+		}
 	}
+	j.mu.Lock()
+	k, ok := j.keys[kid]
+	usable := now.Before(j.expires.Add(jwksMaxStale))
+	expires := j.expires
+	j.mu.Unlock()
 	switch {
-	case ok:
+	case ok && usable:
 		return k, nil
+	case ok && fetchErr != nil:
+		return jwksKey{}, fmt.Errorf("kid %q: %w (expired %s): %w", kid, ErrStaleJWKS, expires.Format(time.RFC3339), fetchErr)
+	case ok:
+		return jwksKey{}, fmt.Errorf("kid %q: %w (expired %s; next fetch after %s)", kid, ErrStaleJWKS,
+			expires.Format(time.RFC3339), now.Add(j.minRefresh).Format(time.RFC3339))
 	case fetchErr != nil:
 		return jwksKey{}, fmt.Errorf("kid %q: %w", kid, fetchErr)
 	}
 	return jwksKey{}, fmt.Errorf("%w: kid %q at %s", ErrUnknownKid, kid, j.url)
 }
 
-// fetchLocked fetches the set and replaces the cache with it. On error the cache is left as it was.
-func (j *JWKSKeyfunc) fetchLocked(now time.Time) error {
-	j.fetched = now
+// cached returns the key with kid if the cached set has it and is fresh at now.
+func (j *JWKSKeyfunc) cached(kid string, now time.Time) (jwksKey, bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	k, ok := j.keys[kid]
+	return k, ok && now.Before(j.expires)
+}
+
+// fetch fetches the set, returning its usable keys and when they go stale.
+func (j *JWKSKeyfunc) fetch(now time.Time) (map[string]jwksKey, time.Time, error) {
 	u, err := url.Parse(j.url)
 	if err != nil {
-		return fmt.Errorf("fetch JWKS: %w", err)
+		return nil, time.Time{}, fmt.Errorf("fetch JWKS: %w", err)
 	}
 	if u.Scheme != "https" {
-		return fmt.Errorf("fetch JWKS: %s is not an https URL", u.Redacted())
+		return nil, time.Time{}, fmt.Errorf("fetch JWKS: %s is not an https URL", u.Redacted())
 	}
 	ctx := context.Background()
 	if j.http.Timeout == 0 {
@@ -175,31 +217,29 @@ func (j *JWKSKeyfunc) fetchLocked(now time.Time) error {
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, j.url, nil)
 	if err != nil {
-		return fmt.Errorf("fetch JWKS: %w", err)
+		return nil, time.Time{}, fmt.Errorf("fetch JWKS: %w", err)
 	}
 	req.Header.Set("Accept", "application/jwk-set+json, application/json")
 	resp, err := j.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("fetch JWKS: %w", err)
+		return nil, time.Time{}, fmt.Errorf("fetch JWKS: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("fetch JWKS %s: HTTP status %s", u.Redacted(), resp.Status)
+		return nil, time.Time{}, fmt.Errorf("fetch JWKS %s: HTTP status %s", u.Redacted(), resp.Status)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, jwksMaxBytes+1))
 	if err != nil {
-		return fmt.Errorf("fetch JWKS %s: %w", u.Redacted(), err)
+		return nil, time.Time{}, fmt.Errorf("fetch JWKS %s: %w", u.Redacted(), err)
 	}
 	if len(body) > jwksMaxBytes {
-		return fmt.Errorf("fetch JWKS %s: larger than %d bytes", u.Redacted(), jwksMaxBytes)
+		return nil, time.Time{}, fmt.Errorf("fetch JWKS %s: larger than %d bytes", u.Redacted(), jwksMaxBytes)
 	}
 	keys, err := parseJWKS(body)
 	if err != nil {
-		return fmt.Errorf("fetch JWKS %s: %w", u.Redacted(), err)
+		return nil, time.Time{}, fmt.Errorf("fetch JWKS %s: %w", u.Redacted(), err)
 	}
-	j.keys = keys
-	j.expires = now.Add(maxAge(resp.Header.Get("Cache-Control")))
-	return nil
+	return keys, now.Add(maxAge(resp.Header.Get("Cache-Control"))), nil
 }
 
 // parseJWKS decodes a JWK Set and keeps the keys a verifier may use: signature keys with a kid, a

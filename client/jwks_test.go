@@ -153,7 +153,9 @@ func TestJWKSKeyfuncCaching(t *testing.T) {
 		{"new key is cached", nil, k2.token(t, k2.jwk.Kid), nil, 3},
 		{"max-age expiry refetches", func() { clock.Advance(601 * time.Second) }, k1.token(t, k1.jwk.Kid), nil, 4},
 		{"stale key kept when the refetch fails", func() { s.setStatus(http.StatusInternalServerError); clock.Advance(time.Hour) }, k1.token(t, k1.jwk.Kid), nil, 5},
-		{"removed key refused once refetched", func() { s.setStatus(http.StatusOK); s.publish(k2.jwk); clock.Advance(time.Hour) }, k1.token(t, k1.jwk.Kid), ErrUnknownKid, 6},
+		{"stale key refused past the stale limit", func() { clock.Advance(jwksMaxStale) }, k1.token(t, k1.jwk.Kid), ErrStaleJWKS, 6},
+		{"still refused until the next fetch is due", func() { clock.Advance(time.Second) }, k1.token(t, k1.jwk.Kid), ErrStaleJWKS, 6},
+		{"removed key refused once refetched", func() { s.setStatus(http.StatusOK); s.publish(k2.jwk); clock.Advance(time.Hour) }, k1.token(t, k1.jwk.Kid), ErrUnknownKid, 7},
 	}
 	for _, st := range steps {
 		// Steps depend on each other, so a failure stops the sequence.
@@ -171,6 +173,49 @@ func TestJWKSKeyfuncCaching(t *testing.T) {
 		}) {
 			break
 		}
+	}
+}
+
+// TestJWKSKeyfuncFetchDoesNotBlockCachedKeys: while a fetch for an unknown kid hangs, tokens whose keys
+// are cached and fresh still verify at once.
+func TestJWKSKeyfuncFetchDoesNotBlockCachedKeys(t *testing.T) {
+	k := newTestKey(t, jose.ES256)
+	release := make(chan struct{})
+	var fetches atomic.Int32
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if fetches.Add(1) > 1 {
+			select { // the second fetch hangs until the test lets it go
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}
+		_ = json.NewEncoder(w).Encode(jose.JWKS{Keys: []jose.JWK{k.jwk}})
+	}))
+	t.Cleanup(srv.Close)
+	defer close(release)
+	kf := NewJWKSKeyfunc(srv.URL, srv.Client(), WithMinRefreshInterval(0))
+	if err := parse(kf, k.token(t, k.jwk.Kid)); err != nil {
+		t.Fatal(err)
+	}
+	hung := make(chan error, 1)
+	go func() { hung <- parse(kf, k.token(t, "made-up")) }()
+	for fetches.Load() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	done := make(chan error, 1)
+	go func() { done <- parse(kf, k.token(t, k.jwk.Kid)) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("jwt.Parse(cached kid) during a fetch = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a token with a cached kid waited for another token's fetch")
+	}
+	select {
+	case err := <-hung:
+		t.Fatalf("the made-up kid's fetch returned early: %v", err)
+	default:
 	}
 }
 
