@@ -69,6 +69,7 @@ func TestSignatureAuditedBeforeItLeaves(t *testing.T) {
 	clk := &clock{t: time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)}
 	r := newRotationServer(t, clk)
 	var out syncBuffer
+	before := time.Now() // the flush loop starts with the Log
 	log := audit.New(&out)
 	t.Cleanup(func() { _ = log.Close() })
 	r.audit = log
@@ -77,7 +78,6 @@ func TestSignatureAuditedBeforeItLeaves(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	before := time.Now()
 	if _, err := r.Sign(r.signer, &signerv1.SignRequest{Key: "r", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}); err != nil {
 		t.Fatal(err)
 	}
@@ -92,5 +92,22 @@ func TestSignatureAuditedBeforeItLeaves(t *testing.T) {
 		if !strings.Contains(trail, op) || strings.Count(trail, `"outcome":"started"`) != 2 {
 			t.Errorf("audit trail right after signing = %q, want a started line for %s", trail, op)
 		}
+	}
+}
+
+// TestListKeysAudited: listing keys is an operation like the others, in the trail with its caller.
+func TestListKeysAudited(t *testing.T) {
+	r := newRotationServer(t, &clock{t: time.Now()})
+	var out syncBuffer
+	log := audit.New(&out)
+	r.audit = log
+	if _, err := r.ListKeys(r.svc, &signerv1.ListKeysRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := log.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if trail := out.String(); !strings.Contains(trail, `"identity":"svc","op":"list_keys"`) || !strings.Contains(trail, `"outcome":"ok"`) {
+		t.Errorf("audit trail after ListKeys = %q, want a list_keys event for svc", trail)
 	}
 }

@@ -147,14 +147,15 @@ func identity(ctx context.Context) string {
 // identity checks, as they carry no key operation.
 func (s *Server) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+		// Deferred first so that it runs last, after a recovered panic has become an error.
+		start := time.Now()
+		defer func() { s.metrics.observe(info.FullMethod, start, err) }()
 		defer func() {
 			if r := recover(); r != nil {
 				s.log.Error("panic in handler", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))
 				resp, err = nil, toStatus(s.log, errors.New("panic"))
 			}
 		}()
-		start := time.Now()
-		defer func() { s.metrics.observe(info.FullMethod, start, err) }()
 		id, err := s.peerIdentity(ctx)
 		if err != nil {
 			return nil, toStatus(s.log, err)

@@ -252,6 +252,9 @@ func (s *Server) getPublicKey(ctx context.Context, req *signerv1.GetPublicKeyReq
 	}, nil
 }
 
+// opListKeys is the audit operation name of Signer.ListKeys, which has no policy operation of its own.
+const opListKeys = "list_keys"
+
 // ListKeys implements signer.v1.Signer: the keys the caller may use, with their published versions.
 func (s *Server) ListKeys(ctx context.Context, _ *signerv1.ListKeysRequest) (*signerv1.ListKeysResponse, error) {
 	snap := s.keys.Snapshot()
@@ -260,7 +263,8 @@ func (s *Server) ListKeys(ctx context.Context, _ *signerv1.ListKeysRequest) (*si
 		k, _ := snap.Key(name)
 		resp.Keys = append(resp.Keys, keyInfo(k, k.Publishable()))
 	}
-	return resp, nil
+	ev := audit.Event{Identity: identity(ctx), Op: opListKeys}
+	return resp, s.record(&ev, nil)
 }
 
 func keyInfo(k *keyring.Key, versions []*keyring.LoadedVersion) *signerv1.KeyInfo {

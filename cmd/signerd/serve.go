@@ -104,19 +104,10 @@ func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemo
 	if d.audit, err = openAudit(cfg.Audit.File); err != nil {
 		return nil, err
 	}
-	var minPrepublish time.Duration
-	if cfg.HTTP.Listen != "" {
-		minPrepublish = cfg.HTTP.JWKSMaxAge
-	}
-	snap := d.ring.Snapshot()
-	for _, name := range snap.Names() {
-		k, _ := snap.Key(name)
-		if err := k.Settings().CheckAgainst(minPrepublish, policy.MaxTTL(name)); err != nil {
-			log.Warn("key settings too short for this configuration", "key", name, "err", err)
-		}
-	}
+	prepublish := minPrepublish(cfg)
+	d.warnShortSettings(prepublish, policy)
 	d.metrics = d.newMetrics()
-	d.srv, err = server.New(server.Config{Keys: d.ring, Manager: d.ring, MinPrepublish: minPrepublish, Metrics: d.metrics,
+	d.srv, err = server.New(server.Config{Keys: d.ring, Manager: d.ring, MinPrepublish: prepublish, Metrics: d.metrics,
 		Policy: policy, MaxInFlight: cfg.HSM.MaxSessions - 1,
 		RatePerSecond: cfg.Limits.RatePerSecond, Burst: cfg.Limits.Burst, Leeway: cfg.JWT.Leeway,
 		Audit: d.audit, Log: log})
@@ -169,6 +160,28 @@ func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemo
 	}
 	d.setHealth(d.tok.Ping() == nil)
 	return d, nil
+}
+
+// minPrepublish is how long before it signs a new version must be published: the JWKS max-age, when
+// the JWKS is served.
+func minPrepublish(cfg *config.Config) time.Duration {
+	if cfg.HTTP.Listen == "" {
+		return 0
+	}
+	return cfg.HTTP.JWKSMaxAge
+}
+
+// warnShortSettings logs each key whose prepublish period is shorter than minPrepublish or whose grace
+// is shorter than the longest token lifetime policy grants for it: tokens could then fail to verify
+// around its rotations.
+func (d *daemon) warnShortSettings(minPrepublish time.Duration, policy *authz.Authorizer) {
+	snap := d.ring.Snapshot()
+	for _, name := range snap.Names() {
+		k, _ := snap.Key(name)
+		if err := k.Settings().CheckAgainst(minPrepublish, policy.MaxTTL(name)); err != nil {
+			d.log.Warn("key settings too short for this configuration", "key", name, "err", err)
+		}
+	}
 }
 
 // newMetrics makes the daemon's Prometheus registry: Go runtime and process metrics, whether the token
@@ -413,6 +426,7 @@ func (d *daemon) reload() {
 		return
 	}
 	d.srv.SetPolicy(policy)
+	d.warnShortSettings(minPrepublish(cfg), policy)
 	d.log.Info("reloaded", "keys", len(d.ring.Snapshot().Names()))
 }
 
