@@ -284,7 +284,7 @@ func (t *Token) find(spec KeySpec, id []byte) (*signer, error) {
 	}
 	var inner crypto.Signer
 	if spec.Type == Ed25519 {
-		inner, err = t.loadEd25519(op, id, priv)
+		inner, err = t.loadEd25519(op, id, priv, gen)
 	} else {
 		var k crypto11.Signer
 		k, err = c11.FindKeyPair(id, nil)
@@ -369,8 +369,9 @@ func (t *Token) checkPrivateObject(op string, spec KeySpec, id []byte) (pkcs11.O
 	return handle, err
 }
 
-// loadEd25519 reads the public half of an Ed25519 key pair and builds a signer over CKM_EDDSA.
-func (t *Token) loadEd25519(op string, id []byte, priv pkcs11.ObjectHandle) (crypto.Signer, error) {
+// loadEd25519 reads the public half of an Ed25519 key pair and builds a signer over CKM_EDDSA for the
+// private key priv, a handle of connection generation gen.
+func (t *Token) loadEd25519(op string, id []byte, priv pkcs11.ObjectHandle, gen uint64) (crypto.Signer, error) {
 	var pub ed25519.PublicKey
 	err := t.with(op, func(s pkcs11.SessionHandle) error {
 		handles, err := t.findObjects(s, []*pkcs11.Attribute{
@@ -393,7 +394,7 @@ func (t *Token) loadEd25519(op string, id []byte, priv pkcs11.ObjectHandle) (cry
 	if err != nil {
 		return nil, err
 	}
-	return &edSigner{t: t, priv: priv, pub: pub}, nil
+	return &edSigner{t: t, priv: priv, gen: gen, pub: pub}, nil
 }
 
 // ed25519Point decodes CKA_EC_POINT of an Ed25519 key. SoftHSM returns a DER OCTET STRING; some tokens

@@ -90,6 +90,21 @@ func (l *localLock) write(f func() error) error {
 	return f()
 }
 
+// exclusive runs f holding the lock exclusively, like write, but it also waits for a change under
+// Exclusive to end instead of running inside it: Reconnect and Close use it, and must never run
+// between two calls of a change. A nil lock just runs f.
+func (l *localLock) exclusive(f func()) {
+	if l == nil {
+		f()
+		return
+	}
+	l.rw.Lock()
+	defer l.rw.Unlock()
+	l.flock(syscall.LOCK_EX)
+	defer l.flock(syscall.LOCK_UN)
+	f()
+}
+
 // Exclusive takes the token's local lock until the returned function is called, for one change made of
 // several object-store calls (read a record, generate, write). Calls made meanwhile do not lock again;
 // the caller serialises such changes (the key ring does). With an ExclusiveLock held for the whole

@@ -86,14 +86,81 @@ func (t *Token) TryLock(name string, ttl time.Duration) (func() error, error) {
 		}
 		return nil, err
 	}
+	// While held, the lock's expiry is pushed back every ttl/3, so that a holder that takes long (an
+	// RSA key generation on a slow HSM) keeps it, and other machines' clocks may be off by up to 2/3 ttl.
+	stop, renewed := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(renewed)
+		tick := time.NewTicker(ttl / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				// Tokens keep a data object's CKA_VALUE read-only, so a new object with the later expiry
+				// is made before the old ones go: the lock never looks free meanwhile.
+				val, _ := json.Marshal(lockValue{Owner: me, Expires: time.Now().Add(ttl).UnixNano()})
+				_ = t.local.write(func() error {
+					return t.with("renew lock "+name, func(s pkcs11.SessionHandle) error {
+						if err := t.reindex(s); err != nil {
+							return err
+						}
+						old, err := t.ownLocks(s, tmpl, me)
+						if err != nil {
+							return err
+						}
+						if _, err := t.p11.CreateObject(s, append(tmpl,
+							pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+							pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+							pkcs11.NewAttribute(pkcs11.CKA_VALUE, val))); err != nil {
+							return err
+						}
+						for _, h := range old {
+							err = errors.Join(err, t.p11.DestroyObject(s, h))
+						}
+						return err
+					})
+				})
+			}
+		}
+	}()
 	return func() error {
+		close(stop)
+		<-renewed
+		// The lock object is found again by its owner nonce rather than by the handle it was created
+		// with: handles are only valid within one connection.
 		return t.local.write(func() error {
 			return t.with("unlock "+name, func(s pkcs11.SessionHandle) error {
 				if err := t.reindex(s); err != nil {
 					return err
 				}
-				return t.p11.DestroyObject(s, mine)
+				handles, err := t.ownLocks(s, tmpl, me)
+				for _, h := range handles {
+					err = errors.Join(err, t.p11.DestroyObject(s, h))
+				}
+				return err
 			})
 		})
 	}, nil
+}
+
+// ownLocks returns the lock objects matching tmpl that owner holds.
+func (t *Token) ownLocks(s pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, owner string) ([]pkcs11.ObjectHandle, error) {
+	handles, err := t.findObjects(s, tmpl)
+	if err != nil {
+		return nil, err
+	}
+	var out []pkcs11.ObjectHandle
+	for _, h := range handles {
+		attrs, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
+		if err != nil {
+			continue
+		}
+		var v lockValue
+		if json.Unmarshal(attrs[0].Value, &v) == nil && v.Owner == owner {
+			out = append(out, h)
+		}
+	}
+	return out, nil
 }

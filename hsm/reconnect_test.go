@@ -8,6 +8,9 @@ import (
 	"crypto/sha256"
 	"errors"
 	"testing"
+	"time"
+
+	"github.com/miekg/pkcs11"
 )
 
 // TestReconnect closes every session of the slot behind the token's back, as an HSM reset does (the
@@ -70,5 +73,143 @@ func TestReconnect(t *testing.T) {
 	}
 	if err := tk.Reconnect(); err == nil {
 		t.Error("Reconnect after Close = nil, want an error")
+	}
+}
+
+// TestEd25519StaleHandleRefused: an Ed25519 signer bound under one connection never uses its object
+// handle under the next, where the same number can name another key: it fails instead, and the
+// validating signer finds its key again and signs with the right one.
+func TestEd25519StaleHandleRefused(t *testing.T) {
+	tk := newTestToken(t, "stale-ed")
+	var signers []crypto.Signer
+	for range 4 {
+		_, s, err := tk.Generate(KeySpec{Type: Ed25519}, "ed")
+		if err != nil {
+			t.Fatal(err)
+		}
+		signers = append(signers, s)
+	}
+	// The inner signers as bound now, as a Sign that raced with the reconnect would hold them.
+	var inner []crypto.Signer
+	for _, s := range signers {
+		inner = append(inner, s.(*signer).cur.Load().inner)
+	}
+	if err := tk.Reconnect(); err != nil {
+		t.Fatal(err)
+	}
+	msg := []byte("m")
+	for i, in := range inner {
+		if sig, err := in.Sign(nil, msg, crypto.Hash(0)); !errors.Is(err, errStaleHandle) {
+			t.Errorf("stale Ed25519 signer %d: Sign = %x, %v; want errStaleHandle", i, sig, err)
+		}
+	}
+	for i, s := range signers {
+		sig, err := s.Sign(nil, msg, crypto.Hash(0))
+		if err != nil || !ed25519.Verify(s.Public().(ed25519.PublicKey), msg, sig) {
+			t.Errorf("signer %d after Reconnect: Sign = %v, or the signature is another key's", i, err)
+		}
+	}
+}
+
+// TestReconnectWaitsForChanges: Reconnect never runs between two calls of a change made under
+// Exclusive; it waits for the change to end, and the change's own calls go on meanwhile.
+func TestReconnectWaitsForChanges(t *testing.T) {
+	tk := newTestToken(t, "reconnect-order")
+	release := tk.Exclusive()
+	gen := tk.gen.Load()
+	done := make(chan error, 1)
+	go func() { done <- tk.Reconnect() }()
+	time.Sleep(200 * time.Millisecond)
+	if tk.gen.Load() != gen {
+		t.Fatal("Reconnect replaced the connection in the middle of a change")
+	}
+	// The change goes on: object-store calls and signing work while Reconnect waits.
+	if err := tk.PutRecord("during", []byte("x")); err != nil {
+		t.Errorf("PutRecord during a waiting Reconnect = %v", err)
+	}
+	if err := tk.Ping(); err != nil {
+		t.Errorf("Ping during a waiting Reconnect = %v", err)
+	}
+	release()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Reconnect did not finish after the change ended")
+	}
+	if tk.gen.Load() == gen {
+		t.Error("Reconnect finished without a new connection")
+	}
+}
+
+// TestLockAcrossReconnect: a token-wide lock released after a reconnect removes its own lock object,
+// found again by owner, and nothing else (handles are renumbered by the new connection).
+func TestLockAcrossReconnect(t *testing.T) {
+	tk := newTestToken(t, "lock-reconnect")
+	unlock, err := tk.TryLock("k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tk.Reconnect(); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"a", "b", "c"} {
+		if err := tk.PutRecord(name, []byte(name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unlock(); err != nil {
+		t.Fatalf("unlock after Reconnect = %v", err)
+	}
+	recs, err := tk.Records()
+	if err != nil || len(recs) != 3 {
+		t.Errorf("Records after unlock = %d, %v; want the 3 records untouched", len(recs), err)
+	}
+	again, err := tk.TryLock("k", time.Minute)
+	if err != nil {
+		t.Fatalf("TryLock after unlock = %v, want the lock free", err)
+	}
+	_ = again()
+}
+
+// TestLockRenewed: a lock held longer than its ttl is renewed by its holder, so another contender
+// still finds it held; once released, it is free.
+func TestLockRenewed(t *testing.T) {
+	tk := newTestToken(t, "lock-renew")
+	unlock, err := tk.TryLock("k", 600*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if _, err := tk.TryLock("k", time.Minute); !errors.Is(err, ErrLocked) {
+		t.Fatalf("TryLock on a lock held past its ttl = %v, want ErrLocked (renewed)", err)
+	}
+	if err := unlock(); err != nil {
+		t.Fatal(err)
+	}
+	other, err := tk.TryLock("k", time.Minute)
+	if err != nil {
+		t.Fatalf("TryLock after release = %v", err)
+	}
+	_ = other()
+}
+
+// TestPoolCloseTwice: closing the session pool again (a reconnect that failed half-way) returns at
+// once instead of waiting for sessions that are gone.
+func TestPoolCloseTwice(t *testing.T) {
+	tk := newTestToken(t, "pool-close")
+	p := newSessionPool(tk.p11, tk.slot, 2, time.Second)
+	if err := p.with("probe", func(pkcs11.SessionHandle) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	p.close()
+	done := make(chan struct{})
+	go func() { p.close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("second close of the session pool hangs")
 	}
 }

@@ -107,10 +107,11 @@ func (t *Token) findObjects(s pkcs11.SessionHandle, tmpl []*pkcs11.Attribute) ([
 			_ = t.p11.FindObjectsFinal(s)
 			return nil, fmt.Errorf("find objects: %w", err)
 		}
-		out = append(out, batch...)
-		if len(batch) < 64 {
+		// A token may return a short batch before the end: only an empty one ends the search.
+		if len(batch) == 0 {
 			break
 		}
+		out = append(out, batch...)
 	}
 	if err := t.p11.FindObjectsFinal(s); err != nil {
 		return nil, fmt.Errorf("find objects: %w", err)

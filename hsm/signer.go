@@ -174,14 +174,24 @@ func selfTest(k *signer) error {
 type edSigner struct {
 	t    *Token
 	priv pkcs11.ObjectHandle
-	pub  ed25519.PublicKey
+	// gen is the connection generation priv belongs to: after a reconnect the same number may name
+	// another object, even another private key.
+	gen uint64
+	pub ed25519.PublicKey
 }
+
+// errStaleHandle means an object handle belongs to an earlier connection; the signer finds its key again.
+var errStaleHandle = errors.New("key handle from an earlier connection")
 
 func (e *edSigner) Public() crypto.PublicKey { return e.pub }
 
 func (e *edSigner) Sign(_ io.Reader, msg []byte, _ crypto.SignerOpts) ([]byte, error) {
 	var sig []byte
 	err := e.t.with("sign", func(s pkcs11.SessionHandle) error {
+		// with holds mu for reading, so the generation cannot change until the signature is made.
+		if e.t.gen.Load() != e.gen {
+			return &Error{Op: "sign", Kind: ErrUnavailable, Err: errStaleHandle}
+		}
 		if err := e.t.p11.SignInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(ckmEdDSA, nil)}, e.priv); err != nil {
 			return err
 		}

@@ -117,39 +117,49 @@ func (t *Token) connectLocked() error {
 	return nil
 }
 
-// disconnect releases the connection. crypto11 finalises the module when its last Context closes, so
-// the raw handle goes last and only unloads its dlopen reference. The caller holds mu for writing.
-func (t *Token) disconnect() {
-	_ = t.local.write(func() error {
-		t.disconnectLocked()
-		return nil
-	})
-}
-
+// disconnectLocked releases the connection. crypto11 finalises the module when its last Context closes,
+// so the raw handle goes last and only unloads its dlopen reference. The caller holds the local lock
+// exclusively and mu for writing.
 func (t *Token) disconnectLocked() {
 	if t.pool != nil {
 		t.pool.close()
+		t.pool = nil
 	}
 	t.closeErr = t.c11.Close()
 	t.p11.Destroy()
 	t.connected = false
 }
 
+// replace runs f, which replaces or releases the connection, with every other use of the token shut
+// out. Locks are always taken in the same order, the local lock before mu: object-store work takes the
+// local lock and then, call by call, mu (a change under Exclusive holds the local lock across many
+// calls), while signing takes mu alone. So replace waits for changes and reads in progress, then for
+// signs in flight.
+func (t *Token) replace(f func()) {
+	t.local.exclusive(func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		f()
+	})
+}
+
 // Reconnect drops the connection (sessions, login, module initialisation) and makes a new one, waiting
 // for operations in flight. The daemon calls it when Ping fails; signers re-find their keys on next use.
 func (t *Token) Reconnect() error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
-		return &Error{Op: "reconnect", Kind: ErrClosed}
-	}
-	if t.connected {
-		t.disconnect()
-	}
-	if err := t.connect(); err != nil {
-		return &Error{Op: "reconnect", Kind: ErrUnavailable, Err: err}
-	}
-	return nil
+	var err error
+	t.replace(func() {
+		if t.closed {
+			err = &Error{Op: "reconnect", Kind: ErrClosed}
+			return
+		}
+		if t.connected {
+			t.disconnectLocked()
+		}
+		if cerr := t.connectLocked(); cerr != nil {
+			err = &Error{Op: "reconnect", Kind: ErrUnavailable, Err: cerr}
+		}
+	})
+	return err
 }
 
 // with runs f on a raw session of the current connection.
@@ -251,16 +261,21 @@ func (t *Token) Ping() error {
 // Close logs out and releases every session. It waits for operations in flight. Calling it again
 // returns the first result (crypto11's own Close corrupts its reference count when called twice).
 func (t *Token) Close() error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
-		return t.closeErr
+	var first bool
+	t.replace(func() {
+		if t.closed {
+			return
+		}
+		first, t.closed = true, true
+		if t.connected {
+			t.disconnectLocked()
+		}
+	})
+	if first {
+		t.local.close()
 	}
-	t.closed = true
-	if t.connected {
-		t.disconnect()
-	}
-	t.local.close()
+	t.mu.RLock()
+	defer t.mu.RUnlock()
 	return t.closeErr
 }
 
@@ -320,9 +335,13 @@ func (p *sessionPool) with(op string, f func(pkcs11.SessionHandle) error) error 
 	return classify(op, err)
 }
 
+// close closes every session, waiting for operations in progress. Calling it again does nothing.
 func (p *sessionPool) close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
 	p.closed = true
 	for range cap(p.slots) {
 		if s := <-p.slots; s != 0 {

@@ -354,6 +354,12 @@ func (d *daemon) checkToken() {
 		d.setHealth(true)
 		return
 	}
+	if errors.Is(err, hsm.ErrBusy) {
+		// Every raw session is in use: the token works, it is only loaded. Reconnecting would wait
+		// for all of it and then cut it off.
+		d.log.Warn("token busy; health check skipped", "err", err)
+		return
+	}
 	d.setHealth(false)
 	d.log.Error("token unusable; reconnecting", "err", err)
 	if err := d.tok.Reconnect(); err != nil {
