@@ -40,7 +40,11 @@ func (s Store) Generate(alg jose.Algorithm, bits int, label string) ([]byte, cry
 
 // Load implements keyring.Store.
 func (s Store) Load(alg jose.Algorithm, bits int, id []byte) (crypto.Signer, error) {
-	return s.t.Find(Spec(alg, bits), id)
+	signer, err := s.t.Find(Spec(alg, bits), id)
+	if errors.Is(err, hsm.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %w", keyring.ErrMissing, err)
+	}
+	return signer, err
 }
 
 // Destroy implements keyring.Store.

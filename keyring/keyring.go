@@ -26,7 +26,8 @@ type Store interface {
 	// Generate creates a key pair for alg (bits for RSA) inside the token, labelled label, and returns
 	// its ID and signer.
 	Generate(alg jose.Algorithm, bits int, label string) (id []byte, s crypto.Signer, err error)
-	// Load finds and checks the key pair with ID id.
+	// Load finds and checks the key pair with ID id. If the token has no key pair with that ID, the
+	// error wraps ErrMissing.
 	Load(alg jose.Algorithm, bits int, id []byte) (crypto.Signer, error)
 	// Destroy deletes the key pair with ID id; a missing one is not an error.
 	Destroy(id []byte) error
@@ -48,6 +49,8 @@ var (
 	ErrInvalid = errors.New("keyring: invalid request")
 	// ErrLocked means another process kept the key's lock longer than the store waits; retry later.
 	ErrLocked = errors.New("keyring: key is being changed by another process")
+	// ErrMissing is what a Store's Load wraps when the token has no key pair with the ID.
+	ErrMissing = errors.New("keyring: key pair missing from the token")
 )
 
 // DefaultRSABits is the RSA modulus size of new keys when none is given.
@@ -142,23 +145,29 @@ func (r *Ring) publish(metas map[string]*Meta, errs []error) error {
 	prev := r.snap.Load()
 	next := &Snapshot{at: r.now(), keys: map[string]*Key{}, byKid: map[string]*LoadedVersion{}}
 	for name, m := range metas {
-		k, err := r.loadKey(m, prev)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("key %q: %w", name, err))
-			continue
+		k, kerrs := r.loadKey(m, prev)
+		if len(kerrs) > 0 {
+			err := fmt.Errorf("key %q: %w", name, errors.Join(kerrs...))
+			errs = append(errs, err)
+			if next.problems == nil {
+				next.problems = map[string]error{}
+			}
+			next.problems[name] = err
 		}
 		next.keys[name] = k
 	}
-	// One key's trouble must not freeze every other key's view (a revocation elsewhere must still
-	// arrive), so the snapshot is published with the rest. A key that failed, or that the listing lacks
-	// (keys are never deleted, so that is the token's listing, not the truth), keeps its previous view.
-	// The first load, by Open, is strict instead: a daemon does not start with a key it cannot check.
+	// One key's trouble must not freeze any key's view: every key is built from its newest record, so
+	// revocations and the clock's transitions always arrive; a version whose key pair cannot be loaded
+	// just has none (it neither signs, verifies nor is published) until a later refresh loads it. A key
+	// that the listing lacks (keys are never deleted, so that is the token's listing, not the truth)
+	// keeps its previous record, its states derived again. The first load, by Open, is strict
+	// instead: a daemon does not start with a key it cannot check.
 	if len(errs) > 0 && len(prev.keys) == 0 {
 		return errors.Join(errs...)
 	}
 	for name, k := range prev.keys {
 		if _, ok := next.keys[name]; !ok {
-			next.keys[name] = k
+			next.keys[name], _ = r.loadKey(k.meta, prev)
 		}
 	}
 	for _, k := range next.keys {
@@ -180,17 +189,23 @@ func (r *Ring) publish(metas map[string]*Meta, errs []error) error {
 	return errors.Join(errs...)
 }
 
-// loadKey builds a Key from its record, loading from the store only versions not already in prev.
-func (r *Ring) loadKey(m *Meta, prev *Snapshot) (*Key, error) {
+// loadKey builds a Key from its record m with the states of the ring's time. Key material is reused
+// from prev for versions loaded before, and loaded from the store for the others that need it. A
+// version whose material cannot be loaded is left without it, and its problem returned.
+func (r *Ring) loadKey(m *Meta, prev *Snapshot) (*Key, []error) {
 	now := r.now()
 	k := &Key{Name: m.Name, Alg: m.Alg, meta: m}
 	var prevKey *Key
 	if pk, ok := prev.keys[m.Name]; ok && pk.Alg == m.Alg {
 		prevKey = pk
 	}
+	var errs []error
 	for i, v := range m.Versions {
 		lv := &LoadedVersion{Key: k, Version: v, Timeline: m.StateAt(i, now)}
 		k.Versions = append(k.Versions, lv)
+		if lv.State == Active {
+			k.Active = lv
+		}
 		if !lv.State.Publishable() && lv.State != Expired {
 			continue
 		}
@@ -200,29 +215,36 @@ func (r *Ring) loadKey(m *Meta, prev *Snapshot) (*Key, error) {
 				continue
 			}
 		}
-		s, err := r.store.Load(m.Alg, m.Bits, v.ID)
-		if err != nil {
-			if lv.State == Expired {
-				continue // past its grace: nothing needs it, and it may already be gone
+		if err := r.loadVersion(m, lv); err != nil {
+			switch {
+			case lv.State == Expired:
+				// Past its grace: nothing needs it, and it may already be gone.
+			case lv.State == Retired && errors.Is(err, ErrMissing):
+				// Its destruction was interrupted before the record said so: it stays unusable.
+			default:
+				errs = append(errs, fmt.Errorf("version %d: %w", v.Number, err))
 			}
-			return nil, fmt.Errorf("version %d: %w", v.Number, err)
-		}
-		jwk, err := jose.NewJWK(s.Public(), m.Alg)
-		if err != nil {
-			return nil, fmt.Errorf("version %d: %w", v.Number, err)
-		}
-		// The key found under the ID must be the key the record describes.
-		if jwk.Kid != v.Kid {
-			return nil, fmt.Errorf("version %d: token key has kid %s, record says %s", v.Number, jwk.Kid, v.Kid)
-		}
-		lv.Signer, lv.Public, lv.JWK = s, s.Public(), jwk
-	}
-	for _, v := range k.Versions {
-		if v.State == Active {
-			k.Active = v
 		}
 	}
-	return k, nil
+	return k, errs
+}
+
+// loadVersion loads lv's key pair from the store and checks it against the record.
+func (r *Ring) loadVersion(m *Meta, lv *LoadedVersion) error {
+	s, err := r.store.Load(m.Alg, m.Bits, lv.ID)
+	if err != nil {
+		return err
+	}
+	jwk, err := jose.NewJWK(s.Public(), m.Alg)
+	if err != nil {
+		return err
+	}
+	// The key found under the ID must be the key the record describes.
+	if jwk.Kid != lv.Kid {
+		return fmt.Errorf("token key has kid %s, record says %s", jwk.Kid, lv.Kid)
+	}
+	lv.Signer, lv.Public, lv.JWK = s, s.Public(), jwk
+	return nil
 }
 
 // Create makes a new key with one active version generated in the token. bits applies to RSA keys (0
@@ -270,6 +292,8 @@ type Snapshot struct {
 	keys  map[string]*Key
 	byKid map[string]*LoadedVersion
 	names []string
+	// problems are the keys some version of which could not be loaded, with why.
+	problems map[string]error
 }
 
 // Key returns the key called name.

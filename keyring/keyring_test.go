@@ -84,16 +84,135 @@ func TestRefreshKeepsWorkingKeysOnError(t *testing.T) {
 	if err := r.Refresh(); err == nil {
 		t.Fatal("Refresh with failing store = nil, want error")
 	}
-	// The key that failed to load is left out; the others stay as they were.
-	if !r.Snapshot().Exists("a") || r.Snapshot().Exists("b") {
-		t.Errorf("after a partly failed Refresh: names %v, want a kept and b not yet loaded", r.Snapshot().Names())
+	// The key whose version failed to load is there without key material: it neither signs nor is
+	// published. The others keep theirs.
+	a, _ := r.Snapshot().Key("a")
+	b, ok := r.Snapshot().Key("b")
+	if a == nil || a.Active == nil || a.Active.Signer == nil {
+		t.Errorf("after a partly failed Refresh: a = %+v, want it still signing", a)
+	}
+	if !ok || b.Active == nil || b.Active.Signer != nil || len(b.Publishable()) != 0 {
+		t.Errorf("after a partly failed Refresh: b = %+v, want it listed without key material", b)
 	}
 	store.FailLoad = nil
 	if err := r.Refresh(); err != nil {
 		t.Fatalf("Refresh = %v", err)
 	}
-	if !r.Snapshot().Exists("b") {
-		t.Error("Refresh did not pick up key b created by another ring")
+	if b, _ := r.Snapshot().Key("b"); b == nil || b.Active.Signer == nil {
+		t.Error("Refresh did not load key b created by another ring")
+	}
+}
+
+// TestRevocationReachesReplicaThatCannotLoad: an emergency rotation made by one ring reaches another
+// whose token cannot load the new version yet: the revoked version stops signing and verifying there
+// at once, and the key signs again once the new version loads.
+func TestRevocationReachesReplicaThatCannotLoad(t *testing.T) {
+	store := keyringtest.NewMemoryStore()
+	a, err := keyring.Open(store, keyring.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := a.Create("k", jose.ES256, 0, keyring.DefaultSettings())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1 := k.Active.Kid
+	b, err := keyring.Open(store, keyring.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.Rotate("k", true); err != nil {
+		t.Fatal(err)
+	}
+	store.FailLoad = errors.New("token cannot see the new object yet")
+	if err := b.Refresh(); err == nil {
+		t.Fatal("Refresh that cannot load the new version = nil, want its error")
+	}
+	bk, _ := b.Snapshot().Key("k")
+	if _, ok := b.Snapshot().Kid(v1); ok || bk.Versions[0].State != keyring.Revoked {
+		t.Errorf("replica still knows revoked v1 (state %s)", bk.Versions[0].State)
+	}
+	if bk.Active == nil || bk.Active.Number != 2 || bk.Active.Signer != nil {
+		t.Errorf("replica's active version = %+v, want v2 without key material (no signing)", bk.Active)
+	}
+	store.FailLoad = nil
+	if err := b.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if bk, _ := b.Snapshot().Key("k"); bk.Active == nil || bk.Active.Signer == nil || bk.Active.Number != 2 {
+		t.Errorf("after the new version loads: active = %+v, want v2 signing", bk.Active)
+	}
+}
+
+// TestInterruptedDestroy: a retired version whose key pair is gone while its record still says
+// retired (the record write after the destruction failed) does not stop the ring from opening; the
+// version is just unusable.
+func TestInterruptedDestroy(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	store := keyringtest.NewMemoryStore()
+	r, err := keyring.Open(store, keyring.Options{Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	settings := keyring.DefaultSettings()
+	settings.Prepublish = 0
+	if _, err := r.Create("k", jose.ES256, 0, settings); err != nil {
+		t.Fatal(err)
+	}
+	k, _, err := r.Rotate("k", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(time.Minute)
+	if err := r.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Destroy(k.Versions[0].ID); err != nil { // the objects went, the record was not written
+		t.Fatal(err)
+	}
+	fresh, err := keyring.Open(store, keyring.Options{Now: clock})
+	if err != nil {
+		t.Fatalf("Open with a retired version's key pair gone = %v, want it to open", err)
+	}
+	fk, _ := fresh.Snapshot().Key("k")
+	if fk.Versions[0].State != keyring.Retired || fk.Versions[0].Public != nil || fk.Active == nil || fk.Active.Signer == nil {
+		t.Errorf("key after Open = v1 %s (public %v), active %+v; want v1 retired without material, v2 signing",
+			fk.Versions[0].State, fk.Versions[0].Public != nil, fk.Active)
+	}
+}
+
+// TestChangeNotFailedByAnotherKey: a change to one key succeeds even when another key cannot be
+// loaded, so that callers do not retry a change that happened.
+func TestChangeNotFailedByAnotherKey(t *testing.T) {
+	store := keyringtest.NewMemoryStore()
+	r, err := keyring.Open(store, keyring.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Create("k", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
+		t.Fatal(err)
+	}
+	// Another ring creates a key whose key pair r will not find.
+	other, err := keyring.Open(store, keyring.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	broken, err := other.Create("broken", jose.ES256, 0, keyring.DefaultSettings())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Destroy(broken.Active.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.Rotate("k", true); err != nil {
+		t.Errorf("emergency rotation of k while another key cannot load = %v, want success", err)
+	}
+	if err := r.Refresh(); err == nil || !strings.Contains(err.Error(), `key "broken"`) {
+		t.Errorf("Refresh = %v, want the broken key's problem reported", err)
+	}
+	if k, _ := r.Snapshot().Key("k"); k == nil || k.Active == nil || k.Active.Number != 2 || k.Active.Signer == nil {
+		t.Errorf("k after its rotation = %+v, want v2 signing", k)
 	}
 }
 
@@ -164,7 +283,7 @@ func TestStatesFollowTheClockWhenReadsFail(t *testing.T) {
 	if k.Versions[0].State != keyring.Expired || k.Active == nil || k.Active.Number != 2 {
 		t.Errorf("after the grace, with the token unreadable: v1 %s, active %v; want v1 expired, v2 active", k.Versions[0].State, k.Active)
 	}
-	if _, ok := r.Snapshot().Kid(k.Versions[0].Kid); ok && k.Versions[0].State.Publishable() {
-		t.Error("v1 is still publishable after its grace")
+	if pub := r.Snapshot().Publishable(); len(pub) != 1 || pub[0].Number != 2 {
+		t.Errorf("published after the grace = %d versions, want v2 alone", len(pub))
 	}
 }

@@ -51,10 +51,16 @@ func (r *Ring) update(name string, fn func(cur *Meta, now time.Time) (*Meta, []b
 		}
 		return nil, err
 	}
-	if err := r.refreshLocked(); err != nil {
-		return nil, fmt.Errorf("keyring: %q written, but the refresh after it failed: %w", name, err)
+	// The refresh reports every key's trouble; only this key's matters here. Reporting another key's
+	// failure as this change's would make callers retry a change that happened (an emergency rotation
+	// retried revokes the version it just made).
+	refreshErr := r.refreshLocked()
+	snap := r.snap.Load()
+	k := snap.keys[name]
+	if k == nil || k.meta.Revision != next.Revision || snap.problems[name] != nil {
+		return nil, fmt.Errorf("keyring: %q written, but the refresh after it failed: %w", name, errors.Join(snap.problems[name], refreshErr))
 	}
-	return r.snap.Load().keys[name], nil
+	return k, nil
 }
 
 // readMeta reads key name's newest record from the store; nil if there is none.
@@ -204,11 +210,12 @@ func (r *Ring) Destroy(name string, n int) (*Key, error) {
 // has no pending version. Each key is re-checked under its lock, so processes running it at the same
 // time (on one machine or several) rotate each due key exactly once. It returns the keys it rotated.
 func (r *Ring) RotateDue() ([]string, error) {
-	if err := r.Refresh(); err != nil {
-		return nil, err
-	}
 	var rotated []string
 	var errs []error
+	// One key's trouble must not stop the others' rotations: each key is read again under its lock.
+	if err := r.Refresh(); err != nil {
+		errs = append(errs, err)
+	}
 	for _, name := range r.Snapshot().Names() {
 		did := false
 		_, err := r.update(name, func(cur *Meta, now time.Time) (*Meta, []byte, error) {

@@ -118,7 +118,7 @@ func cmdKeys(args []string, stdout io.Writer) error {
 		if !ok {
 			return fmt.Errorf("%w: %q", keyring.ErrNotFound, *name)
 		}
-		if k.Active == nil {
+		if k.Active == nil || k.Active.Public == nil {
 			return fmt.Errorf("%w: %q", keyring.ErrNoActive, *name)
 		}
 		der, err := x509.MarshalPKIXPublicKey(k.Active.Public)

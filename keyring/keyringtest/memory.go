@@ -8,11 +8,11 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/rsa"
-	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/signerd/signerd/jose"
+	"github.com/signerd/signerd/keyring"
 )
 
 // MemoryStore keeps key pairs and records in memory. It is safe for concurrent use.
@@ -73,7 +73,7 @@ func (m *MemoryStore) Load(_ jose.Algorithm, _ int, id []byte) (crypto.Signer, e
 	}
 	s, ok := m.keys[string(id)]
 	if !ok {
-		return nil, errors.New("memory store: no key with that id")
+		return nil, fmt.Errorf("memory store: no key with that id: %w", keyring.ErrMissing)
 	}
 	return m.wrap(s), nil
 }
