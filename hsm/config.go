@@ -47,6 +47,20 @@ type Config struct {
 	Exclusive *ExclusiveLock
 }
 
+// String describes c for logs and errors with the PIN left out, so that printing a Config (with %v,
+// %+v or %s) never shows it.
+func (c Config) String() string {
+	pin := "none"
+	if c.PIN != "" {
+		pin = "set"
+	}
+	return fmt.Sprintf("hsm.Config{Module: %q, token %s, PIN: %s, MaxSessions: %d, PoolWaitTimeout: %v, LockFile: %q}",
+		c.Module, selector(c), pin, c.MaxSessions, c.PoolWaitTimeout, c.LockFile)
+}
+
+// GoString is String, for %#v.
+func (c Config) GoString() string { return c.String() }
+
 // validate checks the parts of c that the PKCS#11 library would otherwise report badly or not at all.
 func (c *Config) validate() error {
 	var errs []error

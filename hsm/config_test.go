@@ -1,6 +1,7 @@
 package hsm
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -74,6 +75,20 @@ func TestPINSource(t *testing.T) {
 		}
 		if err != nil && strings.Contains(err.Error(), "s3cret") {
 			t.Errorf("%+v.Read() error contains the PIN", tc.src)
+		}
+	}
+}
+
+// TestConfigPrintsNoPIN: however a Config is printed, the PIN is not in it.
+func TestConfigPrintsNoPIN(t *testing.T) {
+	c := Config{Module: "/lib/p11.so", TokenLabel: "signerd", PIN: "s3cret-pin-4711", MaxSessions: 4}
+	for _, format := range []string{"%v", "%+v", "%s", "%#v"} {
+		out := fmt.Sprintf(format, c)
+		if strings.Contains(out, c.PIN) || !strings.Contains(out, "signerd") {
+			t.Errorf("Sprintf(%q, config) = %q, want the token and no PIN", format, out)
+		}
+		if out := fmt.Sprintf(format, &c); strings.Contains(out, c.PIN) {
+			t.Errorf("Sprintf(%q, &config) = %q shows the PIN", format, out)
 		}
 	}
 }

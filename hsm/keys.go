@@ -335,6 +335,9 @@ func (t *Token) checkPrivateObject(op string, spec KeySpec, id []byte) (pkcs11.O
 			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, nil),
 			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, nil),
 			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_LOCAL, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_ALWAYS_SENSITIVE, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_NEVER_EXTRACTABLE, nil),
 		})
 		if err != nil {
 			return fmt.Errorf("read attributes: %w", err)
@@ -356,6 +359,11 @@ func (t *Token) checkPrivateObject(op string, spec KeySpec, id []byte) (pkcs11.O
 			{"CKA_DECRYPT", attrs[5], false},
 			{"CKA_DERIVE", attrs[6], false},
 			{"CKA_UNWRAP", attrs[7], false},
+			// Generated in this token and never anything but sensitive and unextractable: a key that
+			// was imported, or was once readable, is not one signerd made.
+			{"CKA_LOCAL", attrs[8], true},
+			{"CKA_ALWAYS_SENSITIVE", attrs[9], true},
+			{"CKA_NEVER_EXTRACTABLE", attrs[10], true},
 		} {
 			if got := boolAttr(c.attr); got != c.want {
 				problems = append(problems, fmt.Errorf("%s is %v, want %v", c.name, got, c.want))

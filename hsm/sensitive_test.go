@@ -1,8 +1,12 @@
 package hsm
 
 import (
+	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/asn1"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,5 +56,46 @@ func TestPrivateValueUnreadable(t *testing.T) {
 		if !errors.As(err, &code) || code != pkcs11.CKR_ATTRIBUTE_SENSITIVE {
 			t.Errorf("read secret attribute of %v key = %v, want CKR_ATTRIBUTE_SENSITIVE", tc.spec, err)
 		}
+	}
+}
+
+// TestImportedKeyRefused: a private key written into the token from outside (C_CreateObject), even
+// sensitive and unextractable now, is not loaded: signerd uses only keys generated in the token.
+func TestImportedKeyRefused(t *testing.T) {
+	tk := newTestToken(t, "imported")
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := priv.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	params, _ := asn1.Marshal(asn1.ObjectIdentifier{1, 2, 840, 10045, 3, 1, 7})
+	id := []byte("imported-key-id")
+	err = tk.with("import", func(s pkcs11.SessionHandle) error {
+		_, err := tk.p11.CreateObject(s, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+			pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
+			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
+			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, params),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE, d),
+		})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = tk.Find(KeySpec{Type: ECDSA, Curve: elliptic.P256()}, id)
+	if !errors.Is(err, ErrKeyCheck) || !strings.Contains(err.Error(), "CKA_LOCAL") {
+		t.Errorf("Find(imported key) = %v, want ErrKeyCheck naming CKA_LOCAL", err)
 	}
 }
