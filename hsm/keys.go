@@ -286,12 +286,18 @@ func (t *Token) find(spec KeySpec, id []byte) (*signer, error) {
 	if spec.Type == Ed25519 {
 		inner, err = t.loadEd25519(op, id, priv, gen)
 	} else {
-		var k crypto11.Signer
-		k, err = c11.FindKeyPair(id, nil)
-		if err != nil {
-			err = &Error{Op: op, Kind: ErrNotFound, Err: err}
+		// Only an empty result means the pair is not there; any other failure (no free session, a
+		// lost login) is the token's and must not pass for a missing key.
+		var pairs []crypto11.Signer
+		pairs, err = c11.FindKeyPairs(id, nil)
+		switch {
+		case err != nil:
+			err = classify(op, err)
+		case len(pairs) == 0:
+			err = &Error{Op: op, Kind: ErrNotFound, Err: errors.New("no key pair with this CKA_ID (public key missing?)")}
+		default:
+			inner = pairs[0]
 		}
-		inner = k
 	}
 	if err != nil {
 		return nil, err

@@ -24,7 +24,8 @@ import (
 // exclusive lock, so that the list is current when the write absorbs the generation (see reindex).
 type localLock struct {
 	f       *os.File
-	rw      sync.RWMutex // orders this process's readers and writers
+	rw      sync.RWMutex // orders this process's readers and writers; held for writing to close f
+	closed  bool         // f is closed; guarded by rw
 	mu      sync.Mutex   // guards readers
 	readers int
 	// held is set while this process holds the lock for a whole change (Token.Exclusive): the calls
@@ -47,7 +48,12 @@ func openLocalLock(path string) (*localLock, error) {
 	return &localLock{f: f}, nil
 }
 
+// flock applies how to the lock file; the caller holds rw. Once the file is closed (the token was
+// closed) it does nothing: calls after Close fail on the token anyway.
 func (l *localLock) flock(how int) {
+	if l.closed {
+		return
+	}
 	for {
 		if err := syscall.Flock(int(l.f.Fd()), how); err != syscall.EINTR {
 			return
@@ -124,8 +130,15 @@ func (t *Token) Exclusive() func() {
 	}
 }
 
+// close closes the lock file once no caller in this process is using it.
 func (l *localLock) close() {
-	if l != nil {
+	if l == nil {
+		return
+	}
+	l.rw.Lock()
+	defer l.rw.Unlock()
+	if !l.closed {
+		l.closed = true
 		_ = l.f.Close()
 	}
 }

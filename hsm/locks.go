@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/miekg/pkcs11"
@@ -29,6 +30,9 @@ type lockValue struct {
 // lists second sees the other's object, since each creates before it lists. A lock whose holder died is
 // ignored (and removed) once its ttl has passed. The returned function releases the lock.
 func (t *Token) TryLock(name string, ttl time.Duration) (func() error, error) {
+	if ttl < time.Second {
+		return nil, fmt.Errorf("hsm: lock %s: ttl %v, want at least 1s", name, ttl)
+	}
 	nonce := make([]byte, 16)
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, err
@@ -88,7 +92,10 @@ func (t *Token) TryLock(name string, ttl time.Duration) (func() error, error) {
 	}
 	// While held, the lock's expiry is pushed back every ttl/3, so that a holder that takes long (an
 	// RSA key generation on a slow HSM) keeps it, and other machines' clocks may be off by up to 2/3 ttl.
+	// The renewal stops at release, or when the token is closed; a failed renewal is reported by the
+	// release (the lock may have been taken over meanwhile).
 	stop, renewed := make(chan struct{}), make(chan struct{})
+	var renewErr error // written by the renewal goroutine, read after it ends
 	go func() {
 		defer close(renewed)
 		tick := time.NewTicker(ttl / 3)
@@ -101,7 +108,7 @@ func (t *Token) TryLock(name string, ttl time.Duration) (func() error, error) {
 				// Tokens keep a data object's CKA_VALUE read-only, so a new object with the later expiry
 				// is made before the old ones go: the lock never looks free meanwhile.
 				val, _ := json.Marshal(lockValue{Owner: me, Expires: time.Now().Add(ttl).UnixNano()})
-				_ = t.local.write(func() error {
+				err := t.local.write(func() error {
 					return t.with("renew lock "+name, func(s pkcs11.SessionHandle) error {
 						if err := t.reindex(s); err != nil {
 							return err
@@ -122,26 +129,38 @@ func (t *Token) TryLock(name string, ttl time.Duration) (func() error, error) {
 						return err
 					})
 				})
+				if err != nil {
+					renewErr = fmt.Errorf("renew lock %s: %w", name, err)
+				}
+				if errors.Is(err, ErrClosed) {
+					return
+				}
 			}
 		}
 	}()
+	var once sync.Once
 	return func() error {
-		close(stop)
-		<-renewed
-		// The lock object is found again by its owner nonce rather than by the handle it was created
-		// with: handles are only valid within one connection.
-		return t.local.write(func() error {
-			return t.with("unlock "+name, func(s pkcs11.SessionHandle) error {
-				if err := t.reindex(s); err != nil {
+		var err error
+		once.Do(func() {
+			close(stop)
+			<-renewed
+			// The lock object is found again by its owner nonce rather than by the handle it was
+			// created with: handles are only valid within one connection.
+			err = t.local.write(func() error {
+				return t.with("unlock "+name, func(s pkcs11.SessionHandle) error {
+					if err := t.reindex(s); err != nil {
+						return err
+					}
+					handles, err := t.ownLocks(s, tmpl, me)
+					for _, h := range handles {
+						err = errors.Join(err, t.p11.DestroyObject(s, h))
+					}
 					return err
-				}
-				handles, err := t.ownLocks(s, tmpl, me)
-				for _, h := range handles {
-					err = errors.Join(err, t.p11.DestroyObject(s, h))
-				}
-				return err
+				})
 			})
+			err = errors.Join(renewErr, err)
 		})
+		return err
 	}, nil
 }
 

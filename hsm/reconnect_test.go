@@ -178,22 +178,28 @@ func TestLockAcrossReconnect(t *testing.T) {
 // still finds it held; once released, it is free.
 func TestLockRenewed(t *testing.T) {
 	tk := newTestToken(t, "lock-renew")
-	unlock, err := tk.TryLock("k", 600*time.Millisecond)
+	unlock, err := tk.TryLock("k", time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(1500 * time.Millisecond)
+	time.Sleep(2500 * time.Millisecond)
 	if _, err := tk.TryLock("k", time.Minute); !errors.Is(err, ErrLocked) {
 		t.Fatalf("TryLock on a lock held past its ttl = %v, want ErrLocked (renewed)", err)
 	}
 	if err := unlock(); err != nil {
 		t.Fatal(err)
 	}
+	if err := unlock(); err != nil {
+		t.Errorf("second unlock = %v, want nil", err)
+	}
 	other, err := tk.TryLock("k", time.Minute)
 	if err != nil {
 		t.Fatalf("TryLock after release = %v", err)
 	}
 	_ = other()
+	if _, err := tk.TryLock("short", time.Millisecond); err == nil {
+		t.Error("TryLock with a 1ms ttl = nil error, want it refused")
+	}
 }
 
 // TestPoolCloseTwice: closing the session pool again (a reconnect that failed half-way) returns at

@@ -144,17 +144,15 @@ func (r *Ring) refreshLocked() error {
 func (r *Ring) publish(metas map[string]*Meta, errs []error) error {
 	prev := r.snap.Load()
 	next := &Snapshot{at: r.now(), keys: map[string]*Key{}, byKid: map[string]*LoadedVersion{}}
+	add := func(name string, k *Key, kerrs []error) {
+		next.keys[name] = k
+		if len(kerrs) > 0 {
+			errs = append(errs, fmt.Errorf("key %q: %w", name, errors.Join(kerrs...)))
+		}
+	}
 	for name, m := range metas {
 		k, kerrs := r.loadKey(m, prev)
-		if len(kerrs) > 0 {
-			err := fmt.Errorf("key %q: %w", name, errors.Join(kerrs...))
-			errs = append(errs, err)
-			if next.problems == nil {
-				next.problems = map[string]error{}
-			}
-			next.problems[name] = err
-		}
-		next.keys[name] = k
+		add(name, k, kerrs)
 	}
 	// One key's trouble must not freeze any key's view: every key is built from its newest record, so
 	// revocations and the clock's transitions always arrive; a version whose key pair cannot be loaded
@@ -167,7 +165,8 @@ func (r *Ring) publish(metas map[string]*Meta, errs []error) error {
 	}
 	for name, k := range prev.keys {
 		if _, ok := next.keys[name]; !ok {
-			next.keys[name], _ = r.loadKey(k.meta, prev)
+			nk, kerrs := r.loadKey(k.meta, prev)
+			add(name, nk, kerrs)
 		}
 	}
 	for _, k := range next.keys {
@@ -292,8 +291,6 @@ type Snapshot struct {
 	keys  map[string]*Key
 	byKid map[string]*LoadedVersion
 	names []string
-	// problems are the keys some version of which could not be loaded, with why.
-	problems map[string]error
 }
 
 // Key returns the key called name.

@@ -287,3 +287,31 @@ func TestStatesFollowTheClockWhenReadsFail(t *testing.T) {
 		t.Errorf("published after the grace = %d versions, want v2 alone", len(pub))
 	}
 }
+
+// TestWrittenChangeIsNotReportedFailed: a rotation whose new version cannot be loaded at once (no free
+// session, say) still succeeded, and says so; reporting it failed would make the caller retry it.
+func TestWrittenChangeIsNotReportedFailed(t *testing.T) {
+	store := keyringtest.NewMemoryStore()
+	r, err := keyring.Open(store, keyring.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Create("k", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
+		t.Fatal(err)
+	}
+	store.FailLoad = errors.New("no free session")
+	k, v, err := r.Rotate("k", true)
+	if err != nil {
+		t.Fatalf("emergency rotation whose new version cannot be loaded yet = %v, want success", err)
+	}
+	if v.Number != 2 || k.Active == nil || k.Active.Number != 2 || k.Versions[0].State != keyring.Revoked {
+		t.Errorf("after the rotation: active %+v, v1 %s; want v2 active, v1 revoked", k.Active, k.Versions[0].State)
+	}
+	store.FailLoad = nil
+	if err := r.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if k, _ := r.Snapshot().Key("k"); len(k.Versions) != 2 || k.Active.Signer == nil {
+		t.Errorf("after the load recovers: %d versions, active signer %v; want 2 versions, v2 signing", len(k.Versions), k.Active.Signer != nil)
+	}
+}

@@ -51,14 +51,14 @@ func (r *Ring) update(name string, fn func(cur *Meta, now time.Time) (*Meta, []b
 		}
 		return nil, err
 	}
-	// The refresh reports every key's trouble; only this key's matters here. Reporting another key's
-	// failure as this change's would make callers retry a change that happened (an emergency rotation
-	// retried revokes the version it just made).
+	// The change is made once the record is written. A refresh problem after it, even in loading this
+	// key's new version, must not be reported as the change failing: callers would retry a change that
+	// happened (an emergency rotation retried revokes the version it just made). Load problems show in
+	// the key (a version without key material) and in every refresh's error until they clear.
 	refreshErr := r.refreshLocked()
-	snap := r.snap.Load()
-	k := snap.keys[name]
-	if k == nil || k.meta.Revision != next.Revision || snap.problems[name] != nil {
-		return nil, fmt.Errorf("keyring: %q written, but the refresh after it failed: %w", name, errors.Join(snap.problems[name], refreshErr))
+	k := r.snap.Load().keys[name]
+	if k == nil || k.meta.Revision != next.Revision {
+		return nil, fmt.Errorf("keyring: %q written, but the refresh after it failed: %w", name, refreshErr)
 	}
 	return k, nil
 }

@@ -6,6 +6,7 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -195,12 +196,22 @@ func (s *Server) peerIdentity(ctx context.Context) (string, error) {
 		return "", unauthenticated("no identity in client certificate")
 	}
 	now := s.now()
-	for _, c := range tlsInfo.State.VerifiedChains[0] {
-		if now.After(c.NotAfter) || now.Before(c.NotBefore) {
-			return "", unauthenticated("client certificate chain expired or not yet valid; reconnect with a current certificate")
+	for _, chain := range tlsInfo.State.VerifiedChains {
+		if chainValidAt(chain, now) {
+			return id, nil
 		}
 	}
-	return id, nil
+	return "", unauthenticated("client certificate chain expired or not yet valid; reconnect with a current certificate")
+}
+
+// chainValidAt reports whether every certificate of chain is within its validity period at now.
+func chainValidAt(chain []*x509.Certificate, now time.Time) bool {
+	for _, c := range chain {
+		if now.After(c.NotAfter) || now.Before(c.NotBefore) {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *Server) allowRate(id string) bool {

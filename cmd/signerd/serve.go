@@ -47,6 +47,10 @@ const (
 	maxConnectionAgeGrace = time.Minute
 )
 
+// maxBusyChecks is how many health checks in a row may find the token without a free session before
+// the daemon reports NOT_SERVING (about 15 s at healthInterval).
+const maxBusyChecks = 3
+
 // stopTimeout bounds the graceful stop before in-flight calls are cut.
 const stopTimeout = 10 * time.Second
 
@@ -65,7 +69,9 @@ type daemon struct {
 	httpSrv *http.Server
 	httpLis net.Listener
 	healthy atomic.Bool
-	metrics *prometheus.Registry
+	// busyChecks counts the health checks in a row that found no free session (checkToken's alone).
+	busyChecks int
+	metrics    *prometheus.Registry
 	// changed is signalled whenever the key ring publishes a new view (a KeyAdmin change, an
 	// unknown-kid refresh), so that the transition timer follows it.
 	changed chan struct{}
@@ -351,15 +357,22 @@ func (d *daemon) checkToken() {
 	}
 	err := d.tok.Ping()
 	if err == nil {
+		d.busyChecks = 0
 		d.setHealth(true)
 		return
 	}
 	if errors.Is(err, hsm.ErrBusy) {
-		// Every raw session is in use: the token works, it is only loaded. Reconnecting would wait
-		// for all of it and then cut it off.
-		d.log.Warn("token busy; health check skipped", "err", err)
+		// Every raw session is in use: the token may only be loaded, and reconnecting would wait for
+		// all of it and then cut it off. But a token that stays busy is hung (a network HSM that stopped
+		// answering): after maxBusyChecks in a row, say so to health checks, still without reconnecting.
+		d.busyChecks++
+		d.log.Warn("token busy", "err", err, "checks", d.busyChecks)
+		if d.busyChecks >= maxBusyChecks {
+			d.setHealth(false)
+		}
 		return
 	}
+	d.busyChecks = 0
 	d.setHealth(false)
 	d.log.Error("token unusable; reconnecting", "err", err)
 	if err := d.tok.Reconnect(); err != nil {
