@@ -2,6 +2,7 @@ package keyring_test
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -313,5 +314,41 @@ func TestWrittenChangeIsNotReportedFailed(t *testing.T) {
 	}
 	if k, _ := r.Snapshot().Key("k"); len(k.Versions) != 2 || k.Active.Signer == nil {
 		t.Errorf("after the load recovers: %d versions, active signer %v; want 2 versions, v2 signing", len(k.Versions), k.Active.Signer != nil)
+	}
+}
+
+// TestRotateDueGoesOnPastTrouble: a key that cannot be loaded does not stop the scheduled rotation of
+// the others; its trouble is still reported.
+func TestRotateDueGoesOnPastTrouble(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	store := keyringtest.NewMemoryStore()
+	r, err := keyring.Open(store, keyring.Options{Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	settings := keyring.DefaultSettings()
+	settings.RotationPeriod = keyring.Duration(time.Hour)
+	if _, err := r.Create("good", jose.ES256, 0, settings); err != nil {
+		t.Fatal(err)
+	}
+	other, err := keyring.Open(store, keyring.Options{Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	broken, err := other.Create("broken", jose.ES256, 0, settings)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Destroy(broken.Active.ID); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(2 * time.Hour)
+	rotated, err := r.RotateDue()
+	if err == nil || !strings.Contains(err.Error(), `key "broken"`) {
+		t.Errorf("RotateDue error = %v, want the broken key's trouble", err)
+	}
+	if !slices.Contains(rotated, "good") {
+		t.Errorf("RotateDue rotated %v, want good among them despite the broken key", rotated)
 	}
 }
