@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -184,17 +185,17 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.HSM.URI != "" {
-		if _, err := hsm.ParseURI(c.HSM.URI); err != nil {
+		u, err := hsm.ParseURI(c.HSM.URI)
+		switch {
+		case err != nil:
 			add("hsm.uri", "%v", err)
+		case c.HSM.TokenLabel != "" || c.HSM.TokenSerial != "" || c.HSM.Slot != nil:
+			add("hsm.uri", "set uri or token_label/token_serial/slot, not both")
+		case countSet(u.Token != "", u.Serial != "", u.Slot != nil) != 1:
+			add("hsm.uri", "must select the token with exactly one of token=, serial= or slot-id=")
 		}
 	} else {
-		n := 0
-		for _, set := range []bool{c.HSM.TokenLabel != "", c.HSM.TokenSerial != "", c.HSM.Slot != nil} {
-			if set {
-				n++
-			}
-		}
-		if n != 1 {
+		if countSet(c.HSM.TokenLabel != "", c.HSM.TokenSerial != "", c.HSM.Slot != nil) != 1 {
 			add("hsm", "exactly one of token_label, token_serial, slot (or uri) must select the token")
 		}
 	}
@@ -206,9 +207,16 @@ func (c *Config) Validate() error {
 			add("hsm", "pin_file or pin_env is required (the PIN itself never goes in the config)")
 		}
 	}
-	if c.HSM.File != "" {
-		if _, err := os.Stat(c.HSM.Path()); err != nil {
+	switch {
+	case c.HSM.File == "":
+	case c.HSM.NeedsCredentials():
+		add("hsm.pin_file", "%s uses ${CREDENTIALS_DIRECTORY}, which only systemd sets (LoadCredential=): "+
+			"run this as a unit, e.g. systemd-run --pty -p User=signerd -p LoadCredential=pin:FILE ..., or use a config with the PIN file's path", c.HSM.File)
+	default:
+		if fi, err := os.Stat(c.HSM.Path()); err != nil {
 			add("hsm.pin_file", "%v", err)
+		} else if !fi.Mode().IsRegular() {
+			add("hsm.pin_file", "%s is not a regular file", c.HSM.Path())
 		}
 	}
 	if c.HSM.LockFile != "" {
@@ -259,11 +267,37 @@ func (c *Config) Validate() error {
 	default:
 		add("log_level", "%q, want debug, info, warn or error", c.LogLevel)
 	}
+	switch {
+	case c.Audit.File == "":
+		add("audit.file", "required: a file, or \"-\" for standard output (every operation is audited)")
+	case c.Audit.File != "-" && !filepath.IsAbs(c.Audit.File):
+		add("audit.file", "%q: want an absolute path", c.Audit.File)
+	}
+	// Paths must not depend on the working directory: the daemon (cwd / under systemd) and an
+	// administrator's `signerd keys` must agree on them, the lock file above all.
+	for path, file := range map[string]string{"tls.cert_file": c.TLS.CertFile, "tls.key_file": c.TLS.KeyFile,
+		"tls.client_ca_file": c.TLS.ClientCAFile, "http.cert_file": c.HTTP.CertFile, "http.key_file": c.HTTP.KeyFile,
+		"hsm.module": c.HSM.Module, "hsm.pin_file": c.HSM.File, "hsm.lock_file": c.HSM.LockFile} {
+		if file != "" && !filepath.IsAbs(file) && !strings.HasPrefix(file, "${CREDENTIALS_DIRECTORY}") {
+			add(path, "%q: want an absolute path", file)
+		}
+	}
 	// The policy's shape is checked now; its key names once the token is open.
 	if _, err := authz.Compile(c.Policy, nil); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// countSet counts the true values.
+func countSet(set ...bool) int {
+	n := 0
+	for _, b := range set {
+		if b {
+			n++
+		}
+	}
+	return n
 }
 
 // HSMConfig resolves the hsm section (URI, PIN source) into an hsm.Config, reading the PIN.

@@ -28,6 +28,8 @@ policy:
     - identity: svc
       keys: [a]
       operations: [sign]
+audit:
+  file: DIR/audit.log
 `, "DIR", dir)
 }
 
@@ -42,6 +44,7 @@ func TestParseDefaults(t *testing.T) {
 }
 
 func TestParseErrors(t *testing.T) {
+	t.Setenv("CREDENTIALS_DIRECTORY", "") // as in an administrator's shell
 	tests := []struct {
 		name string
 		edit func(string) string
@@ -68,6 +71,23 @@ func TestParseErrors(t *testing.T) {
 		{"bad uri", func(s string) string {
 			return strings.Replace(s, "  token_label: signerd\n", "  uri: \"pkcs11:token=x?pin-value=1234\"\n", 1)
 		}, []string{"hsm.uri", "pin-value"}},
+		{"malformed uri with a PIN", func(s string) string {
+			return strings.Replace(s, "  token_label: signerd\n", "  uri: \"pkcs11token=x?pin-value=1234\"\n", 1)
+		}, []string{"hsm.uri", "must start with"}},
+		{"uri and token_label", func(s string) string {
+			return strings.Replace(s, "  token_label: signerd\n", "  token_label: signerd\n  uri: \"pkcs11:token=other\"\n", 1)
+		}, []string{"hsm.uri: set uri or token_label"}},
+		{"uri selecting no token", func(s string) string {
+			return strings.Replace(s, "  token_label: signerd\n", "  uri: \"pkcs11:?module-path=/x.so\"\n", 1)
+		}, []string{"hsm.uri: must select the token"}},
+		{"no audit trail", func(s string) string { return s[:strings.Index(s, "audit:")] }, []string{"audit.file: required"}},
+		{"relative lock file", func(s string) string { return strings.Replace(s, "hsm:\n", "hsm:\n  lock_file: token.lock\n", 1) },
+			[]string{"hsm.lock_file: \"token.lock\": want an absolute path"}},
+		{"credentials directory outside systemd", func(s string) string {
+			i := strings.Index(s, "  pin_file:")
+			j := strings.Index(s[i:], "\n")
+			return s[:i] + "  pin_file: ${CREDENTIALS_DIRECTORY}/pin\n" + s[i+j+1:]
+		}, []string{"hsm.pin_file", "only systemd sets"}},
 		{"rate without burst", func(s string) string { return s + "limits:\n  rate_per_second: 10\n" }, []string{"limits.burst"}},
 		{"one session", func(s string) string { return strings.Replace(s, "hsm:\n", "hsm:\n  max_sessions: 1\n", 1) }, []string{"hsm.max_sessions"}},
 	}
@@ -93,7 +113,7 @@ func TestHSMConfigFromURI(t *testing.T) {
 	s := validConfig(t)
 	dir := filepath.Dir(strings.TrimSpace(strings.SplitN(strings.SplitN(s, "pin_file: ", 2)[1], "\n", 2)[0]))
 	s = strings.Replace(s, "  token_label: signerd\n  pin_file: "+dir+"/pin\n",
-		"  uri: \"pkcs11:token=signerd;slot-id=4?module-path=/opt/lib.so&pin-source=file:"+dir+"/pin\"\n", 1)
+		"  uri: \"pkcs11:token=signerd?module-path=/opt/lib.so&pin-source=file:"+dir+"/pin\"\n", 1)
 	c, err := Parse([]byte(s))
 	if err != nil {
 		t.Fatalf("Parse = %v", err)
@@ -102,7 +122,7 @@ func TestHSMConfigFromURI(t *testing.T) {
 	if err != nil {
 		t.Fatalf("HSMConfig = %v", err)
 	}
-	if h.Module != "/opt/lib.so" || h.TokenLabel != "signerd" || h.Slot == nil || *h.Slot != 4 || h.PIN != "x" {
+	if h.Module != "/opt/lib.so" || h.TokenLabel != "signerd" || h.Slot != nil || h.PIN != "x" {
 		t.Errorf("HSMConfig = %+v", h)
 	}
 }

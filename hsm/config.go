@@ -105,9 +105,18 @@ type PINSource struct {
 	Env string `yaml:"pin_env"`
 }
 
+// credentialsVar is the variable systemd sets for units with LoadCredential=.
+const credentialsVar = "${CREDENTIALS_DIRECTORY}"
+
 // Path returns File with ${CREDENTIALS_DIRECTORY} expanded.
 func (s PINSource) Path() string {
-	return strings.ReplaceAll(s.File, "${CREDENTIALS_DIRECTORY}", os.Getenv("CREDENTIALS_DIRECTORY"))
+	return strings.ReplaceAll(s.File, credentialsVar, os.Getenv("CREDENTIALS_DIRECTORY"))
+}
+
+// NeedsCredentials reports whether File refers to ${CREDENTIALS_DIRECTORY} while that variable is
+// unset: the process is not a systemd unit with LoadCredential= (an administrator's shell, say).
+func (s PINSource) NeedsCredentials() bool {
+	return strings.Contains(s.File, credentialsVar) && os.Getenv("CREDENTIALS_DIRECTORY") == ""
 }
 
 // ErrNoPIN is returned when a PINSource names no source or its source is empty.
@@ -158,7 +167,8 @@ func ParseURI(s string) (URI, error) {
 	var u URI
 	rest, ok := strings.CutPrefix(s, "pkcs11:")
 	if !ok {
-		return u, fmt.Errorf("hsm: PKCS#11 URI %q: must start with \"pkcs11:\"", s)
+		// The URI is not quoted back: a mistyped one may hold a PIN.
+		return u, errors.New("hsm: PKCS#11 URI: must start with \"pkcs11:\"")
 	}
 	path, query, _ := strings.Cut(rest, "?")
 	if path != "" {
@@ -192,7 +202,7 @@ func ParseURI(s string) (URI, error) {
 		for _, attr := range strings.Split(query, "&") {
 			name, raw, ok := strings.Cut(attr, "=")
 			if !ok {
-				return u, fmt.Errorf("hsm: PKCS#11 URI: query attribute %q has no value", attr)
+				return u, errors.New("hsm: PKCS#11 URI: a query attribute has no value (want name=value)")
 			}
 			val, err := url.PathUnescape(raw)
 			if err != nil {

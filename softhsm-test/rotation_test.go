@@ -1,8 +1,10 @@
 package softhsmtest_test
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/signerd/signerd/client"
+	"github.com/signerd/signerd/devca"
 	signerv1 "github.com/signerd/signerd/proto/signer/v1"
 )
 
@@ -406,6 +409,30 @@ func TestSIGHUPReload(t *testing.T) {
 	eventually(t, "the reloaded grant applies", func() error {
 		if err := verify(); status.Code(err) != codes.InvalidArgument { // allowed now; the signature is malformed
 			return fmt.Errorf("Verify after SIGHUP = %v, want InvalidArgument (allowed, malformed)", err)
+		}
+		return nil
+	})
+	// A renewed server certificate, then SIGHUP: both listeners present it.
+	renewed := issue(t, in.ca, devca.Request{CommonName: "server-renewed", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true})
+	if err := renewed.WriteFiles(filepath.Join(in.dir, "server.pem"), filepath.Join(in.dir, "server-key.pem")); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.proc.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	served := func(addr string) string {
+		conn, err := tls.Dial("tcp", addr, in.clientTLS(in.svc))
+		if err != nil {
+			return err.Error()
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].Subject.CommonName
+	}
+	eventually(t, "both listeners serve the renewed certificate", func() error {
+		for _, addr := range []string{in.addr, strings.TrimPrefix(in.httpURL, "https://")} {
+			if cn := served(addr); cn != "server-renewed" {
+				return fmt.Errorf("%s serves %q", addr, cn)
+			}
 		}
 		return nil
 	})

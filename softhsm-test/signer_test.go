@@ -409,10 +409,19 @@ func TestDevCommand(t *testing.T) {
 			got[key] = resp.GetKid()
 		}
 		if round == 0 {
+			// A second `signerd dev` on the same directory is refused, and leaves the first one's
+			// certificates alone.
+			out, err := exec.Command(signerdBin, "dev", "--dir", dir, "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0").CombinedOutput()
+			if err == nil || !strings.Contains(string(out), "another signerd dev is running") {
+				t.Errorf("second signerd dev on the same directory = %v\n%s", err, out)
+			}
+			if _, err := c.Sign(ctxT(t), &signerv1.SignRequest{Key: "dev-es256", Input: &signerv1.SignRequest_Message{Message: []byte("hi")}}); err != nil {
+				t.Errorf("Sign after a second signerd dev was refused = %v", err)
+			}
 			// The shell pipe a newcomer would type, with nothing but DIR/env.
 			pipe := exec.Command("sh", "-c", `. "$1/env" && "$2" jwt sign --key dev-es256 --claims '{"sub":"newcomer"}' | "$2" jwt verify`,
 				"sh", dir, signerctlBin)
-			out, err := pipe.CombinedOutput()
+			out, err = pipe.CombinedOutput()
 			if err != nil || !strings.Contains(string(out), `"sub":"newcomer"`) {
 				t.Errorf("signerctl jwt sign | signerctl jwt verify = %v\n%s", err, out)
 			}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/signerd/signerd/config"
@@ -74,6 +75,11 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	unlock, err := lockDevDir(abs)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	cfgPath, err := devSetup(abs, *addr, *httpAddr)
 	if err != nil {
 		return fmt.Errorf("dev setup in %s: %w", abs, err)
@@ -100,6 +106,34 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 Ctrl-C stops it; the token and keys stay in %[4]s for next time.
 `, listen, devToken, strings.Join(d.ring.Snapshot().Names(), ", "), abs, httpURL)
 	return d.run(ctx, cfg.RefreshInterval)
+}
+
+// lockDevDir creates dir if needed, checks that it is this user's and writable by nobody else (it will
+// hold a PIN and keys), and takes its lock for as long as this process runs: a second `signerd dev` on
+// the same directory would otherwise rewrite the certificates under the first one.
+func lockDevDir(dir string) (func(), error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Getuid() {
+		return nil, fmt.Errorf("%s belongs to another user; signerd dev needs a directory of its own", dir)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return nil, fmt.Errorf("%s is writable by other users (mode %v); signerd dev keeps a PIN and keys there", dir, fi.Mode().Perm())
+	}
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("another signerd dev is running with %s", dir)
+	}
+	return func() { _ = f.Close() }, nil
 }
 
 // devSetup creates or reuses everything under dir and returns the config file's path.

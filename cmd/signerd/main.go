@@ -33,6 +33,9 @@ const usage = `usage:
 `
 
 func main() {
+	// A reload (SIGHUP) that arrives while the daemon is still starting must not kill it: the daemon
+	// reads its config as it starts anyway, and handles SIGHUP itself once it serves.
+	signal.Ignore(syscall.SIGHUP)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

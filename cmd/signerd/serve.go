@@ -6,13 +6,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -76,6 +76,8 @@ type daemon struct {
 	// unknown-kid refresh), so that the transition timer follows it.
 	changed chan struct{}
 	cert    atomic.Pointer[tls.Certificate]
+	// httpCert is the public HTTPS listener's certificate, swapped on reload.
+	httpCert atomic.Pointer[tls.Certificate]
 	// clientCAs is swapped on reload; the TLS config reads it per handshake.
 	clientCAs atomic.Pointer[x509.CertPool]
 }
@@ -212,10 +214,10 @@ func (d *daemon) newMetrics() *prometheus.Registry {
 
 // startHTTP opens the public HTTPS listener: server-authenticated TLS only, since it serves public data.
 func (d *daemon) startHTTP(cfg *config.Config) error {
-	cert, err := tls.LoadX509KeyPair(cfg.HTTP.CertFile, cfg.HTTP.KeyFile)
-	if err != nil {
-		return fmt.Errorf("http.cert_file/http.key_file: %w", err)
+	if err := d.loadHTTPCert(cfg); err != nil {
+		return err
 	}
+	var err error
 	if d.httpLis, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
 		return fmt.Errorf("http.listen: %w", err)
 	}
@@ -231,8 +233,10 @@ func (d *daemon) startHTTP(cfg *config.Config) error {
 			return nil
 		}})
 	d.httpSrv = &http.Server{
-		Handler:           h,
-		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}},
+		Handler: h,
+		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return d.httpCert.Load(), nil
+		}},
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      10 * time.Second,
@@ -251,6 +255,16 @@ func (d *daemon) setHealth(ok bool) {
 	}
 	d.health.SetServingStatus("", st)
 	d.health.SetServingStatus("signer.v1.Signer", st)
+}
+
+// loadHTTPCert reads the public listener's certificate (reloaded on SIGHUP like the rest).
+func (d *daemon) loadHTTPCert(cfg *config.Config) error {
+	cert, err := tls.LoadX509KeyPair(cfg.HTTP.CertFile, cfg.HTTP.KeyFile)
+	if err != nil {
+		return fmt.Errorf("http.cert_file/http.key_file: %w", err)
+	}
+	d.httpCert.Store(&cert)
+	return nil
 }
 
 // loadTLS reads the server certificate and the client CA bundle.
@@ -273,10 +287,7 @@ func (d *daemon) loadTLS(cfg *config.Config) error {
 }
 
 func openAudit(file string) (*audit.Log, error) {
-	switch file {
-	case "":
-		return audit.New(io.Discard), nil
-	case "-":
+	if file == "-" {
 		return audit.New(os.Stdout), nil
 	}
 	l, err := audit.Open(file)
@@ -293,13 +304,17 @@ func (d *daemon) run(ctx context.Context, refresh time.Duration) error {
 	defer signal.Stop(hup)
 
 	errc := make(chan error, 2)
-	go func() { errc <- d.grpc.Serve(d.lis) }()
+	go func() {
+		if err := d.grpc.Serve(d.lis); err != nil {
+			errc <- fmt.Errorf("grpc serve: %w", err)
+		}
+	}()
 	httpAddr := ""
 	if d.httpSrv != nil {
 		httpAddr = d.httpLis.Addr().String()
 		go func() {
 			if err := d.httpSrv.ServeTLS(d.httpLis, "", ""); !errors.Is(err, http.ErrServerClosed) {
-				errc <- err
+				errc <- fmt.Errorf("https serve: %w", err)
 			}
 		}()
 	}
@@ -322,7 +337,7 @@ func (d *daemon) run(ctx context.Context, refresh time.Duration) error {
 			return nil
 		case err := <-errc:
 			d.stop()
-			return fmt.Errorf("grpc serve: %w", err)
+			return err
 		case <-refreshT.C:
 			d.refresh(transition)
 		case <-transition.C:
@@ -399,6 +414,9 @@ func (d *daemon) refresh(transition *time.Timer) {
 	destroyed, err := d.ring.DestroyExpired()
 	for _, v := range destroyed {
 		d.log.Info("destroyed expired version", "version", v)
+		key, n, _ := strings.Cut(v, "/")
+		d.audit.Record(audit.Event{Identity: "signerd", Op: "destroy_expired", Key: key, Outcome: audit.OutcomeOK,
+			Reason: "version " + n + " past its grace"})
 	}
 	if err != nil {
 		d.log.Error("destroying expired versions failed", "err", err)
@@ -440,6 +458,9 @@ func (d *daemon) reload() {
 	if err == nil {
 		err = d.loadTLS(cfg)
 	}
+	if err == nil && d.httpSrv != nil {
+		err = d.loadHTTPCert(cfg)
+	}
 	if err != nil {
 		d.log.Error("reload failed; keeping the previous configuration", "err", err)
 		return
@@ -449,22 +470,25 @@ func (d *daemon) reload() {
 	d.log.Info("reloaded", "keys", len(d.ring.Snapshot().Names()))
 }
 
-// stop drains the server: health NOT_SERVING, graceful stop within stopTimeout, then a hard stop.
+// stop drains the servers: health NOT_SERVING, then both listeners stop gracefully within one
+// stopTimeout (then hard), so that the whole stop stays inside systemd's TimeoutStopSec.
 func (d *daemon) stop() {
 	d.setHealth(false)
+	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+	defer cancel()
 	done := make(chan struct{})
 	go func() {
 		d.grpc.GracefulStop()
 		close(done)
 	}()
 	if d.httpSrv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
-		_ = d.httpSrv.Shutdown(ctx)
-		cancel()
+		if err := d.httpSrv.Shutdown(ctx); err != nil {
+			_ = d.httpSrv.Close()
+		}
 	}
 	select {
 	case <-done:
-	case <-time.After(stopTimeout):
+	case <-ctx.Done():
 		d.grpc.Stop()
 		<-done
 	}
@@ -473,6 +497,9 @@ func (d *daemon) stop() {
 
 // close releases everything startDaemon opened; the token goes last.
 func (d *daemon) close() {
+	if d.grpc != nil {
+		d.grpc.Stop() // also ends its stream workers when startDaemon failed after creating it
+	}
 	if d.lis != nil {
 		_ = d.lis.Close()
 	}
