@@ -42,16 +42,6 @@ func unauthenticated(format string, args ...any) error {
 	return &apiError{codes.Unauthenticated, fmt.Sprintf(format, args...)}
 }
 
-// tokenFault keeps a malformed signature from the token from passing for the caller's mistake: toStatus
-// maps jose.ErrMalformedSignature to INVALID_ARGUMENT, which is right for a signature the caller sent to
-// Verify, but a signature the token made is the server's fault (INTERNAL, with the detail in the log).
-func tokenFault(err error) error {
-	if errors.Is(err, jose.ErrMalformedSignature) {
-		return fmt.Errorf("token returned a malformed signature: %s", err)
-	}
-	return err
-}
-
 // Optional abilities of errors from the key backend (hsm errors have them); discovered with errors.As so
 // that this package never imports the HSM layer.
 type (
@@ -90,8 +80,6 @@ func toStatus(log *slog.Logger, err error) error {
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, keyring.ErrLocked):
 		return status.Error(codes.Unavailable, err.Error())
-	case errors.Is(err, jose.ErrMalformedSignature), errors.Is(err, jose.ErrWrongDigestLength):
-		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, authz.ErrClaimPolicy):
 		return status.Error(codes.PermissionDenied, err.Error())
 	case errors.As(err, &inv) && inv.InvalidInput():

@@ -118,8 +118,7 @@ func (s *Server) signJWS(ctx context.Context, v *keyring.LoadedVersion, signingI
 	if err := s.auditStart(ev); err != nil {
 		return nil, err
 	}
-	sig, err := jose.NewSigningMethod(v.Key.Alg).Sign(signingInput, v.Signer)
-	return sig, tokenFault(err)
+	return jose.NewSigningMethod(v.Key.Alg).Sign(signingInput, v.Signer)
 }
 
 // decodeClaims parses the caller's claims: one JSON object, numbers kept exact.

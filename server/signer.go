@@ -100,7 +100,7 @@ func (s *Server) sign(ctx context.Context, req *signerv1.SignRequest, ev *audit.
 	}
 	if req.GetFormat() == signerv1.SignatureFormat_SIGNATURE_FORMAT_JOSE && k.Alg.KeyType() == jose.KeyEC {
 		if sig, err = jose.DERToRaw(sig, jose.CurveSize(k.Alg.Curve())); err != nil {
-			return nil, tokenFault(err)
+			return nil, err // the token's output, not the caller's: INTERNAL
 		}
 	}
 	return &signerv1.SignResponse{Signature: sig, Kid: v.Kid, Alg: string(k.Alg), Version: uint32(v.Number)}, nil
@@ -175,7 +175,7 @@ func (s *Server) verify(ctx context.Context, req *signerv1.VerifyRequest, ev *au
 	}
 	if req.GetFormat() == signerv1.SignatureFormat_SIGNATURE_FORMAT_JOSE && k.Alg.KeyType() == jose.KeyEC {
 		if sig, err = jose.RawToDER(sig, jose.CurveSize(k.Alg.Curve())); err != nil {
-			return nil, err
+			return nil, invalidArgument("signature: %v", err)
 		}
 	}
 	versions := k.Publishable()
@@ -192,6 +192,9 @@ func (s *Server) verify(ctx context.Context, req *signerv1.VerifyRequest, ev *au
 		case err == nil:
 			ev.Kid = v.Kid
 			return &signerv1.VerifyResponse{Valid: true, Kid: v.Kid}, nil
+		case errors.Is(err, jose.ErrMalformedSignature):
+			// The caller's signature cannot be one for this key (length, encoding).
+			return nil, invalidArgument("signature: %v", err)
 		case !errors.Is(err, jose.ErrVerification):
 			return nil, err
 		}
