@@ -14,10 +14,7 @@ import (
 
 func TestCreateAndReload(t *testing.T) {
 	store := keyringtest.NewMemoryStore()
-	r, err := keyring.Open(store, keyring.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := openRing(t, store, keyring.Options{})
 	for _, alg := range jose.Algorithms() {
 		name := "k-" + strings.ToLower(string(alg))
 		k, err := r.Create(name, alg, 2048, keyring.DefaultSettings())
@@ -45,10 +42,7 @@ func TestCreateAndReload(t *testing.T) {
 	}
 
 	// A second ring on the same store (a second daemon on the same token) sees the same keys.
-	r2, err := keyring.Open(store, keyring.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r2 := openRing(t, store, keyring.Options{})
 	s1, s2 := r.Snapshot(), r2.Snapshot()
 	if len(s1.Names()) != len(jose.Algorithms()) || len(s2.Names()) != len(s1.Names()) {
 		t.Fatalf("names = %v and %v, want %d each", s1.Names(), s2.Names(), len(jose.Algorithms()))
@@ -70,17 +64,10 @@ func TestCreateAndReload(t *testing.T) {
 
 func TestRefreshKeepsWorkingKeysOnError(t *testing.T) {
 	store := keyringtest.NewMemoryStore()
-	r, err := keyring.Open(store, keyring.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Create("a", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
-		t.Fatal(err)
-	}
+	r := openRing(t, store, keyring.Options{})
+	mustCreate(t, r, "a", keyring.DefaultSettings())
 	other, _ := keyring.Open(store, keyring.Options{})
-	if _, err := other.Create("b", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
-		t.Fatal(err)
-	}
+	mustCreate(t, other, "b", keyring.DefaultSettings())
 	store.FailLoad = errors.New("injected token failure")
 	if err := r.Refresh(); err == nil {
 		t.Fatal("Refresh with failing store = nil, want error")
@@ -109,19 +96,10 @@ func TestRefreshKeepsWorkingKeysOnError(t *testing.T) {
 // at once, and the key signs again once the new version loads.
 func TestRevocationReachesReplicaThatCannotLoad(t *testing.T) {
 	store := keyringtest.NewMemoryStore()
-	a, err := keyring.Open(store, keyring.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := a.Create("k", jose.ES256, 0, keyring.DefaultSettings())
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := openRing(t, store, keyring.Options{})
+	k := mustCreate(t, a, "k", keyring.DefaultSettings())
 	v1 := k.Active.Kid
-	b, err := keyring.Open(store, keyring.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := openRing(t, store, keyring.Options{})
 	if _, _, err := a.Rotate("k", true); err != nil {
 		t.Fatal(err)
 	}
@@ -152,15 +130,10 @@ func TestInterruptedDestroy(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now }
 	store := keyringtest.NewMemoryStore()
-	r, err := keyring.Open(store, keyring.Options{Now: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := openRing(t, store, keyring.Options{Now: clock})
 	settings := keyring.DefaultSettings()
 	settings.Prepublish = 0
-	if _, err := r.Create("k", jose.ES256, 0, settings); err != nil {
-		t.Fatal(err)
-	}
+	mustCreate(t, r, "k", settings)
 	k, _, err := r.Rotate("k", false)
 	if err != nil {
 		t.Fatal(err)
@@ -187,25 +160,9 @@ func TestInterruptedDestroy(t *testing.T) {
 // loaded, so that callers do not retry a change that happened.
 func TestChangeNotFailedByAnotherKey(t *testing.T) {
 	store := keyringtest.NewMemoryStore()
-	r, err := keyring.Open(store, keyring.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Create("k", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
-		t.Fatal(err)
-	}
-	// Another ring creates a key whose key pair r will not find.
-	other, err := keyring.Open(store, keyring.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	broken, err := other.Create("broken", jose.ES256, 0, keyring.DefaultSettings())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.Destroy(broken.Active.ID); err != nil {
-		t.Fatal(err)
-	}
+	r := openRing(t, store, keyring.Options{})
+	mustCreate(t, r, "k", keyring.DefaultSettings())
+	createUnloadable(t, store, keyring.Options{}, "broken", keyring.DefaultSettings())
 	if _, _, err := r.Rotate("k", true); err != nil {
 		t.Errorf("emergency rotation of k while another key cannot load = %v, want success", err)
 	}
@@ -261,13 +218,8 @@ func (f *failingReads) ReadRecords() ([][]byte, error) {
 func TestStatesFollowTheClockWhenReadsFail(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	store := &failingReads{MemoryStore: keyringtest.NewMemoryStore()}
-	r, err := keyring.Open(store, keyring.Options{Now: func() time.Time { return now }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Create("k", jose.ES256, 0, keyring.Settings{Grace: keyring.Duration(time.Hour)}); err != nil {
-		t.Fatal(err)
-	}
+	r := openRing(t, store, keyring.Options{Now: func() time.Time { return now }})
+	mustCreate(t, r, "k", keyring.Settings{Grace: keyring.Duration(time.Hour)})
 	if _, _, err := r.Rotate("k", false); err != nil {
 		t.Fatal(err)
 	}
@@ -293,13 +245,8 @@ func TestStatesFollowTheClockWhenReadsFail(t *testing.T) {
 // session, say) still succeeded, and says so; reporting it failed would make the caller retry it.
 func TestWrittenChangeIsNotReportedFailed(t *testing.T) {
 	store := keyringtest.NewMemoryStore()
-	r, err := keyring.Open(store, keyring.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Create("k", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
-		t.Fatal(err)
-	}
+	r := openRing(t, store, keyring.Options{})
+	mustCreate(t, r, "k", keyring.DefaultSettings())
 	store.FailLoad = errors.New("no free session")
 	k, v, err := r.Rotate("k", true)
 	if err != nil {
@@ -323,26 +270,11 @@ func TestRotateDueGoesOnPastTrouble(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now }
 	store := keyringtest.NewMemoryStore()
-	r, err := keyring.Open(store, keyring.Options{Now: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := openRing(t, store, keyring.Options{Now: clock})
 	settings := keyring.DefaultSettings()
 	settings.RotationPeriod = keyring.Duration(time.Hour)
-	if _, err := r.Create("good", jose.ES256, 0, settings); err != nil {
-		t.Fatal(err)
-	}
-	other, err := keyring.Open(store, keyring.Options{Now: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	broken, err := other.Create("broken", jose.ES256, 0, settings)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.Destroy(broken.Active.ID); err != nil {
-		t.Fatal(err)
-	}
+	mustCreate(t, r, "good", settings)
+	createUnloadable(t, store, keyring.Options{Now: clock}, "broken", settings)
 	now = now.Add(2 * time.Hour)
 	rotated, err := r.RotateDue()
 	if err == nil || !strings.Contains(err.Error(), `key "broken"`) {
@@ -350,5 +282,35 @@ func TestRotateDueGoesOnPastTrouble(t *testing.T) {
 	}
 	if !slices.Contains(rotated, "good") {
 		t.Errorf("RotateDue rotated %v, want good among them despite the broken key", rotated)
+	}
+}
+
+// openRing opens a ring on store or fails the test.
+func openRing(t *testing.T, store keyring.Store, opts keyring.Options) *keyring.Ring {
+	t.Helper()
+	r, err := keyring.Open(store, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// mustCreate creates ES256 key name in r or fails the test.
+func mustCreate(t *testing.T, r *keyring.Ring, name string, settings keyring.Settings) *keyring.Key {
+	t.Helper()
+	k, err := r.Create(name, jose.ES256, 0, settings)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// createUnloadable has another ring create key name in store and then removes its key pair, so that
+// rings which have not loaded it yet cannot.
+func createUnloadable(t *testing.T, store *keyringtest.MemoryStore, opts keyring.Options, name string, settings keyring.Settings) {
+	t.Helper()
+	k := mustCreate(t, openRing(t, store, opts), name, settings)
+	if err := store.Destroy(k.Active.ID); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -121,6 +121,18 @@ func mustExist(name string, cur *Meta) error {
 	return nil
 }
 
+// versionState returns the state at now of version n of key name, whose record is cur (nil if the key
+// does not exist).
+func versionState(name string, cur *Meta, n int, now time.Time) (State, error) {
+	if err := mustExist(name, cur); err != nil {
+		return "", err
+	}
+	if n < 1 || n > len(cur.Versions) {
+		return "", fmt.Errorf("%w: %q version %d", ErrNoVersion, name, n)
+	}
+	return cur.StateAt(n-1, now).State, nil
+}
+
 // Rotate adds a new version to key name. A staged rotation publishes it now and activates it after the
 // key's prepublish period, which retires the active version at that moment. An emergency rotation
 // activates it at once and revokes the active version at once. Rotating a key that already has a pending
@@ -166,13 +178,11 @@ func (r *Ring) Rotate(name string, emergency bool) (*Key, *Version, error) {
 // again. Revoking the active version leaves the key without one until it is rotated.
 func (r *Ring) Revoke(name string, n int) (*Key, error) {
 	return r.update(name, func(cur *Meta, now time.Time) (*Meta, []byte, error) {
-		if err := mustExist(name, cur); err != nil {
+		st, err := versionState(name, cur, n, now)
+		if err != nil {
 			return nil, nil, err
 		}
-		if n < 1 || n > len(cur.Versions) {
-			return nil, nil, fmt.Errorf("%w: %q version %d", ErrNoVersion, name, n)
-		}
-		switch st := cur.StateAt(n-1, now).State; st {
+		switch st {
 		case Revoked, Destroyed:
 			return nil, nil, fmt.Errorf("%w: %q version %d is %s", ErrState, name, n, st)
 		}
@@ -186,13 +196,11 @@ func (r *Ring) Revoke(name string, n int) (*Key, error) {
 // can never be reused or come back.
 func (r *Ring) Destroy(name string, n int) (*Key, error) {
 	return r.update(name, func(cur *Meta, now time.Time) (*Meta, []byte, error) {
-		if err := mustExist(name, cur); err != nil {
+		st, err := versionState(name, cur, n, now)
+		if err != nil {
 			return nil, nil, err
 		}
-		if n < 1 || n > len(cur.Versions) {
-			return nil, nil, fmt.Errorf("%w: %q version %d", ErrNoVersion, name, n)
-		}
-		switch st := cur.StateAt(n-1, now).State; st {
+		switch st {
 		case Retired, Expired, Revoked:
 		default:
 			return nil, nil, fmt.Errorf("%w: %q version %d is %s; only retired, expired or revoked versions are destroyed", ErrState, name, n, st)
