@@ -12,7 +12,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -212,6 +211,8 @@ func (c *Config) Validate() error {
 	case c.HSM.NeedsCredentials():
 		add("hsm.pin_file", "%s uses ${CREDENTIALS_DIRECTORY}, which only systemd sets (LoadCredential=): "+
 			"run this as a unit, e.g. systemd-run --pty -p User=signerd -p LoadCredential=pin:FILE ..., or use a config with the PIN file's path", c.HSM.File)
+	case !filepath.IsAbs(c.HSM.Path()):
+		add("hsm.pin_file", "%q: want an absolute path", c.HSM.Path())
 	default:
 		if fi, err := os.Stat(c.HSM.Path()); err != nil {
 			add("hsm.pin_file", "%v", err)
@@ -277,8 +278,8 @@ func (c *Config) Validate() error {
 	// administrator's `signerd keys` must agree on them, the lock file above all.
 	for path, file := range map[string]string{"tls.cert_file": c.TLS.CertFile, "tls.key_file": c.TLS.KeyFile,
 		"tls.client_ca_file": c.TLS.ClientCAFile, "http.cert_file": c.HTTP.CertFile, "http.key_file": c.HTTP.KeyFile,
-		"hsm.module": c.HSM.Module, "hsm.pin_file": c.HSM.File, "hsm.lock_file": c.HSM.LockFile} {
-		if file != "" && !filepath.IsAbs(file) && !strings.HasPrefix(file, "${CREDENTIALS_DIRECTORY}") {
+		"hsm.module": c.HSM.Module, "hsm.lock_file": c.HSM.LockFile} {
+		if file != "" && !filepath.IsAbs(file) {
 			add(path, "%q: want an absolute path", file)
 		}
 	}
