@@ -37,106 +37,19 @@ func (t *Token) TryLock(name string, ttl time.Duration) (func() error, error) {
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, err
 	}
-	me := hex.EncodeToString(nonce)
-	val, _ := json.Marshal(lockValue{Owner: me, Expires: time.Now().Add(ttl).UnixNano()})
-	tmpl := []*pkcs11.Attribute{
+	l := &tokenLock{t: t, name: name, owner: hex.EncodeToString(nonce), ttl: ttl, tmpl: []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
 		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, lockApplication),
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, name),
-	}
-	var mine pkcs11.ObjectHandle
-	err := t.local.write(func() error {
-		return t.with("lock "+name, func(s pkcs11.SessionHandle) error {
-			// List before creating: the creation adopts the token generation (see localLock).
-			if err := t.reindex(s); err != nil {
-				return err
-			}
-			var err error
-			mine, err = t.p11.CreateObject(s, append(tmpl,
-				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-				pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-				pkcs11.NewAttribute(pkcs11.CKA_VALUE, val)))
-			if err != nil {
-				return fmt.Errorf("create lock object: %w", err)
-			}
-			handles, err := t.findObjects(s, tmpl)
-			if err != nil {
-				_ = t.p11.DestroyObject(s, mine)
-				return err
-			}
-			now := time.Now().UnixNano()
-			for _, h := range handles {
-				if h == mine {
-					continue
-				}
-				attrs, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
-				if err != nil {
-					continue // destroyed meanwhile by its holder
-				}
-				var other lockValue
-				if json.Unmarshal(attrs[0].Value, &other) == nil && other.Owner != me && other.Expires <= now {
-					_ = t.p11.DestroyObject(s, h) // a dead holder's lock
-					continue
-				}
-				_ = t.p11.DestroyObject(s, mine)
-				return ErrLocked
-			}
-			return nil
-		})
-	})
-	if err != nil {
-		if errors.Is(err, ErrLocked) {
-			return nil, ErrLocked
-		}
+	}}
+	if err := l.write("lock", l.acquire); err != nil {
 		return nil, err
 	}
-	// While held, the lock's expiry is pushed back every ttl/3, so that a holder that takes long (an
-	// RSA key generation on a slow HSM) keeps it, and other machines' clocks may be off by up to 2/3 ttl.
-	// The renewal stops at release, or when the token is closed; a failed renewal is reported by the
-	// release (the lock may have been taken over meanwhile).
 	stop, renewed := make(chan struct{}), make(chan struct{})
 	var renewErr error // written by the renewal goroutine, read after it ends
 	go func() {
 		defer close(renewed)
-		tick := time.NewTicker(ttl / 3)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-				// Tokens keep a data object's CKA_VALUE read-only, so a new object with the later expiry
-				// is made before the old ones go: the lock never looks free meanwhile.
-				val, _ := json.Marshal(lockValue{Owner: me, Expires: time.Now().Add(ttl).UnixNano()})
-				err := t.local.write(func() error {
-					return t.with("renew lock "+name, func(s pkcs11.SessionHandle) error {
-						if err := t.reindex(s); err != nil {
-							return err
-						}
-						old, err := t.ownLocks(s, tmpl, me)
-						if err != nil {
-							return err
-						}
-						if _, err := t.p11.CreateObject(s, append(tmpl,
-							pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-							pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-							pkcs11.NewAttribute(pkcs11.CKA_VALUE, val))); err != nil {
-							return err
-						}
-						for _, h := range old {
-							err = errors.Join(err, t.p11.DestroyObject(s, h))
-						}
-						return err
-					})
-				})
-				if err != nil {
-					renewErr = fmt.Errorf("renew lock %s: %w", name, err)
-				}
-				if errors.Is(err, ErrClosed) {
-					return
-				}
-			}
-		}
+		renewErr = l.renewUntil(stop)
 	}()
 	var once sync.Once
 	return func() error {
@@ -144,42 +57,130 @@ func (t *Token) TryLock(name string, ttl time.Duration) (func() error, error) {
 		once.Do(func() {
 			close(stop)
 			<-renewed
-			// The lock object is found again by its owner nonce rather than by the handle it was
-			// created with: handles are only valid within one connection.
-			err = t.local.write(func() error {
-				return t.with("unlock "+name, func(s pkcs11.SessionHandle) error {
-					if err := t.reindex(s); err != nil {
-						return err
-					}
-					handles, err := t.ownLocks(s, tmpl, me)
-					for _, h := range handles {
-						err = errors.Join(err, t.p11.DestroyObject(s, h))
-					}
-					return err
-				})
-			})
-			err = errors.Join(renewErr, err)
+			err = errors.Join(renewErr, l.write("unlock", func(s pkcs11.SessionHandle) error { return l.destroyOwn(s, 0) }))
 		})
 		return err
 	}, nil
 }
 
-// ownLocks returns the lock objects matching tmpl that owner holds.
-func (t *Token) ownLocks(s pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, owner string) ([]pkcs11.ObjectHandle, error) {
-	handles, err := t.findObjects(s, tmpl)
+// tokenLock is one holder's claim on a token-wide lock: lock objects labelled name whose value names
+// owner. Handles are never kept across operations: a reconnect renumbers them, so each operation finds
+// the holder's objects again by owner.
+type tokenLock struct {
+	t           *Token
+	name, owner string
+	ttl         time.Duration
+	tmpl        []*pkcs11.Attribute // finds every lock object called name
+}
+
+// write runs f on a session under the local lock, after listing the token, as every object-store
+// write does (the write adopts the token generation, see localLock).
+func (l *tokenLock) write(op string, f func(pkcs11.SessionHandle) error) error {
+	return l.t.local.write(func() error {
+		return l.t.with(op+" "+l.name, func(s pkcs11.SessionHandle) error {
+			if err := l.t.reindex(s); err != nil {
+				return err
+			}
+			return f(s)
+		})
+	})
+}
+
+// acquire creates the holder's lock object, then gives it up with ErrLocked if another live one exists;
+// dead holders' objects (past their expiry) are removed on the way.
+func (l *tokenLock) acquire(s pkcs11.SessionHandle) error {
+	mine, err := l.create(s)
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("create lock object: %w", err)
 	}
-	var out []pkcs11.ObjectHandle
+	handles, err := l.t.findObjects(s, l.tmpl)
+	if err != nil {
+		_ = l.t.p11.DestroyObject(s, mine)
+		return err
+	}
+	now := time.Now().UnixNano()
 	for _, h := range handles {
-		attrs, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
-		if err != nil {
+		if h == mine {
 			continue
 		}
-		var v lockValue
-		if json.Unmarshal(attrs[0].Value, &v) == nil && v.Owner == owner {
-			out = append(out, h)
+		other, err := l.value(s, h)
+		switch {
+		case errors.Is(err, errLockGone):
+			continue // destroyed meanwhile by its holder
+		case err == nil && other.Owner != l.owner && other.Expires <= now:
+			_ = l.t.p11.DestroyObject(s, h) // a dead holder's lock
+			continue
+		}
+		// A live lock, or one that cannot be read: held by someone else.
+		_ = l.t.p11.DestroyObject(s, mine)
+		return ErrLocked
+	}
+	return nil
+}
+
+// renewUntil pushes the lock's expiry back every ttl/3 until stop is closed, so that a holder that takes
+// long (an RSA key generation on a slow HSM) keeps it, and other machines' clocks may be off by up to
+// 2/3 ttl. Tokens keep a data object's CKA_VALUE read-only, so a new object is made before the older ones
+// go: the lock never looks free meanwhile. It returns the last renewal error, and stops early once the
+// token is closed.
+func (l *tokenLock) renewUntil(stop <-chan struct{}) error {
+	tick := time.NewTicker(l.ttl / 3)
+	defer tick.Stop()
+	var last error
+	for {
+		select {
+		case <-stop:
+			return last
+		case <-tick.C:
+			err := l.write("renew lock", func(s pkcs11.SessionHandle) error {
+				h, err := l.create(s)
+				if err != nil {
+					return err
+				}
+				return l.destroyOwn(s, h)
+			})
+			if err != nil {
+				last = fmt.Errorf("renew lock %s: %w", l.name, err)
+			}
+			if errors.Is(err, ErrClosed) {
+				return last
+			}
 		}
 	}
-	return out, nil
+}
+
+// create makes a lock object of the holder's that expires ttl from now.
+func (l *tokenLock) create(s pkcs11.SessionHandle) (pkcs11.ObjectHandle, error) {
+	val, _ := json.Marshal(lockValue{Owner: l.owner, Expires: time.Now().Add(l.ttl).UnixNano()})
+	return l.t.p11.CreateObject(s, append(l.tmpl,
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE, val)))
+}
+
+// destroyOwn destroys the holder's lock objects but keep (0 keeps none).
+func (l *tokenLock) destroyOwn(s pkcs11.SessionHandle, keep pkcs11.ObjectHandle) error {
+	handles, err := l.t.findObjects(s, l.tmpl)
+	if err != nil {
+		return err
+	}
+	for _, h := range handles {
+		if v, verr := l.value(s, h); verr == nil && v.Owner == l.owner && h != keep {
+			err = errors.Join(err, l.t.p11.DestroyObject(s, h))
+		}
+	}
+	return err
+}
+
+// errLockGone means a lock object could not be read: its holder destroyed it meanwhile.
+var errLockGone = errors.New("lock object gone")
+
+// value reads lock object h.
+func (l *tokenLock) value(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) (lockValue, error) {
+	var v lockValue
+	attrs, err := l.t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
+	if err != nil {
+		return v, errLockGone
+	}
+	return v, json.Unmarshal(attrs[0].Value, &v)
 }
