@@ -217,10 +217,7 @@ func (l *Log) RecordNow(e Event) error {
 		return l.err
 	}
 	l.record(e)
-	if err := l.w.Flush(); err != nil && l.err == nil {
-		l.err = err
-	}
-	return l.err
+	return l.flushLocked()
 }
 
 // emptyHashTail ends every event line before its hash is filled in.
@@ -243,6 +240,10 @@ func (l *Log) Err() error {
 func (l *Log) Flush() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.flushLocked()
+}
+
+func (l *Log) flushLocked() error {
 	if err := l.w.Flush(); err != nil && l.err == nil {
 		l.err = err
 	}
