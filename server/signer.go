@@ -64,6 +64,35 @@ func input(alg jose.Algorithm, digest, message []byte, isDigest, isMessage bool)
 	return nil, invalidArgument("set digest or message")
 }
 
+// signedData is what Sign and Verify requests share: a key, a digest or a message, a signature format.
+type signedData interface {
+	GetKey() string
+	GetDigest() []byte
+	GetMessage() []byte
+	GetFormat() signerv1.SignatureFormat
+}
+
+// keyAndInput authorizes op on the request's key, looks the key up and returns it with the digest to
+// sign or verify (the message hashed, or the digest checked). isDigest and isMessage say which of the
+// request's oneof is set.
+func (s *Server) keyAndInput(ctx context.Context, op authz.Op, req signedData, isDigest, isMessage bool) (*keyring.Key, []byte, error) {
+	if _, err := s.authorize(ctx, req.GetKey(), op); err != nil {
+		return nil, nil, err
+	}
+	k, err := s.lookup(req.GetKey())
+	if err != nil {
+		return nil, nil, err
+	}
+	in, err := input(k.Alg, req.GetDigest(), req.GetMessage(), isDigest, isMessage)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := checkFormat(req.GetFormat()); err != nil {
+		return nil, nil, err
+	}
+	return k, in, nil
+}
+
 // Sign implements signer.v1.Signer.
 func (s *Server) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1.SignResponse, error) {
 	ev := audit.Event{Identity: identity(ctx), Op: string(authz.OpSign), Key: req.GetKey()}
@@ -73,20 +102,10 @@ func (s *Server) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1
 }
 
 func (s *Server) sign(ctx context.Context, req *signerv1.SignRequest, ev *audit.Event) (*signerv1.SignResponse, error) {
-	if _, err := s.authorize(ctx, req.GetKey(), authz.OpSign); err != nil {
-		return nil, err
-	}
-	k, err := s.lookup(req.GetKey())
-	if err != nil {
-		return nil, err
-	}
 	_, isDigest := req.GetInput().(*signerv1.SignRequest_Digest)
 	_, isMessage := req.GetInput().(*signerv1.SignRequest_Message)
-	in, err := input(k.Alg, req.GetDigest(), req.GetMessage(), isDigest, isMessage)
+	k, in, err := s.keyAndInput(ctx, authz.OpSign, req, isDigest, isMessage)
 	if err != nil {
-		return nil, err
-	}
-	if err := checkFormat(req.GetFormat()); err != nil {
 		return nil, err
 	}
 	v := k.Active
@@ -152,20 +171,10 @@ func (s *Server) Verify(ctx context.Context, req *signerv1.VerifyRequest) (*sign
 }
 
 func (s *Server) verify(ctx context.Context, req *signerv1.VerifyRequest, ev *audit.Event) (*signerv1.VerifyResponse, error) {
-	if _, err := s.authorize(ctx, req.GetKey(), authz.OpVerify); err != nil {
-		return nil, err
-	}
-	k, err := s.lookup(req.GetKey())
-	if err != nil {
-		return nil, err
-	}
 	_, isDigest := req.GetInput().(*signerv1.VerifyRequest_Digest)
 	_, isMessage := req.GetInput().(*signerv1.VerifyRequest_Message)
-	in, err := input(k.Alg, req.GetDigest(), req.GetMessage(), isDigest, isMessage)
+	k, in, err := s.keyAndInput(ctx, authz.OpVerify, req, isDigest, isMessage)
 	if err != nil {
-		return nil, err
-	}
-	if err := checkFormat(req.GetFormat()); err != nil {
 		return nil, err
 	}
 	ev.Alg, ev.Input = string(k.Alg), audit.InputHash(in)
