@@ -74,21 +74,12 @@ func TestImportedKeyRefused(t *testing.T) {
 	params, _ := asn1.Marshal(asn1.ObjectIdentifier{1, 2, 840, 10045, 3, 1, 7})
 	id := []byte("imported-key-id")
 	err = tk.with("import", func(s pkcs11.SessionHandle) error {
-		_, err := tk.p11.CreateObject(s, []*pkcs11.Attribute{
+		// The attributes signerd generates keys with, plus the key material.
+		_, err := tk.p11.CreateObject(s, append(privateTemplate(id, "imported", pkcs11.CKM_ECDSA, false),
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
 			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
-			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
-			pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
-			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
-			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
-			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
-			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
 			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, params),
-			pkcs11.NewAttribute(pkcs11.CKA_VALUE, d),
-		})
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE, d)))
 		return err
 	})
 	if err != nil {
