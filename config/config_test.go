@@ -127,6 +127,26 @@ func TestHSMConfigFromURI(t *testing.T) {
 	}
 }
 
+// TestSessionCopiesSwitch: session copies are on unless the config turns them off.
+func TestSessionCopiesSwitch(t *testing.T) {
+	for _, tc := range []struct {
+		line   string
+		noCopy bool
+	}{{"", false}, {"  session_copies: true\n", false}, {"  session_copies: false\n", true}} {
+		c, err := Parse([]byte(strings.Replace(validConfig(t), "hsm:\n", "hsm:\n"+tc.line, 1)))
+		if err != nil {
+			t.Fatalf("Parse(%q) = %v", tc.line, err)
+		}
+		h, err := c.HSMConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.NoSessionCopies != tc.noCopy {
+			t.Errorf("with %q: NoSessionCopies = %v, want %v", tc.line, h.NoSessionCopies, tc.noCopy)
+		}
+	}
+}
+
 func FuzzParse(f *testing.F) {
 	f.Add("listen: 127.0.0.1:1\nhsm:\n  token_label: x\n")
 	f.Add("policy:\n  grants:\n    - identity: a\n      keys: ['*']\n      operations: [sign]\n")

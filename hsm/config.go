@@ -35,13 +35,17 @@ type Config struct {
 	// PIN is the user PIN. It is never logged and never appears in an error.
 	PIN string
 	// MaxSessions bounds the sessions signerd keeps open on the token, for crypto11's pool and for the
-	// pool used for Ed25519 and metadata, each. At least 2.
+	// pool used for Ed25519 and metadata, each, plus one session that holds the session copies of keys.
+	// At least 2.
 	MaxSessions int
 	// PoolWaitTimeout bounds how long an operation waits for a free session.
 	PoolWaitTimeout time.Duration
 	// LockFile is the file that serialises object-store work among local processes using the token
 	// (see localLock); one per module and token in the temporary directory when empty.
 	LockFile string
+	// NoSessionCopies makes signers use the token objects themselves instead of session copies of them
+	// (see Token.Find), for tokens where session objects are scarce or unwanted.
+	NoSessionCopies bool
 	// Exclusive, when set, is the local lock this process already holds; the Token then takes no local
 	// lock of its own.
 	Exclusive *ExclusiveLock
@@ -54,8 +58,8 @@ func (c Config) String() string {
 	if c.PIN != "" {
 		pin = "set"
 	}
-	return fmt.Sprintf("hsm.Config{Module: %q, token %s, PIN: %s, MaxSessions: %d, PoolWaitTimeout: %v, LockFile: %q}",
-		c.Module, selector(c), pin, c.MaxSessions, c.PoolWaitTimeout, c.LockFile)
+	return fmt.Sprintf("hsm.Config{Module: %q, token %s, PIN: %s, MaxSessions: %d, PoolWaitTimeout: %v, LockFile: %q, NoSessionCopies: %v}",
+		c.Module, selector(c), pin, c.MaxSessions, c.PoolWaitTimeout, c.LockFile, c.NoSessionCopies)
 }
 
 // GoString is String, for %#v.

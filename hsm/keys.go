@@ -274,27 +274,43 @@ func (t *Token) find(spec KeySpec, id []byte) (*signer, error) {
 	if len(id) == 0 {
 		return nil, invalidInput(op, "empty CKA_ID")
 	}
-	priv, err := t.checkPrivateObject(op, spec, id)
+	priv, gen, err := t.checkPrivateObject(op, spec, id)
 	if err != nil {
 		return nil, err
 	}
-	c11, gen, err := t.context()
+	signWith, isCopy, err := t.sessionCopy(op, id, priv, gen)
 	if err != nil {
 		return nil, err
+	}
+	c11, cgen, err := t.context()
+	if err != nil {
+		return nil, err
+	}
+	if cgen != gen {
+		return nil, &Error{Op: op, Kind: ErrUnavailable, Err: errStaleHandle}
 	}
 	var inner crypto.Signer
 	if spec.Type == Ed25519 {
-		inner, err = t.loadEd25519(op, id, priv, gen)
+		inner, err = t.loadEd25519(op, id, signWith, gen)
 	} else {
-		// Only an empty result means the pair is not there; any other failure (no free session, a
-		// lost login) is the token's and must not pass for a missing key.
+		// crypto11 finds keys by attributes only, so the one to sign with is told apart by CKA_TOKEN.
+		// Only an empty result means the pair is not there; any other failure (no free session, a lost
+		// login) is the token's and must not pass for a missing key.
+		match := crypto11.AttributeSet{}
+		if err = match.Set(crypto11.CkaId, id); err == nil {
+			err = match.Set(crypto11.CkaToken, !isCopy)
+		}
 		var pairs []crypto11.Signer
-		pairs, err = c11.FindKeyPairs(id, nil)
+		if err == nil {
+			pairs, err = c11.FindKeyPairsWithAttributes(match)
+		}
 		switch {
 		case err != nil:
 			err = classify(op, err)
 		case len(pairs) == 0:
 			err = &Error{Op: op, Kind: ErrNotFound, Err: errors.New("no key pair with this CKA_ID (public key missing?)")}
+		case len(pairs) > 1:
+			err = &Error{Op: op, Kind: ErrKeyCheck, Err: fmt.Errorf("%d key pairs share the CKA_ID", len(pairs))}
 		default:
 			inner = pairs[0]
 		}
@@ -313,12 +329,16 @@ func (t *Token) find(spec KeySpec, id []byte) (*signer, error) {
 	return s, nil
 }
 
-// checkPrivateObject finds the one private key with CKA_ID id and checks its attributes.
-func (t *Token) checkPrivateObject(op string, spec KeySpec, id []byte) (pkcs11.ObjectHandle, error) {
+// checkPrivateObject finds the one private key token object with CKA_ID id and checks its attributes. It
+// returns its handle and the connection generation the handle belongs to.
+func (t *Token) checkPrivateObject(op string, spec KeySpec, id []byte) (pkcs11.ObjectHandle, uint64, error) {
 	var handle pkcs11.ObjectHandle
+	var gen uint64
 	err := t.with(op, func(s pkcs11.SessionHandle) error {
+		gen = t.gen.Load() // with holds mu for reading: the connection cannot change meanwhile
 		handles, err := t.findObjects(s, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
 			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
 		})
 		if err != nil {
@@ -380,7 +400,67 @@ func (t *Token) checkPrivateObject(op string, spec KeySpec, id []byte) (pkcs11.O
 		}
 		return nil
 	})
-	return handle, err
+	return handle, gen, err
+}
+
+// sessionCopy returns the object to sign with for the private key token object priv (CKA_ID id), a handle of
+// connection generation gen: an in-token session copy of it where the token makes one, else priv
+// itself. isCopy says which.
+//
+// SoftHSM re-reads a token object's file and the token's generation file, under a token-wide mutex, each
+// time the object is used (pkcs11-notes §5.3); a session object lives in the module's memory. Measured
+// here with ES256, a copy signs with a third less CPU and scales across cores (18.7k against 25.3k
+// signatures/s from 8 goroutines on 2 cores), which is most of signerd's own cost per request.
+//
+// The copy is made inside the token (C_CopyObject with CKA_TOKEN false): the key never leaves it, and a
+// copy can only tighten CKA_SENSITIVE and CKA_EXTRACTABLE, which are checked here all the same. It is
+// visible to this process only and belongs to the keeper session, so the token erases it when the
+// connection ends (Reconnect, Close, exit); Destroy erases it with the token object. A key loaded again
+// reuses its copy. When the token refuses copies (CKA_COPYABLE false, no C_CopyObject) the key signs as a
+// token object, as it does with Config.NoSessionCopies.
+func (t *Token) sessionCopy(op string, id []byte, priv pkcs11.ObjectHandle, gen uint64) (_ pkcs11.ObjectHandle, isCopy bool, err error) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	switch {
+	case t.closed:
+		return 0, false, &Error{Op: op, Kind: ErrClosed}
+	case !t.connected || t.gen.Load() != gen:
+		return 0, false, &Error{Op: op, Kind: ErrUnavailable, Err: errStaleHandle}
+	case !t.hasKeeper:
+		return priv, false, nil
+	}
+	t.copyMu.Lock()
+	defer t.copyMu.Unlock()
+	s := t.keeper
+	copies, err := t.findObjects(s, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+	})
+	if err != nil {
+		return 0, false, classify(op, fmt.Errorf("find session copy: %w", err))
+	}
+	if len(copies) > 0 {
+		return copies[0], true, nil
+	}
+	c, err := t.p11.CopyObject(s, priv, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false)})
+	if err != nil {
+		return priv, false, nil
+	}
+	attrs, err := t.p11.GetAttributeValue(s, c, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, nil),
+	})
+	if err != nil || boolAttr(attrs[0]) || !boolAttr(attrs[1]) || boolAttr(attrs[2]) || !boolAttr(attrs[3]) {
+		_ = t.p11.DestroyObject(s, c)
+		if err == nil {
+			err = errors.New("the token made a session copy that is not a sensitive, unextractable, private session object")
+		}
+		return 0, false, &Error{Op: op, Kind: ErrKeyCheck, Err: err}
+	}
+	return c, true, nil
 }
 
 // loadEd25519 reads the public half of an Ed25519 key pair and builds a signer over CKM_EDDSA for the

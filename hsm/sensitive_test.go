@@ -28,7 +28,8 @@ func newTestToken(t *testing.T, label string) *Token {
 }
 
 // TestPrivateValueUnreadable asks the token, below crypto11 and signerd's own checks, for the secret
-// attributes of each kind of private key signerd generates: every read fails with CKR_ATTRIBUTE_SENSITIVE.
+// attributes of each kind of private key signerd generates, the token object and its session copy: every
+// read fails with CKR_ATTRIBUTE_SENSITIVE.
 func TestPrivateValueUnreadable(t *testing.T) {
 	tk := newTestToken(t, "sensitive")
 	for _, tc := range []struct {
@@ -43,18 +44,26 @@ func TestPrivateValueUnreadable(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Generate(%v) = %v", tc.spec, err)
 		}
+		var handles []pkcs11.ObjectHandle
+		var reads []error
 		err = tk.pool.with("read secret", func(s pkcs11.SessionHandle) error {
-			h, err := tk.findObjects(s, []*pkcs11.Attribute{
+			var err error
+			handles, err = tk.findObjects(s, []*pkcs11.Attribute{
 				pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), pkcs11.NewAttribute(pkcs11.CKA_ID, id)})
-			if err != nil || len(h) != 1 {
-				t.Fatalf("find private key %x = %v, %v", id, h, err)
+			for _, h := range handles {
+				_, err := tk.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(tc.secret, nil)})
+				reads = append(reads, err)
 			}
-			_, err = tk.p11.GetAttributeValue(s, h[0], []*pkcs11.Attribute{pkcs11.NewAttribute(tc.secret, nil)})
 			return err
 		})
-		var code pkcs11.Error
-		if !errors.As(err, &code) || code != pkcs11.CKR_ATTRIBUTE_SENSITIVE {
-			t.Errorf("read secret attribute of %v key = %v, want CKR_ATTRIBUTE_SENSITIVE", tc.spec, err)
+		if err != nil || len(handles) != 2 {
+			t.Fatalf("find private keys %x = %v, %v; want the token object and its session copy", id, handles, err)
+		}
+		for i, err := range reads {
+			var code pkcs11.Error
+			if !errors.As(err, &code) || code != pkcs11.CKR_ATTRIBUTE_SENSITIVE {
+				t.Errorf("read secret attribute of %v key object %d = %v, want CKR_ATTRIBUTE_SENSITIVE", tc.spec, i, err)
+			}
 		}
 	}
 }

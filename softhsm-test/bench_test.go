@@ -17,9 +17,17 @@ import (
 )
 
 // BenchmarkSign measures signs per second for ES256 and RS256 through the whole daemon path (gRPC over
-// mutual TLS on loopback to a `signerd serve` process) next to crypto11 called in this process on the
-// same token and key, at the same concurrency. Compare the ratio within one run: absolute figures drift
-// on a shared machine. `make bench` runs it.
+// mutual TLS on loopback to a `signerd serve` process) next to two in-process baselines on the same token
+// and key, at the same concurrency:
+//
+//   - inprocess: crypto11 signing with the key's token object in this process, as a service that used
+//     the HSM directly would (hsm with NoSessionCopies: crypto11 plus signerd's input checks). The
+//     daemon's %inprocess is measured against it.
+//   - inprocess-copies: signerd's hsm package in this process as the daemon runs it, signing through
+//     session copies of the keys (hsm.Token.Find), so %inprocess-copies is the cost of gRPC, mTLS and
+//     the daemon alone.
+//
+// Compare the ratios within one run: absolute figures drift on a shared machine. `make bench` runs it.
 //
 // The daemon gets max_sessions 5, so at most 4 signs are inside SoftHSM at once: SoftHSM is CPU-bound
 // on this 2-core machine and more concurrent calls only add lock contention inside it, while requests
@@ -28,25 +36,29 @@ func BenchmarkSign(b *testing.B) {
 	in := startInstance(b, instanceOptions{keys: map[string]string{"es256": "ES256", "rs256": "RS256"}, maxSessions: 5})
 	c := in.dial(b, in.svc)
 
-	ring := in.openInProcess(b)
+	tokenObjects, copies := in.openInProcess(b, true), in.openInProcess(b, false)
 	for _, key := range []string{"es256", "rs256"} {
-		k, _ := ring.Snapshot().Key(key)
+		k, _ := tokenObjects.Snapshot().Key(key)
+		kc, _ := copies.Snapshot().Key(key)
+		alg := jose.Algorithm(k.Alg)
 		digest := k.Alg.Digest([]byte("benchmark message"))
+		opts := k.Alg.SignerOpts()
 		for _, conc := range []int{1, 8, 32, 64} {
-			var inProcess float64
-			b.Run(fmt.Sprintf("%s/conc=%d/inprocess", jose.Algorithm(k.Alg), conc), func(b *testing.B) {
-				s, opts := k.Active.Signer, k.Alg.SignerOpts()
-				inProcess = parallel(b, conc, func() error {
-					_, err := s.Sign(rand.Reader, digest, opts)
-					return err
-				})
+			var base, baseCopies float64
+			b.Run(fmt.Sprintf("%s/conc=%d/inprocess", alg, conc), func(b *testing.B) {
+				base = parallel(b, conc, func() error { _, err := k.Active.Signer.Sign(rand.Reader, digest, opts); return err })
 			})
-			b.Run(fmt.Sprintf("%s/conc=%d/grpc", jose.Algorithm(k.Alg), conc), func(b *testing.B) {
+			b.Run(fmt.Sprintf("%s/conc=%d/inprocess-copies", alg, conc), func(b *testing.B) {
+				baseCopies = parallel(b, conc, func() error { _, err := kc.Active.Signer.Sign(rand.Reader, digest, opts); return err })
+			})
+			b.Run(fmt.Sprintf("%s/conc=%d/grpc", alg, conc), func(b *testing.B) {
 				req := &signerv1.SignRequest{Key: key, Input: &signerv1.SignRequest_Digest{Digest: digest}}
-				reportPercent(b, parallel(b, conc, func() error {
+				rate := parallel(b, conc, func() error {
 					_, err := c.Sign(context.Background(), req)
 					return err
-				}), inProcess, "%inprocess")
+				})
+				reportPercent(b, rate, base, "%inprocess")
+				reportPercent(b, rate, baseCopies, "%inprocess-copies")
 			})
 		}
 	}
@@ -87,11 +99,12 @@ func reportPercent(b *testing.B, rate, base float64, unit string) {
 
 // BenchmarkJWT measures, in one run and at the same concurrency: SignJWT ES256 and the raw Sign RPC on the
 // same key through the daemon; VerifyJWT ES256 through the daemon (cached public key, never the token);
-// and raw ES256 signing in this process on the same token, which VerifyJWT should at least match.
+// and raw ES256 signing in this process on the same token (crypto11 with the token object, as a service
+// using the HSM directly would sign), which VerifyJWT should at least match.
 func BenchmarkJWT(b *testing.B) {
 	in := startInstance(b, instanceOptions{keys: map[string]string{"es256": "ES256"}, maxSessions: 5})
 	c := in.dial(b, in.svc)
-	ring := in.openInProcess(b)
+	ring := in.openInProcess(b, true)
 	k, _ := ring.Snapshot().Key("es256")
 	digest := k.Alg.Digest([]byte("benchmark message"))
 	token, err := c.SignJWT(context.Background(), &signerv1.SignJWTRequest{Key: "es256", ClaimsJson: `{"sub":"bench"}`, TtlSeconds: 300})
@@ -154,12 +167,13 @@ func mintTokens(b *testing.B, c signerv1.SignerClient, n int) []string {
 	return out
 }
 
-// openInProcess opens the instance's token in this process (crypto11, as the daemon does) and loads its
-// keys, for the in-process side of the comparisons. The token is closed at cleanup.
-func (in *instance) openInProcess(b *testing.B) *keyring.Ring {
+// openInProcess opens the instance's token in this process and loads its keys, for the in-process side
+// of the comparisons: with tokenObjects, keys sign as the token objects themselves (crypto11 as a service
+// would use it); otherwise through session copies, as the daemon does. The token is closed at cleanup.
+func (in *instance) openInProcess(b *testing.B, tokenObjects bool) *keyring.Ring {
 	b.Helper()
 	tok, err := hsm.Open(hsm.Config{Module: in.tok.Module, TokenLabel: in.tok.Label, PIN: in.tok.PIN,
-		MaxSessions: 17, PoolWaitTimeout: 5 * time.Second})
+		MaxSessions: 17, PoolWaitTimeout: 5 * time.Second, NoSessionCopies: tokenObjects})
 	if err != nil {
 		b.Fatal(err)
 	}

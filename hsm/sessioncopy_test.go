@@ -1,0 +1,162 @@
+package hsm
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/sha256"
+	"encoding/asn1"
+	"testing"
+	"time"
+
+	"github.com/miekg/pkcs11"
+
+	softhsmtest "github.com/signerd/signerd/softhsm-test"
+)
+
+// privateObjects returns the private key objects with CKA_ID id that this process sees: token objects
+// when token is true, session objects (the copies) when false.
+func privateObjects(t *testing.T, tk *Token, id []byte, token bool) []pkcs11.ObjectHandle {
+	t.Helper()
+	var handles []pkcs11.ObjectHandle
+	err := tk.with("find", func(s pkcs11.SessionHandle) error {
+		var err error
+		handles, err = tk.findObjects(s, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, token),
+			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+		})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return handles
+}
+
+// signOnce signs a fixed input with s and checks the signature against s's public key.
+func signOnce(s crypto.Signer) (bool, error) {
+	msg := []byte("session copy")
+	if pub, ok := s.Public().(ed25519.PublicKey); ok {
+		sig, err := s.Sign(nil, msg, crypto.Hash(0))
+		return err == nil && ed25519.Verify(pub, msg, sig), err
+	}
+	d := sha256.Sum256(msg)
+	sig, err := s.Sign(nil, d[:], crypto.SHA256)
+	return err == nil && ecdsa.VerifyASN1(s.Public().(*ecdsa.PublicKey), d[:], sig), err
+}
+
+// TestSessionCopies: a loaded key signs with one session copy of its private key, made inside the token.
+// Loading the key again reuses the copy; the copy is what signs (destroyed behind the signer's back, the
+// signer fails); a Reconnect makes a new one; Destroy erases it with the token objects.
+func TestSessionCopies(t *testing.T) {
+	tk := newTestToken(t, "copies")
+	for _, spec := range []KeySpec{{Type: ECDSA, Curve: elliptic.P256()}, {Type: Ed25519}} {
+		id, s, err := tk.Generate(spec, "copied")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, c := len(privateObjects(t, tk, id, true)), len(privateObjects(t, tk, id, false)); n != 1 || c != 1 {
+			t.Fatalf("%v: %d token objects and %d session copies after Generate, want 1 and 1", spec, n, c)
+		}
+		again, err := tk.Find(spec, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := len(privateObjects(t, tk, id, false)); c != 1 {
+			t.Errorf("%v: %d session copies after loading the key again, want it reused", spec, c)
+		}
+		for _, k := range []crypto.Signer{s, again} {
+			if ok, err := signOnce(k); !ok {
+				t.Errorf("%v: Sign = %v (or the signature does not verify)", spec, err)
+			}
+		}
+
+		// The copy is the object that signs: without it, the signer has nothing to sign with.
+		copies := privateObjects(t, tk, id, false)
+		tk.copyMu.Lock()
+		err = tk.p11.DestroyObject(tk.keeper, copies[0])
+		tk.copyMu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := signOnce(s); err == nil {
+			t.Errorf("%v: Sign with the session copy destroyed = nil error, want the copy to be what signs", spec)
+		}
+
+		if err := tk.Reconnect(); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := signOnce(s); !ok {
+			t.Errorf("%v: Sign after Reconnect = %v", spec, err)
+		}
+		if c := len(privateObjects(t, tk, id, false)); c != 1 {
+			t.Errorf("%v: %d session copies after Reconnect, want 1", spec, c)
+		}
+
+		if err := tk.Destroy(id); err != nil {
+			t.Fatal(err)
+		}
+		if n, c := len(privateObjects(t, tk, id, true)), len(privateObjects(t, tk, id, false)); n != 0 || c != 0 {
+			t.Errorf("%v: %d token objects and %d session copies after Destroy, want none", spec, n, c)
+		}
+		if _, err := signOnce(s); err == nil {
+			t.Errorf("%v: Sign after Destroy = nil error", spec)
+		}
+	}
+}
+
+// TestNoSessionCopies: with Config.NoSessionCopies the token holds no session objects and keys sign as
+// token objects.
+func TestNoSessionCopies(t *testing.T) {
+	tok := softhsmtest.NewToken(t, "no-copies")
+	tk, err := Open(Config{Module: tok.Module, TokenLabel: tok.Label, PIN: tok.PIN, MaxSessions: 4,
+		PoolWaitTimeout: time.Second, NoSessionCopies: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tk.Close() })
+	for _, spec := range []KeySpec{{Type: ECDSA, Curve: elliptic.P256()}, {Type: Ed25519}} {
+		id, s, err := tk.Generate(spec, "plain")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := len(privateObjects(t, tk, id, false)); c != 0 {
+			t.Errorf("%v: %d session copies, want none", spec, c)
+		}
+		if ok, err := signOnce(s); !ok {
+			t.Errorf("%v: Sign = %v", spec, err)
+		}
+	}
+	if err := tk.Ping(); err != nil {
+		t.Errorf("Ping = %v", err)
+	}
+}
+
+// TestUncopyableKeySignsAsTokenObject: a key the token will not copy (CKA_COPYABLE false) still loads,
+// and signs as the token object.
+func TestUncopyableKeySignsAsTokenObject(t *testing.T) {
+	tk := newTestToken(t, "uncopyable")
+	id := []byte("uncopyable-key-0")
+	params, _ := asn1.Marshal(asn1.ObjectIdentifier{1, 2, 840, 10045, 3, 1, 7})
+	err := tk.with("generate", func(s pkcs11.SessionHandle) error {
+		_, _, err := tk.p11.GenerateKeyPair(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)},
+			append(publicTemplate(id, "uncopyable"), pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, params)),
+			append(privateTemplate(id, "uncopyable", pkcs11.CKM_ECDSA, true), pkcs11.NewAttribute(pkcs11.CKA_COPYABLE, false)))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := tk.Find(KeySpec{Type: ECDSA, Curve: elliptic.P256()}, id)
+	if err != nil {
+		t.Fatalf("Find(uncopyable key) = %v", err)
+	}
+	if c := len(privateObjects(t, tk, id, false)); c != 0 {
+		t.Errorf("%d session copies of a key with CKA_COPYABLE false, want none", c)
+	}
+	if ok, err := signOnce(s); !ok {
+		t.Errorf("Sign = %v", err)
+	}
+}
