@@ -165,6 +165,34 @@ func (t *Token) Generate(spec KeySpec, label string) ([]byte, crypto.Signer, err
 	return id, s, nil
 }
 
+// dropOrphanCopies destroys the session copies whose token object is gone (destroyed by another process
+// after this one loaded the key), so that copies never outlive their keys' versions by more than one
+// key load. It is best effort: a copy it fails to check stays until the connection ends. The caller holds
+// copyMu, and s is the keeper session.
+func (t *Token) dropOrphanCopies(s pkcs11.SessionHandle) {
+	copies, err := t.findObjects(s, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+	})
+	if err != nil {
+		return
+	}
+	for _, c := range copies {
+		attrs, err := t.p11.GetAttributeValue(s, c, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil)})
+		if err != nil {
+			continue
+		}
+		originals, err := t.findObjects(s, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+			attrs[0],
+		})
+		if err == nil && len(originals) == 0 {
+			_ = t.p11.DestroyObject(s, c)
+		}
+	}
+}
+
 // isAttributeUnsupported reports a token that refuses CKA_ALLOWED_MECHANISMS.
 func isAttributeUnsupported(err error) bool {
 	var code pkcs11.Error
@@ -443,6 +471,7 @@ func (t *Token) sessionCopy(op string, id []byte, priv pkcs11.ObjectHandle, gen 
 	if len(copies) > 0 {
 		return copies[0], true, nil
 	}
+	t.dropOrphanCopies(s)
 	c, err := t.p11.CopyObject(s, priv, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false)})
 	if err != nil {
 		return priv, false, nil

@@ -107,6 +107,36 @@ func TestSessionCopies(t *testing.T) {
 	}
 }
 
+// TestOrphanCopiesDropped: when another process destroys a key's token objects, this process's copy of
+// it goes at the next key load here.
+func TestOrphanCopiesDropped(t *testing.T) {
+	tk := newTestToken(t, "orphans")
+	spec := KeySpec{Type: ECDSA, Curve: elliptic.P256()}
+	gone, _, err := tk.Generate(spec, "gone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another process sees only the token objects, and destroys them.
+	for _, h := range privateObjects(t, tk, gone, true) {
+		if err := tk.with("destroy", func(s pkcs11.SessionHandle) error { return tk.p11.DestroyObject(s, h) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c := len(privateObjects(t, tk, gone, false)); c != 1 {
+		t.Fatalf("%d session copies before the next load, want 1", c)
+	}
+	kept, _, err := tk.Generate(spec, "kept")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := len(privateObjects(t, tk, gone, false)); c != 0 {
+		t.Errorf("%d session copies of the destroyed key after the next load, want none", c)
+	}
+	if c := len(privateObjects(t, tk, kept, false)); c != 1 {
+		t.Errorf("%d session copies of the new key, want 1", c)
+	}
+}
+
 // TestNoSessionCopies: with Config.NoSessionCopies the token holds no session objects and keys sign as
 // token objects.
 func TestNoSessionCopies(t *testing.T) {
