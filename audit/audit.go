@@ -81,18 +81,28 @@ func InputHash(b []byte) string {
 	return hex.EncodeToString(h[:])
 }
 
-// Log appends events to a writer. It is safe for concurrent use. Lines are buffered and written out by
-// RecordNow, Flush and Close, and at least every FlushInterval by a background loop.
+// Log appends events to a writer. It is safe for concurrent use. Lines gather in memory and are written
+// out by RecordNow, Flush and Close, and at least every FlushInterval by a background loop. Concurrent
+// callers share writes: while one line is being written out, the lines recorded meanwhile gather, and the
+// next write takes them all.
 type Log struct {
-	mu   sync.Mutex
-	w    *bufio.Writer
-	c    io.Closer
-	prev string
-	seq  uint64
-	now  func() time.Time
+	// mu guards the chain and the lines not yet written out.
+	mu      sync.Mutex
+	pending []byte
+	spare   []byte // the buffer of the last write, reused for pending
+	prev    string
+	seq     uint64
+	written uint64 // seq of the last line written out
+	err     error
+	now     func() time.Time
+
+	// wmu serialises writes to w; it is taken before mu.
+	wmu sync.Mutex
+	w   io.Writer
+	c   io.Closer
+
 	stop chan struct{}
 	done chan struct{}
-	err  error
 }
 
 // FlushInterval bounds how long an event stays in the buffer.
@@ -105,9 +115,9 @@ func New(w io.Writer) *Log {
 
 // newLog starts a Log writing to w that continues the chain after event last (a new chain if nil).
 func newLog(w io.Writer, last *Event) *Log {
-	l := &Log{w: bufio.NewWriterSize(w, 64<<10), now: time.Now, stop: make(chan struct{}), done: make(chan struct{})}
+	l := &Log{w: w, now: time.Now, stop: make(chan struct{}), done: make(chan struct{})}
 	if last != nil {
-		l.prev, l.seq = last.Hash, last.Seq
+		l.prev, l.seq, l.written = last.Hash, last.Seq, last.Seq
 	}
 	if c, ok := w.(io.Closer); ok {
 		l.c = c
@@ -182,14 +192,26 @@ func (l *Log) flushLoop() {
 	}
 }
 
+// flushSize is how many bytes of lines Record lets gather before it writes them out itself.
+const flushSize = 64 << 10
+
 // Record appends e, filling in Time, Seq, Prev and Hash.
 func (l *Log) Record(e Event) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.record(e)
+	seq, full := l.seq, len(l.pending) >= flushSize
+	l.mu.Unlock()
+	if full {
+		_ = l.writeOut(seq)
+	}
 }
 
+// record appends e to the pending lines; the caller holds mu. Once a write failed, nothing more is
+// recorded: the trail has a gap, and signerd stops signing.
 func (l *Log) record(e Event) {
+	if l.err != nil {
+		return
+	}
 	l.seq++
 	e.Time, e.Seq, e.Prev, e.Hash = l.now().UTC(), l.seq, l.prev, ""
 	line, err := json.Marshal(e)
@@ -200,24 +222,54 @@ func (l *Log) record(e Event) {
 	// Hash is the last member and empty here: the line with its hash is this one with the hash filled
 	// in, so it is marshalled once (this runs twice per signature).
 	l.prev = hashLine(line)
-	line = append(line[:len(line)-len(emptyHashTail)], `"`+l.prev+`"}`+"\n"...)
-	if _, err := l.w.Write(line); err != nil && l.err == nil {
-		l.err = err
-	}
+	l.pending = append(l.pending, line[:len(line)-len(emptyHashTail)]...)
+	l.pending = append(l.pending, `"`+l.prev+`"}`+"\n"...)
 }
 
-// RecordNow appends e like Record and writes the buffer out before it returns, so that the line is in
-// the file (the operating system's page cache) even if the process dies a moment later. It returns the
-// Log's first write error; once there is one, it records nothing more. signerd writes the "started" line
-// of every signature this way before the token is asked, so that no signature leaves it unaudited.
+// RecordNow appends e like Record and returns once its line is written out, so that it is in the file
+// (the operating system's page cache) even if the process dies a moment later. It returns the Log's
+// first write error; once there is one, it records nothing more. signerd writes the "started" line of
+// every signature this way before the token is asked, so that no signature leaves it unaudited.
 func (l *Log) RecordNow(e Event) error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.err != nil {
+		defer l.mu.Unlock()
 		return l.err
 	}
 	l.record(e)
-	return l.flushLocked()
+	seq := l.seq
+	l.mu.Unlock()
+	return l.writeOut(seq)
+}
+
+// writeOut returns once the lines up to sequence number upTo are written out (or a write failed). If
+// an earlier caller's write did not cover them, it writes out every pending line, its own and those
+// that gathered while it waited for the writer.
+func (l *Log) writeOut(upTo uint64) error {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	l.mu.Lock()
+	if l.written >= upTo || l.err != nil || len(l.pending) == 0 {
+		defer l.mu.Unlock()
+		return l.err
+	}
+	buf, last := l.pending, l.seq
+	l.pending = l.spare[:0]
+	l.mu.Unlock()
+
+	_, err := l.w.Write(buf)
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.spare = buf[:0]
+	if err != nil {
+		if l.err == nil {
+			l.err = err
+		}
+		return l.err
+	}
+	l.written = last
+	return l.err
 }
 
 // emptyHashTail ends every event line before its hash is filled in.
@@ -236,18 +288,12 @@ func (l *Log) Err() error {
 	return l.err
 }
 
-// Flush writes buffered events out and returns the first write error seen so far.
+// Flush writes recorded events out and returns the first write error seen so far.
 func (l *Log) Flush() error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.flushLocked()
-}
-
-func (l *Log) flushLocked() error {
-	if err := l.w.Flush(); err != nil && l.err == nil {
-		l.err = err
-	}
-	return l.err
+	seq := l.seq
+	l.mu.Unlock()
+	return l.writeOut(seq)
 }
 
 // Close flushes and stops the Log. It is idempotent.

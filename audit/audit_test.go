@@ -2,11 +2,14 @@ package audit
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 func TestChainVerifies(t *testing.T) {
@@ -84,6 +87,85 @@ func TestRecordNow(t *testing.T) {
 	}
 	if err := l.RecordNow(Event{Op: "sign"}); err == nil || w.writes != 1 {
 		t.Errorf("RecordNow after a write error = %v with %d writes, want the error and no new write", err, w.writes)
+	}
+}
+
+// gatedWriter holds its first write until release is closed, and counts writes and lines.
+type gatedWriter struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	writes  int
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (w *gatedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	first := w.writes == 0
+	w.writes++
+	w.mu.Unlock()
+	if first {
+		close(w.entered)
+		<-w.release
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(p)
+}
+
+// TestRecordNowSharesWrites: lines recorded with RecordNow while another line is being written out go
+// out together in the next write, each caller returning only once its own line is written; the trail
+// verifies with every line in order.
+func TestRecordNowSharesWrites(t *testing.T) {
+	w := &gatedWriter{entered: make(chan struct{}), release: make(chan struct{})}
+	l := New(w)
+	defer l.Close()
+	first := make(chan error, 1)
+	go func() { first <- l.RecordNow(Event{Identity: "a", Op: "sign", Outcome: OutcomeStarted}) }()
+	<-w.entered // the first line is being written out, and the writer is held
+
+	const waiting = 8
+	var wg sync.WaitGroup
+	errs := make(chan error, waiting)
+	for i := range waiting {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- l.RecordNow(Event{Identity: fmt.Sprint("b", i), Op: "sign", Outcome: OutcomeStarted})
+		}()
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		l.mu.Lock()
+		seq := l.seq
+		l.mu.Unlock()
+		if seq == waiting+1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d lines recorded", seq)
+		}
+	}
+	select {
+	case err := <-errs:
+		t.Fatalf("a RecordNow returned (%v) before its line was written out", err)
+	default:
+	}
+	close(w.release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if w.writes != 2 {
+		t.Errorf("%d writes for %d lines recorded during the first, want 2", w.writes, waiting)
+	}
+	if n, err := Verify(bytes.NewReader(w.buf.Bytes())); err != nil || n != waiting+1 {
+		t.Errorf("Verify = %d, %v; want %d lines", n, err, waiting+1)
 	}
 }
 
