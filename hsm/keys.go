@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	//lint:ignore SA1019 the project pins github.com/ThalesGroup/crypto11 v1.6.x by decision; its successor module path changes nothing we use.
 	"github.com/ThalesGroup/crypto11"
@@ -163,34 +164,6 @@ func (t *Token) Generate(spec KeySpec, label string) ([]byte, crypto.Signer, err
 		return nil, nil, err
 	}
 	return id, s, nil
-}
-
-// dropOrphanCopies destroys the session copies whose token object is gone (destroyed by another process
-// after this one loaded the key), so that copies never outlive their keys' versions by more than one
-// key load. It is best effort: a copy it fails to check stays until the connection ends. The caller holds
-// copyMu, and s is the keeper session.
-func (t *Token) dropOrphanCopies(s pkcs11.SessionHandle) {
-	copies, err := t.findObjects(s, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
-	})
-	if err != nil {
-		return
-	}
-	for _, c := range copies {
-		attrs, err := t.p11.GetAttributeValue(s, c, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil)})
-		if err != nil {
-			continue
-		}
-		originals, err := t.findObjects(s, []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
-			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-			attrs[0],
-		})
-		if err == nil && len(originals) == 0 {
-			_ = t.p11.DestroyObject(s, c)
-		}
-	}
 }
 
 // isAttributeUnsupported reports a token that refuses CKA_ALLOWED_MECHANISMS.
@@ -438,14 +411,15 @@ func (t *Token) checkPrivateObject(op string, spec KeySpec, id []byte) (pkcs11.O
 // SoftHSM re-reads a token object's file and the token's generation file, under a token-wide mutex, each
 // time the object is used (pkcs11-notes §5.3); a session object lives in the module's memory. Measured
 // here with ES256, a copy signs with a third less CPU and scales across cores (18.7k against 25.3k
-// signatures/s from 8 goroutines on 2 cores), which is most of signerd's own cost per request.
+// signatures/s from 8 goroutines on 2 cores).
 //
 // The copy is made inside the token (C_CopyObject with CKA_TOKEN false): the key never leaves it, and a
 // copy can only tighten CKA_SENSITIVE and CKA_EXTRACTABLE, which are checked here all the same. It is
 // visible to this process only and belongs to the keeper session, so the token erases it when the
 // connection ends (Reconnect, Close, exit); Destroy erases it with the token object. A key loaded again
-// reuses its copy. When the token refuses copies (CKA_COPYABLE false, no C_CopyObject) the key signs as a
-// token object, as it does with Config.NoSessionCopies.
+// reuses its copy, checked again; a signer whose copy is lost finds its key again (signer.Sign), which
+// makes a new one. When the token refuses copies (CKA_COPYABLE false, no C_CopyObject) the key signs as
+// a token object, as it does with Config.NoSessionCopies.
 func (t *Token) sessionCopy(op string, id []byte, priv pkcs11.ObjectHandle, gen uint64) (_ pkcs11.ObjectHandle, isCopy bool, err error) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
@@ -469,27 +443,101 @@ func (t *Token) sessionCopy(op string, id []byte, priv pkcs11.ObjectHandle, gen 
 		return 0, false, classify(op, fmt.Errorf("find session copy: %w", err))
 	}
 	if len(copies) > 0 {
-		return copies[0], true, nil
+		c := copies[0]
+		return c, true, t.checkCopy(op, s, c)
 	}
 	t.dropOrphanCopies(s)
 	c, err := t.p11.CopyObject(s, priv, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false)})
-	if err != nil {
+	if copyRefused(err) {
 		return priv, false, nil
 	}
+	if err != nil {
+		return 0, false, classify(op, fmt.Errorf("make a session copy: %w", err))
+	}
+	return c, true, t.checkCopy(op, s, c)
+}
+
+// copyRefused reports the token's ways of saying it will not copy this key (CKA_COPYABLE false) or
+// make session copies at all; other errors are the session's or the token's trouble.
+func copyRefused(err error) bool {
+	var code pkcs11.Error
+	if !errors.As(err, &code) {
+		return false
+	}
+	switch code {
+	case pkcs11.CKR_ACTION_PROHIBITED, pkcs11.CKR_FUNCTION_NOT_SUPPORTED, pkcs11.CKR_ATTRIBUTE_READ_ONLY,
+		pkcs11.CKR_ATTRIBUTE_TYPE_INVALID, pkcs11.CKR_ATTRIBUTE_VALUE_INVALID, pkcs11.CKR_TEMPLATE_INCONSISTENT:
+		return true
+	}
+	return false
+}
+
+// checkCopy checks that object c is a session copy no weaker than a key signerd loads: a private,
+// sensitive, unextractable session object. One that is not is destroyed. The caller holds copyMu, and s
+// is the keeper session.
+func (t *Token) checkCopy(op string, s pkcs11.SessionHandle, c pkcs11.ObjectHandle) error {
 	attrs, err := t.p11.GetAttributeValue(s, c, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, nil),
 		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil),
 		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
 		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, nil),
 	})
-	if err != nil || boolAttr(attrs[0]) || !boolAttr(attrs[1]) || boolAttr(attrs[2]) || !boolAttr(attrs[3]) {
-		_ = t.p11.DestroyObject(s, c)
-		if err == nil {
-			err = errors.New("the token made a session copy that is not a sensitive, unextractable, private session object")
-		}
-		return 0, false, &Error{Op: op, Kind: ErrKeyCheck, Err: err}
+	if err != nil {
+		return classify(op, fmt.Errorf("read session copy attributes: %w", err))
 	}
-	return c, true, nil
+	if boolAttr(attrs[0]) || !boolAttr(attrs[1]) || boolAttr(attrs[2]) || !boolAttr(attrs[3]) {
+		_ = t.p11.DestroyObject(s, c)
+		return &Error{Op: op, Kind: ErrKeyCheck, Err: errors.New("the session copy is not a private, sensitive, unextractable session object")}
+	}
+	return nil
+}
+
+// orphanSweepInterval is how often, at most, dropOrphanCopies looks for copies whose key is gone.
+const orphanSweepInterval = time.Minute
+
+// dropOrphanCopies destroys the session copies whose token object is gone (destroyed by another process
+// after this one loaded the key), so that copies do not pile up past their versions. It looks at most
+// once per orphanSweepInterval, with one listing of the token's private keys, so that loading many keys
+// stays linear. It is best effort and keeps everything when a listing or a read fails; a live copy
+// destroyed by a wrong listing is made again by the first sign that misses it. The caller holds copyMu,
+// and s is the keeper session.
+func (t *Token) dropOrphanCopies(s pkcs11.SessionHandle) {
+	now := time.Now()
+	if now.Sub(t.lastSweep) < orphanSweepInterval {
+		return
+	}
+	t.lastSweep = now
+	private := pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY)
+	copies, err := t.findObjects(s, []*pkcs11.Attribute{private, pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false)})
+	if err != nil || len(copies) == 0 {
+		return
+	}
+	keys, err := t.findObjects(s, []*pkcs11.Attribute{private, pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)})
+	if err != nil {
+		return
+	}
+	live := map[string]bool{}
+	for _, h := range keys {
+		id, err := t.objectID(s, h)
+		if err != nil {
+			return
+		}
+		live[id] = true
+	}
+	for _, c := range copies {
+		if id, err := t.objectID(s, c); err == nil && !live[id] {
+			_ = t.p11.DestroyObject(s, c)
+		}
+	}
+}
+
+// objectID reads the CKA_ID of object h.
+func (t *Token) objectID(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) (string, error) {
+	attrs, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil)})
+	if err != nil {
+		return "", err
+	}
+	return string(attrs[0].Value), nil
 }
 
 // loadEd25519 reads the public half of an Ed25519 key pair and builds a signer over CKM_EDDSA for the

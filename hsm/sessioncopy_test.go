@@ -7,6 +7,9 @@ import (
 	"crypto/elliptic"
 	"crypto/sha256"
 	"encoding/asn1"
+	"errors"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -49,7 +52,8 @@ func signOnce(s crypto.Signer) (bool, error) {
 
 // TestSessionCopies: a loaded key signs with one session copy of its private key, made inside the token.
 // Loading the key again reuses the copy; the copy is what signs (destroyed behind the signer's back, the
-// signer fails); a Reconnect makes a new one; Destroy erases it with the token objects.
+// signer finds its key again and signs with a new copy); a Reconnect makes a new one; Destroy erases it
+// with the token objects.
 func TestSessionCopies(t *testing.T) {
 	tk := newTestToken(t, "copies")
 	for _, spec := range []KeySpec{{Type: ECDSA, Curve: elliptic.P256()}, {Type: Ed25519}} {
@@ -73,7 +77,7 @@ func TestSessionCopies(t *testing.T) {
 			}
 		}
 
-		// The copy is the object that signs: without it, the signer has nothing to sign with.
+		// The copy is the object that signs: when it is lost, the signer misses it and makes a new one.
 		copies := privateObjects(t, tk, id, false)
 		tk.copyMu.Lock()
 		err = tk.p11.DestroyObject(tk.keeper, copies[0])
@@ -81,8 +85,11 @@ func TestSessionCopies(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := signOnce(s); err == nil {
-			t.Errorf("%v: Sign with the session copy destroyed = nil error, want the copy to be what signs", spec)
+		if ok, err := signOnce(s); !ok {
+			t.Errorf("%v: Sign after its session copy was lost = %v, want a new copy", spec, err)
+		}
+		if now := privateObjects(t, tk, id, false); len(now) != 1 || now[0] == copies[0] {
+			t.Errorf("%v: session copies %v after the first was lost, want one new copy", spec, now)
 		}
 
 		if err := tk.Reconnect(); err != nil {
@@ -108,14 +115,19 @@ func TestSessionCopies(t *testing.T) {
 }
 
 // TestOrphanCopiesDropped: when another process destroys a key's token objects, this process's copy of
-// it goes at the next key load here.
+// it goes at the next key load here (at most once a minute); the copies of live keys stay.
 func TestOrphanCopiesDropped(t *testing.T) {
 	tk := newTestToken(t, "orphans")
 	spec := KeySpec{Type: ECDSA, Curve: elliptic.P256()}
+	live, liveSigner, err := tk.Generate(spec, "live")
+	if err != nil {
+		t.Fatal(err)
+	}
 	gone, _, err := tk.Generate(spec, "gone")
 	if err != nil {
 		t.Fatal(err)
 	}
+	liveCopy := privateObjects(t, tk, live, false)
 	// Another process sees only the token objects, and destroys them.
 	for _, h := range privateObjects(t, tk, gone, true) {
 		if err := tk.with("destroy", func(s pkcs11.SessionHandle) error { return tk.p11.DestroyObject(s, h) }); err != nil {
@@ -125,6 +137,9 @@ func TestOrphanCopiesDropped(t *testing.T) {
 	if c := len(privateObjects(t, tk, gone, false)); c != 1 {
 		t.Fatalf("%d session copies before the next load, want 1", c)
 	}
+	tk.copyMu.Lock()
+	tk.lastSweep = time.Time{} // a minute has passed since the last look
+	tk.copyMu.Unlock()
 	kept, _, err := tk.Generate(spec, "kept")
 	if err != nil {
 		t.Fatal(err)
@@ -134,6 +149,97 @@ func TestOrphanCopiesDropped(t *testing.T) {
 	}
 	if c := len(privateObjects(t, tk, kept, false)); c != 1 {
 		t.Errorf("%d session copies of the new key, want 1", c)
+	}
+	if c := privateObjects(t, tk, live, false); len(c) != 1 || c[0] != liveCopy[0] {
+		t.Errorf("session copies of a live key after the sweep: %v, want %v kept", c, liveCopy)
+	}
+	if ok, err := signOnce(liveSigner); !ok {
+		t.Errorf("Sign with the live key = %v", err)
+	}
+}
+
+// TestPingChecksCopySession: if the token drops the session holding the copies, Ping fails, so that the
+// daemon reconnects and the copies are made again.
+func TestPingChecksCopySession(t *testing.T) {
+	tk := newTestToken(t, "keeper")
+	tk.copyMu.Lock()
+	err := tk.p11.CloseSession(tk.keeper)
+	tk.copyMu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tk.Ping(); err == nil {
+		t.Error("Ping with the copies' session gone = nil, want an error")
+	}
+	if err := tk.Reconnect(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tk.Ping(); err != nil {
+		t.Errorf("Ping after Reconnect = %v", err)
+	}
+}
+
+// TestCheckCopyRefusesTokenObject: checkCopy accepts only a private, sensitive, unextractable session
+// object; shown a token object, it refuses (and destroys) it.
+func TestCheckCopyRefusesTokenObject(t *testing.T) {
+	tk := newTestToken(t, "check-copy")
+	id, _, err := tk.Generate(KeySpec{Type: ECDSA, Curve: elliptic.P256()}, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := privateObjects(t, tk, id, false)[0]
+	tk.copyMu.Lock()
+	errCopy := tk.checkCopy("check", tk.keeper, c)
+	errToken := tk.checkCopy("check", tk.keeper, privateObjects(t, tk, id, true)[0])
+	tk.copyMu.Unlock()
+	if errCopy != nil {
+		t.Errorf("checkCopy(session copy) = %v", errCopy)
+	}
+	if !errors.Is(errToken, ErrKeyCheck) {
+		t.Errorf("checkCopy(token object) = %v, want ErrKeyCheck", errToken)
+	}
+}
+
+// TestSignDuringReconnect: signs racing with reconnects either succeed or fail as unavailable, never with
+// an error that would pass for the key's or the caller's (the copies outlive crypto11's signs in flight).
+func TestSignDuringReconnect(t *testing.T) {
+	tk := newTestToken(t, "sign-reconnect")
+	_, s, err := tk.Generate(KeySpec{Type: ECDSA, Curve: elliptic.P256()}, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := sha256.Sum256([]byte("m"))
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 100000 && !stop.Load(); i++ {
+				if _, err := s.Sign(nil, d[:], crypto.SHA256); err != nil {
+					var e interface{ Unavailable() bool }
+					if !errors.As(err, &e) || !e.Unavailable() {
+						select {
+						case errs <- err:
+						default:
+						}
+					}
+				}
+			}
+		}()
+	}
+	for range 10 {
+		time.Sleep(20 * time.Millisecond)
+		if err := tk.Reconnect(); err != nil {
+			t.Error(err)
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("Sign during Reconnect = %v, want success or an unavailable error", err)
 	}
 }
 

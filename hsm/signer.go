@@ -51,17 +51,35 @@ func (k *signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byt
 	if err != nil {
 		return nil, err
 	}
-	sig, err := b.inner.Sign(nil, digest, opts)
-	if err != nil && k.t.gen.Load() != b.gen {
-		// The token reconnected while this call was on its way: once more, with the key found again.
-		if b, err = k.bound(); err == nil {
-			sig, err = b.inner.Sign(nil, digest, opts)
+	for retried := false; ; retried = true {
+		sig, err := b.inner.Sign(nil, digest, opts)
+		if err == nil {
+			return sig, nil
 		}
-	}
-	if err != nil {
+		// A Reconnect or Close under way may be what failed the call: its outcome decides.
+		gen, state := k.t.settled()
+		switch {
+		case state != nil:
+			return nil, &Error{Op: "sign", Kind: state, Err: err}
+		case gen != b.gen && retried:
+			return nil, &Error{Op: "sign", Kind: ErrUnavailable, Err: err}
+		case !retried && (gen != b.gen || objectGone(err)):
+			// The token reconnected while this call was on its way, or the object it signed with is
+			// gone (a session copy lost behind this signer's back): once more, with the key found
+			// again. A key destroyed in the token is not found, and that is the error.
+			if b, err = k.rebind(b); err != nil {
+				return nil, classify("sign", err)
+			}
+			continue
+		}
 		return nil, classify("sign", err)
 	}
-	return sig, nil
+}
+
+// objectGone reports the token's answer for a handle that names no object (any more).
+func objectGone(err error) bool {
+	var code pkcs11.Error
+	return errors.As(err, &code) && (code == pkcs11.CKR_OBJECT_HANDLE_INVALID || code == pkcs11.CKR_KEY_HANDLE_INVALID)
 }
 
 // bound returns the key under the current connection, finding it again (with all of Find's checks) if
@@ -71,9 +89,14 @@ func (k *signer) bound() (*bound, error) {
 	if b.gen == k.t.gen.Load() {
 		return b, nil
 	}
+	return k.rebind(b)
+}
+
+// rebind finds the key again in place of stale, unless another call already has.
+func (k *signer) rebind(stale *bound) (*bound, error) {
 	k.refind.Lock()
 	defer k.refind.Unlock()
-	if b = k.cur.Load(); b.gen == k.t.gen.Load() {
+	if b := k.cur.Load(); b != stale && b.gen == k.t.gen.Load() {
 		return b, nil
 	}
 	f, err := k.t.findSigner(k.spec, k.id)
@@ -83,7 +106,7 @@ func (k *signer) bound() (*bound, error) {
 	if !samePublic(f.pub, k.pub) {
 		return nil, &Error{Op: fmt.Sprintf("reload key %x", k.id), Kind: ErrKeyCheck, Err: errors.New("a different key now has this CKA_ID")}
 	}
-	b = f.cur.Load()
+	b := f.cur.Load()
 	k.cur.Store(b)
 	return b, nil
 }

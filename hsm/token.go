@@ -52,6 +52,7 @@ type Token struct {
 	keeper    pkcs11.SessionHandle
 	hasKeeper bool
 	copyMu    sync.Mutex
+	lastSweep time.Time // when dropOrphanCopies last looked, guarded by copyMu
 	connected bool
 	closed    bool
 	closeErr  error
@@ -138,16 +139,17 @@ func (t *Token) connectLocked() error {
 // so the raw handle goes last and only unloads its dlopen reference. The caller holds the local lock
 // exclusively and mu for writing.
 func (t *Token) disconnectLocked() {
-	if t.hasKeeper {
-		// Erases the session copies; the token objects stay.
-		_ = t.p11.CloseSession(t.keeper)
-		t.hasKeeper = false
-	}
 	if t.pool != nil {
 		t.pool.close()
 		t.pool = nil
 	}
+	// crypto11's Close waits for its signs in flight, which may be using the session copies: they go
+	// after it, with the keeper session (if finalising the module has not closed it already).
 	t.closeErr = t.c11.Close()
+	if t.hasKeeper {
+		_ = t.p11.CloseSession(t.keeper)
+		t.hasKeeper = false
+	}
 	t.p11.Destroy()
 	t.connected = false
 }
@@ -208,6 +210,20 @@ func (t *Token) context() (*crypto11.Context, uint64, error) {
 		return nil, 0, &Error{Op: "hsm", Kind: ErrUnavailable, Err: errors.New("not connected")}
 	}
 	return t.c11, t.gen.Load(), nil
+}
+
+// settled waits for a Reconnect or Close under way and returns the connection generation then, with
+// ErrClosed or ErrUnavailable if the token is closed or not connected.
+func (t *Token) settled() (uint64, error) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	switch {
+	case t.closed:
+		return 0, ErrClosed
+	case !t.connected:
+		return 0, ErrUnavailable
+	}
+	return t.gen.Load(), nil
 }
 
 // describeOpenError turns crypto11's Configure errors into messages that name the failing part.
