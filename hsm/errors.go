@@ -3,6 +3,7 @@ package hsm
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/miekg/pkcs11"
 	"github.com/thales-e-security/pool"
@@ -79,9 +80,8 @@ func classify(op string, err error) error {
 		return err
 	}
 	kind := error(nil)
-	var code pkcs11.Error
 	switch {
-	case errors.As(err, &code) && fatalCode(code):
+	case hasCode(err, fatalCodes...):
 		kind = ErrUnavailable
 	case isPoolTimeout(err):
 		kind = ErrBusy
@@ -89,32 +89,33 @@ func classify(op string, err error) error {
 	return &Error{Op: op, Kind: kind, Err: err}
 }
 
-// fatalCode reports the PKCS#11 return values after which the session, the login or the token is gone
-// (pkcs11-notes §4.2). CKR_GENERAL_ERROR is deliberately absent: SoftHSM also returns it for bad PSS input.
-func fatalCode(c pkcs11.Error) bool {
-	switch c {
-	case pkcs11.CKR_SESSION_HANDLE_INVALID, pkcs11.CKR_SESSION_CLOSED, pkcs11.CKR_USER_NOT_LOGGED_IN,
-		pkcs11.CKR_OBJECT_HANDLE_INVALID, pkcs11.CKR_KEY_HANDLE_INVALID, pkcs11.CKR_DEVICE_REMOVED,
-		pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_TOKEN_NOT_PRESENT, pkcs11.CKR_TOKEN_NOT_RECOGNIZED,
-		pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED:
-		return true
-	}
-	return false
+// hasCode reports whether err carries one of the PKCS#11 return values codes.
+func hasCode(err error, codes ...pkcs11.Error) bool {
+	var code pkcs11.Error
+	return errors.As(err, &code) && slices.Contains(codes, code)
 }
 
-// sessionDead reports whether a session handle must be dropped after err.
-func sessionDead(err error) bool {
-	var code pkcs11.Error
-	if !errors.As(err, &code) {
-		return false
-	}
-	switch code {
-	case pkcs11.CKR_SESSION_HANDLE_INVALID, pkcs11.CKR_SESSION_CLOSED, pkcs11.CKR_DEVICE_REMOVED,
-		pkcs11.CKR_TOKEN_NOT_PRESENT, pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED:
-		return true
-	}
-	return false
-}
+// The return values that decide what signerd does next, by what they mean.
+var (
+	// fatalCodes: the session, the login or the token is gone (pkcs11-notes §4.2). CKR_GENERAL_ERROR
+	// is deliberately absent: SoftHSM also returns it for bad PSS input.
+	fatalCodes = []pkcs11.Error{pkcs11.CKR_SESSION_HANDLE_INVALID, pkcs11.CKR_SESSION_CLOSED,
+		pkcs11.CKR_USER_NOT_LOGGED_IN, pkcs11.CKR_OBJECT_HANDLE_INVALID, pkcs11.CKR_KEY_HANDLE_INVALID,
+		pkcs11.CKR_DEVICE_REMOVED, pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_TOKEN_NOT_PRESENT,
+		pkcs11.CKR_TOKEN_NOT_RECOGNIZED, pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED}
+	// deadSessionCodes: the session handle must be dropped.
+	deadSessionCodes = []pkcs11.Error{pkcs11.CKR_SESSION_HANDLE_INVALID, pkcs11.CKR_SESSION_CLOSED,
+		pkcs11.CKR_DEVICE_REMOVED, pkcs11.CKR_TOKEN_NOT_PRESENT, pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED}
+	// goneObjectCodes: a handle names no object (any more).
+	goneObjectCodes = []pkcs11.Error{pkcs11.CKR_OBJECT_HANDLE_INVALID, pkcs11.CKR_KEY_HANDLE_INVALID}
+	// unsupportedAttributeCodes: the token refuses CKA_ALLOWED_MECHANISMS in a template.
+	unsupportedAttributeCodes = []pkcs11.Error{pkcs11.CKR_ATTRIBUTE_TYPE_INVALID, pkcs11.CKR_TEMPLATE_INCONSISTENT}
+	// copyRefusedCodes: the token will not copy this key (CKA_COPYABLE false) or make session copies at
+	// all; other errors of C_CopyObject are the session's or the token's trouble.
+	copyRefusedCodes = []pkcs11.Error{pkcs11.CKR_ACTION_PROHIBITED, pkcs11.CKR_FUNCTION_NOT_SUPPORTED,
+		pkcs11.CKR_ATTRIBUTE_READ_ONLY, pkcs11.CKR_ATTRIBUTE_TYPE_INVALID, pkcs11.CKR_ATTRIBUTE_VALUE_INVALID,
+		pkcs11.CKR_TEMPLATE_INCONSISTENT}
+)
 
 // isPoolTimeout recognises a session pool timeout, crypto11's or ours.
 func isPoolTimeout(err error) bool {

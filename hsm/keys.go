@@ -143,13 +143,13 @@ func (t *Token) Generate(spec KeySpec, label string) ([]byte, crypto.Signer, err
 		}
 		if spec.Type == Ed25519 {
 			err := t.generateEd25519(id, label, true)
-			if isAttributeUnsupported(err) {
+			if hasCode(err, unsupportedAttributeCodes...) {
 				err = t.generateEd25519(id, label, false)
 			}
 			return err
 		}
 		err := t.generateC11(spec, id, label, true)
-		if isAttributeUnsupported(err) {
+		if hasCode(err, unsupportedAttributeCodes...) {
 			err = t.generateC11(spec, id, label, false)
 		}
 		return err
@@ -164,12 +164,6 @@ func (t *Token) Generate(spec KeySpec, label string) ([]byte, crypto.Signer, err
 		return nil, nil, err
 	}
 	return id, s, nil
-}
-
-// isAttributeUnsupported reports a token that refuses CKA_ALLOWED_MECHANISMS.
-func isAttributeUnsupported(err error) bool {
-	var code pkcs11.Error
-	return errors.As(err, &code) && (code == pkcs11.CKR_ATTRIBUTE_TYPE_INVALID || code == pkcs11.CKR_TEMPLATE_INCONSISTENT)
 }
 
 func privateTemplate(id []byte, label string, mech uint, pinMech bool) []*pkcs11.Attribute {
@@ -448,7 +442,7 @@ func (t *Token) sessionCopy(op string, id []byte, priv pkcs11.ObjectHandle, gen 
 	}
 	t.dropOrphanCopies(s)
 	c, err := t.p11.CopyObject(s, priv, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false)})
-	if copyRefused(err) {
+	if hasCode(err, copyRefusedCodes...) {
 		return priv, false, nil
 	}
 	if err != nil {
@@ -457,24 +451,10 @@ func (t *Token) sessionCopy(op string, id []byte, priv pkcs11.ObjectHandle, gen 
 	return c, true, t.checkCopy(op, s, c)
 }
 
-// copyRefused reports the token's ways of saying it will not copy this key (CKA_COPYABLE false) or
-// make session copies at all; other errors are the session's or the token's trouble.
-func copyRefused(err error) bool {
-	var code pkcs11.Error
-	if !errors.As(err, &code) {
-		return false
-	}
-	switch code {
-	case pkcs11.CKR_ACTION_PROHIBITED, pkcs11.CKR_FUNCTION_NOT_SUPPORTED, pkcs11.CKR_ATTRIBUTE_READ_ONLY,
-		pkcs11.CKR_ATTRIBUTE_TYPE_INVALID, pkcs11.CKR_ATTRIBUTE_VALUE_INVALID, pkcs11.CKR_TEMPLATE_INCONSISTENT:
-		return true
-	}
-	return false
-}
-
 // checkCopy checks that object c is a session copy no weaker than a key signerd loads: a private,
-// sensitive, unextractable session object. One that is not is destroyed. The caller holds copyMu, and s
-// is the keeper session.
+// sensitive, unextractable session object. One that is not is destroyed, if it can be: the keeper
+// session is read-only, so the token lets it destroy session objects only. The caller holds copyMu, and
+// s is the keeper session.
 func (t *Token) checkCopy(op string, s pkcs11.SessionHandle, c pkcs11.ObjectHandle) error {
 	attrs, err := t.p11.GetAttributeValue(s, c, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, nil),

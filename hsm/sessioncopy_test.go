@@ -180,7 +180,7 @@ func TestPingChecksCopySession(t *testing.T) {
 }
 
 // TestCheckCopyRefusesTokenObject: checkCopy accepts only a private, sensitive, unextractable session
-// object; shown a token object, it refuses (and destroys) it.
+// object; shown a token object, it refuses it, and cannot destroy it (the keeper session is read-only).
 func TestCheckCopyRefusesTokenObject(t *testing.T) {
 	tk := newTestToken(t, "check-copy")
 	id, _, err := tk.Generate(KeySpec{Type: ECDSA, Curve: elliptic.P256()}, "k")
@@ -197,6 +197,9 @@ func TestCheckCopyRefusesTokenObject(t *testing.T) {
 	}
 	if !errors.Is(errToken, ErrKeyCheck) {
 		t.Errorf("checkCopy(token object) = %v, want ErrKeyCheck", errToken)
+	}
+	if n := len(privateObjects(t, tk, id, true)); n != 1 {
+		t.Errorf("%d token objects after checkCopy refused one, want it kept", n)
 	}
 }
 

@@ -63,7 +63,7 @@ func (k *signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byt
 			return nil, &Error{Op: "sign", Kind: state, Err: err}
 		case gen != b.gen && retried:
 			return nil, &Error{Op: "sign", Kind: ErrUnavailable, Err: err}
-		case !retried && (gen != b.gen || objectGone(err)):
+		case !retried && (gen != b.gen || hasCode(err, goneObjectCodes...)):
 			// The token reconnected while this call was on its way, or the object it signed with is
 			// gone (a session copy lost behind this signer's back): once more, with the key found
 			// again. A key destroyed in the token is not found, and that is the error.
@@ -74,12 +74,6 @@ func (k *signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byt
 		}
 		return nil, classify("sign", err)
 	}
-}
-
-// objectGone reports the token's answer for a handle that names no object (any more).
-func objectGone(err error) bool {
-	var code pkcs11.Error
-	return errors.As(err, &code) && (code == pkcs11.CKR_OBJECT_HANDLE_INVALID || code == pkcs11.CKR_KEY_HANDLE_INVALID)
 }
 
 // bound returns the key under the current connection, finding it again (with all of Find's checks) if

@@ -46,9 +46,10 @@ type Token struct {
 	slot uint
 	info pkcs11.TokenInfo
 	pool *sessionPool
-	// keeper is a session held for the whole connection, created unless Config.NoSessionCopies. It owns
-	// the session copies of keys (see sessionCopy), which the token erases when it closes. copyMu
-	// serialises its use.
+	// keeper is a read-only session held for the whole connection, created unless
+	// Config.NoSessionCopies. It owns the session copies of keys (see sessionCopy), which the token
+	// erases when it closes; being read-only, it can create and destroy nothing but session objects.
+	// copyMu serialises its use.
 	keeper    pkcs11.SessionHandle
 	hasKeeper bool
 	copyMu    sync.Mutex
@@ -381,7 +382,7 @@ func (p *sessionPool) with(op string, f func(pkcs11.SessionHandle) error) error 
 		}
 	}
 	err := f(s)
-	if sessionDead(err) {
+	if hasCode(err, deadSessionCodes...) {
 		_ = p.p11.CloseSession(s)
 		s = 0
 	}
