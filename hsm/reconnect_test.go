@@ -18,14 +18,8 @@ import (
 // handed out before sign again, without being loaded anew by their owner.
 func TestReconnect(t *testing.T) {
 	tk := newTestToken(t, "reconnect")
-	_, ec, err := tk.Generate(KeySpec{Type: ECDSA, Curve: elliptic.P256()}, "ec")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, ed, err := tk.Generate(KeySpec{Type: Ed25519}, "ed")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ec := generate(t, tk, KeySpec{Type: ECDSA, Curve: elliptic.P256()}, "ec")
+	_, ed := generate(t, tk, KeySpec{Type: Ed25519}, "ed")
 	d := sha256.Sum256([]byte("m"))
 	sign := func() (error, error) {
 		_, errEC := ec.Sign(nil, d[:], crypto.SHA256)
@@ -38,7 +32,7 @@ func TestReconnect(t *testing.T) {
 
 	// The fault: every session of the slot closed from outside crypto11's and the pool's view.
 	tk.mu.RLock()
-	err = tk.p11.CloseAllSessions(tk.slot)
+	err := tk.p11.CloseAllSessions(tk.slot)
 	tk.mu.RUnlock()
 	if err != nil {
 		t.Fatal(err)
@@ -83,10 +77,7 @@ func TestEd25519StaleHandleRefused(t *testing.T) {
 	tk := newTestToken(t, "stale-ed")
 	var signers []crypto.Signer
 	for range 4 {
-		_, s, err := tk.Generate(KeySpec{Type: Ed25519}, "ed")
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, s := generate(t, tk, KeySpec{Type: Ed25519}, "ed")
 		signers = append(signers, s)
 	}
 	// The inner signers as bound now, as a Sign that raced with the reconnect would hold them.

@@ -38,6 +38,16 @@ func privateObjects(t *testing.T, tk *Token, id []byte, token bool) []pkcs11.Obj
 	return handles
 }
 
+// generate makes a key pair in tk and returns its CKA_ID and signer.
+func generate(t *testing.T, tk *Token, spec KeySpec, label string) ([]byte, crypto.Signer) {
+	t.Helper()
+	id, s, err := tk.Generate(spec, label)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id, s
+}
+
 // signOnce signs a fixed input with s and checks the signature against s's public key.
 func signOnce(s crypto.Signer) (bool, error) {
 	msg := []byte("session copy")
@@ -57,10 +67,7 @@ func signOnce(s crypto.Signer) (bool, error) {
 func TestSessionCopies(t *testing.T) {
 	tk := newTestToken(t, "copies")
 	for _, spec := range []KeySpec{{Type: ECDSA, Curve: elliptic.P256()}, {Type: Ed25519}} {
-		id, s, err := tk.Generate(spec, "copied")
-		if err != nil {
-			t.Fatal(err)
-		}
+		id, s := generate(t, tk, spec, "copied")
 		if n, c := len(privateObjects(t, tk, id, true)), len(privateObjects(t, tk, id, false)); n != 1 || c != 1 {
 			t.Fatalf("%v: %d token objects and %d session copies after Generate, want 1 and 1", spec, n, c)
 		}
@@ -119,14 +126,8 @@ func TestSessionCopies(t *testing.T) {
 func TestOrphanCopiesDropped(t *testing.T) {
 	tk := newTestToken(t, "orphans")
 	spec := KeySpec{Type: ECDSA, Curve: elliptic.P256()}
-	live, liveSigner, err := tk.Generate(spec, "live")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gone, _, err := tk.Generate(spec, "gone")
-	if err != nil {
-		t.Fatal(err)
-	}
+	live, liveSigner := generate(t, tk, spec, "live")
+	gone, _ := generate(t, tk, spec, "gone")
 	liveCopy := privateObjects(t, tk, live, false)
 	// Another process sees only the token objects, and destroys them.
 	for _, h := range privateObjects(t, tk, gone, true) {
@@ -140,10 +141,7 @@ func TestOrphanCopiesDropped(t *testing.T) {
 	tk.copyMu.Lock()
 	tk.lastSweep = time.Time{} // a minute has passed since the last look
 	tk.copyMu.Unlock()
-	kept, _, err := tk.Generate(spec, "kept")
-	if err != nil {
-		t.Fatal(err)
-	}
+	kept, _ := generate(t, tk, spec, "kept")
 	if c := len(privateObjects(t, tk, gone, false)); c != 0 {
 		t.Errorf("%d session copies of the destroyed key after the next load, want none", c)
 	}
@@ -183,10 +181,7 @@ func TestPingChecksCopySession(t *testing.T) {
 // object; shown a token object, it refuses it, and cannot destroy it (the keeper session is read-only).
 func TestCheckCopyRefusesTokenObject(t *testing.T) {
 	tk := newTestToken(t, "check-copy")
-	id, _, err := tk.Generate(KeySpec{Type: ECDSA, Curve: elliptic.P256()}, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
+	id, _ := generate(t, tk, KeySpec{Type: ECDSA, Curve: elliptic.P256()}, "k")
 	c := privateObjects(t, tk, id, false)[0]
 	tk.copyMu.Lock()
 	errCopy := tk.checkCopy("check", tk.keeper, c)
@@ -207,10 +202,7 @@ func TestCheckCopyRefusesTokenObject(t *testing.T) {
 // an error that would pass for the key's or the caller's (the copies outlive crypto11's signs in flight).
 func TestSignDuringReconnect(t *testing.T) {
 	tk := newTestToken(t, "sign-reconnect")
-	_, s, err := tk.Generate(KeySpec{Type: ECDSA, Curve: elliptic.P256()}, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, s := generate(t, tk, KeySpec{Type: ECDSA, Curve: elliptic.P256()}, "k")
 	d := sha256.Sum256([]byte("m"))
 	var stop atomic.Bool
 	var wg sync.WaitGroup
@@ -257,10 +249,7 @@ func TestNoSessionCopies(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = tk.Close() })
 	for _, spec := range []KeySpec{{Type: ECDSA, Curve: elliptic.P256()}, {Type: Ed25519}} {
-		id, s, err := tk.Generate(spec, "plain")
-		if err != nil {
-			t.Fatal(err)
-		}
+		id, s := generate(t, tk, spec, "plain")
 		if c := len(privateObjects(t, tk, id, false)); c != 0 {
 			t.Errorf("%v: %d session copies, want none", spec, c)
 		}
