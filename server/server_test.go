@@ -43,19 +43,27 @@ func (f faultySigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, 
 	return f.Signer.Sign(r, d, o)
 }
 
-// TestBackendFailures injects failures at the key seam and checks the status callers see: retryable
-// UNAVAILABLE for a busy or lost token, INTERNAL for anything else, never the backend's detail; and the
-// server signs again once the fault clears.
-func TestBackendFailures(t *testing.T) {
+// wrappedServer starts a test server whose keys sign through wrap (the fault-injection seam), creates the
+// ES256 key "k", and returns a client of it, closed at cleanup.
+func wrappedServer(t *testing.T, wrap func(crypto.Signer) crypto.Signer) *client.Client {
+	t.Helper()
 	srv := clienttest.NewServer(t, clienttest.DefaultPolicy())
-	var fault atomic.Pointer[error]
-	srv.Store.Wrap = func(s crypto.Signer) crypto.Signer { return faultySigner{s, &fault} }
+	srv.Store.Wrap = wrap
 	srv.CreateKey(t, "k", jose.ES256)
 	c, err := client.Dial(srv.Addr, client.Options{TLSConfig: srv.ClientTLS})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// TestBackendFailures injects failures at the key seam and checks the status callers see: retryable
+// UNAVAILABLE for a busy or lost token, INTERNAL for anything else, never the backend's detail; and the
+// server signs again once the fault clears.
+func TestBackendFailures(t *testing.T) {
+	var fault atomic.Pointer[error]
+	c := wrappedServer(t, func(s crypto.Signer) crypto.Signer { return faultySigner{s, &fault} })
 	sign := func() error {
 		_, err := c.Signer().Sign(context.Background(), &signerv1.SignRequest{Key: "k", Input: &signerv1.SignRequest_Message{Message: []byte("m")}})
 		return err
@@ -99,14 +107,7 @@ func (s slowSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, er
 // TestDeadlineWhileWaitingForSlot fills every signing slot and checks that a request whose deadline
 // passes while it waits gets DEADLINE_EXCEEDED without reaching the key.
 func TestDeadlineWhileWaitingForSlot(t *testing.T) {
-	srv := clienttest.NewServer(t, clienttest.DefaultPolicy())
-	srv.Store.Wrap = func(s crypto.Signer) crypto.Signer { return slowSigner{s} }
-	srv.CreateKey(t, "k", jose.ES256)
-	c, err := client.Dial(srv.Addr, client.Options{TLSConfig: srv.ClientTLS})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := wrappedServer(t, func(s crypto.Signer) crypto.Signer { return slowSigner{s} })
 	req := &signerv1.SignRequest{Key: "k", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}
 	done := make(chan error, 4)
 	for range 4 { // clienttest's MaxInFlight
@@ -144,17 +145,10 @@ func (g garbageSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte,
 // TestMalformedSignatureFromToken: when the token returns something that is not a signature, the JOSE
 // conversions fail with INTERNAL and no detail, not INVALID_ARGUMENT (the caller did nothing wrong).
 func TestMalformedSignatureFromToken(t *testing.T) {
-	srv := clienttest.NewServer(t, clienttest.DefaultPolicy())
 	var garbage atomic.Bool
-	srv.Store.Wrap = func(s crypto.Signer) crypto.Signer { return garbageSigner{s, &garbage} }
-	srv.CreateKey(t, "k", jose.ES256)
-	c, err := client.Dial(srv.Addr, client.Options{TLSConfig: srv.ClientTLS})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := wrappedServer(t, func(s crypto.Signer) crypto.Signer { return garbageSigner{s, &garbage} })
 	garbage.Store(true)
-	_, err = c.Signer().Sign(context.Background(), &signerv1.SignRequest{Key: "k", Format: signerv1.SignatureFormat_SIGNATURE_FORMAT_JOSE,
+	_, err := c.Signer().Sign(context.Background(), &signerv1.SignRequest{Key: "k", Format: signerv1.SignatureFormat_SIGNATURE_FORMAT_JOSE,
 		Input: &signerv1.SignRequest_Message{Message: []byte("m")}})
 	if st := status.Convert(err); st.Code() != codes.Internal || st.Message() != "internal error" {
 		t.Errorf("Sign (JOSE) with a garbage signature from the token = %v, want Internal with no detail", err)
