@@ -291,14 +291,9 @@ func (t *Token) find(spec KeySpec, id []byte) (*signer, error) {
 		// crypto11 finds keys by attributes only, so the one to sign with is told apart by CKA_TOKEN.
 		// Only an empty result means the pair is not there; any other failure (no free session, a lost
 		// login) is the token's and must not pass for a missing key.
-		match := crypto11.AttributeSet{}
-		if err = match.Set(crypto11.CkaId, id); err == nil {
-			err = match.Set(crypto11.CkaToken, !isCopy)
-		}
 		var pairs []crypto11.Signer
-		if err == nil {
-			pairs, err = c11.FindKeyPairsWithAttributes(match)
-		}
+		pairs, err = c11.FindKeyPairsWithAttributes(toAttributeSet([]*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_ID, id), pkcs11.NewAttribute(pkcs11.CKA_TOKEN, !isCopy)}))
 		switch {
 		case err != nil:
 			err = classify(op, err)
@@ -417,10 +412,10 @@ func (t *Token) checkPrivateObject(op string, spec KeySpec, id []byte) (pkcs11.O
 func (t *Token) sessionCopy(op string, id []byte, priv pkcs11.ObjectHandle, gen uint64) (_ pkcs11.ObjectHandle, isCopy bool, err error) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	switch {
-	case t.closed:
-		return 0, false, &Error{Op: op, Kind: ErrClosed}
-	case !t.connected || t.gen.Load() != gen:
+	switch err := t.usable(op); {
+	case err != nil:
+		return 0, false, err
+	case t.gen.Load() != gen:
 		return 0, false, &Error{Op: op, Kind: ErrUnavailable, Err: errStaleHandle}
 	case !t.hasKeeper:
 		return priv, false, nil

@@ -236,6 +236,9 @@ func TestSignDuringReconnect(t *testing.T) {
 	for err := range errs {
 		t.Errorf("Sign during Reconnect = %v, want success or an unavailable error", err)
 	}
+	if ok, err := signOnce(s); !ok {
+		t.Errorf("Sign after the reconnects = %v", err)
+	}
 }
 
 // TestNoSessionCopies: with Config.NoSessionCopies the token holds no session objects and keys sign as

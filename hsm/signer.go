@@ -57,10 +57,10 @@ func (k *signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byt
 			return sig, nil
 		}
 		// A Reconnect or Close under way may be what failed the call: its outcome decides.
-		gen, state := k.t.settled()
+		_, gen, cerr := k.t.context()
 		switch {
-		case state != nil:
-			return nil, &Error{Op: "sign", Kind: state, Err: err}
+		case cerr != nil:
+			return nil, cerr
 		case gen != b.gen && retried:
 			return nil, &Error{Op: "sign", Kind: ErrUnavailable, Err: err}
 		case !retried && (gen != b.gen || hasCode(err, goneObjectCodes...)):

@@ -77,7 +77,7 @@ func Open(cfg Config) (*Token, error) {
 			return nil, err
 		}
 	}
-	if err := t.connect(); err != nil {
+	if err := t.local.write(t.connectLocked); err != nil {
 		t.local.close()
 		return nil, err
 	}
@@ -85,15 +85,11 @@ func Open(cfg Config) (*Token, error) {
 	return t, nil
 }
 
-// connect opens crypto11 and the raw handle, logs in and selects the slot. The caller holds mu for
-// writing (or owns t alone). Initialising the module writes the token's generation file, and login and
-// slot listing read the token's files: none of it may overlap another local process's object-store
-// work (seen here as a token that "cannot be found" while other processes write), so it all runs under
-// the local lock.
-func (t *Token) connect() error {
-	return t.local.write(t.connectLocked)
-}
-
+// connectLocked opens crypto11 and the raw handle, logs in and selects the slot. The caller holds the
+// local lock exclusively and mu for writing (or owns t alone): initialising the module writes the
+// token's generation file, and login and slot listing read the token's files, so none of it may overlap
+// another local process's object-store work (seen here as a token that "cannot be found" while other
+// processes write).
 func (t *Token) connectLocked() error {
 	cfg := t.cfg
 	c11cfg := &crypto11.Config{
@@ -191,40 +187,33 @@ func (t *Token) Reconnect() error {
 func (t *Token) with(op string, f func(pkcs11.SessionHandle) error) error {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
+	if err := t.usable(op); err != nil {
+		return err
+	}
+	return t.pool.with(op, f)
+}
+
+// usable says why the connection cannot be used (closed, or not connected), if it cannot. The caller
+// holds mu.
+func (t *Token) usable(op string) error {
 	switch {
 	case t.closed:
 		return &Error{Op: op, Kind: ErrClosed}
 	case !t.connected:
 		return &Error{Op: op, Kind: ErrUnavailable, Err: errors.New("not connected")}
 	}
-	return t.pool.with(op, f)
+	return nil
 }
 
-// context returns the current crypto11 context and connection generation.
+// context returns the current crypto11 context and connection generation. Since it takes mu, it also
+// waits for a Reconnect or Close under way.
 func (t *Token) context() (*crypto11.Context, uint64, error) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	switch {
-	case t.closed:
-		return nil, 0, &Error{Op: "hsm", Kind: ErrClosed}
-	case !t.connected:
-		return nil, 0, &Error{Op: "hsm", Kind: ErrUnavailable, Err: errors.New("not connected")}
+	if err := t.usable("hsm"); err != nil {
+		return nil, 0, err
 	}
 	return t.c11, t.gen.Load(), nil
-}
-
-// settled waits for a Reconnect or Close under way and returns the connection generation then, with
-// ErrClosed or ErrUnavailable if the token is closed or not connected.
-func (t *Token) settled() (uint64, error) {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	switch {
-	case t.closed:
-		return 0, ErrClosed
-	case !t.connected:
-		return 0, ErrUnavailable
-	}
-	return t.gen.Load(), nil
 }
 
 // describeOpenError turns crypto11's Configure errors into messages that name the failing part.
