@@ -216,15 +216,19 @@ func issue(t testing.TB, ca *devca.CA, req devca.Request) *devca.Leaf {
 
 var servingRE = regexp.MustCompile(`msg="signerd serving" addr=(\S+) http=(\S*)`)
 
-// serve starts `signerd serve --config cfgPath` and waits until it listens. stop interrupts the process
-// and waits for it; cleanup calls it too.
-func serve(t testing.TB, cfgPath string) (addr, httpURL string, log *lockedBuffer, stop func(), proc *os.Process) {
+// serve starts `signerd serve --config cfgPath` and waits until it listens; each of started is called
+// with the process as soon as it runs. stop interrupts the process and waits for it; cleanup calls it
+// too.
+func serve(t testing.TB, cfgPath string, started ...func(*os.Process)) (addr, httpURL string, log *lockedBuffer, stop func(), proc *os.Process) {
 	t.Helper()
 	cmd := exec.Command(signerdBin, "serve", "--config", cfgPath)
 	pr, pw := io.Pipe()
 	cmd.Stderr = pw
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range started {
+		f(cmd.Process)
 	}
 	buf := &lockedBuffer{}
 	addrc := make(chan []string, 1)

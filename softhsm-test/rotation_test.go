@@ -447,6 +447,62 @@ func TestSIGHUPReload(t *testing.T) {
 	if !strings.Contains(in.stderr.String(), "reload failed") {
 		t.Errorf("daemon log lacks the failed reload:\n%s", in.stderr)
 	}
+
+	// A reload is all or nothing: a new gRPC certificate next to an HTTPS key pair that does not load
+	// leaves both listeners with the certificate they had.
+	again := issue(t, in.ca, devca.Request{CommonName: "server-again", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true})
+	if err := again.WriteFiles(filepath.Join(in.dir, "server.pem"), filepath.Join(in.dir, "server-key.pem")); err != nil {
+		t.Fatal(err)
+	}
+	writeConfig(t, in.cfgPath, strings.Replace(good, "http:\n", "http:\n  cert_file: "+filepath.Join(in.dir, "ca.pem")+
+		"\n  key_file: "+filepath.Join(in.dir, "server-key.pem")+"\n", 1)) // the CA's certificate, the server's key
+	if err := in.proc.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the half-broken reload is refused", func() error {
+		if n := strings.Count(in.stderr.String(), "reload failed"); n != 2 {
+			return fmt.Errorf("%d failed reloads logged, want 2", n)
+		}
+		return nil
+	})
+	for _, addr := range []string{in.addr, strings.TrimPrefix(in.httpURL, "https://")} {
+		if cn := served(addr); cn != "server-renewed" {
+			t.Errorf("%s serves %q after a refused reload, want the previous server-renewed", addr, cn)
+		}
+	}
+}
+
+// TestSIGHUPDuringStartup: a reload asked for while the daemon is still opening the token and loading
+// its keys neither kills it nor is lost: the daemon carries it out once it serves.
+func TestSIGHUPDuringStartup(t *testing.T) {
+	lockFile := filepath.Join(t.TempDir(), "token.lock")
+	in := startInstance(t, instanceOptions{keys: map[string]string{"es256": "ES256"}, edit: func(cfg string) string {
+		return strings.Replace(cfg, "hsm:\n", "hsm:\n  lock_file: "+lockFile+"\n", 1)
+	}})
+	in.stop()
+	// Holding the token's local lock keeps the next daemon starting (it cannot open the token) for as
+	// long as the test likes.
+	f, err := os.OpenFile(lockFile, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	_, _, log, _, _ := serve(t, in.cfgPath, func(p *os.Process) {
+		time.Sleep(300 * time.Millisecond) // past the Go runtime's start and the config; at the lock
+		if err := p.Signal(syscall.SIGHUP); err != nil {
+			t.Error(err)
+		}
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	})
+	eventually(t, "the reload asked for during start-up is carried out", func() error {
+		if !strings.Contains(log.String(), "msg=reloaded") {
+			return fmt.Errorf("no reload logged:\n%s", log)
+		}
+		return nil
+	})
 }
 
 // TestConcurrentAdminOnTwoDaemons has two daemons change keys on one token at the same time (emergency

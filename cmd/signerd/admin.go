@@ -62,11 +62,7 @@ func checkSettings(cfg *config.Config, name string, st keyring.Settings) error {
 	if err != nil {
 		return err
 	}
-	var minPrepublish time.Duration
-	if cfg.HTTP.Listen != "" {
-		minPrepublish = cfg.HTTP.JWKSMaxAge
-	}
-	return st.CheckAgainst(minPrepublish, policy.MaxTTL(name))
+	return st.CheckAgainst(minPrepublish(cfg), policy.MaxTTL(name))
 }
 
 func cmdKeys(args []string, stdout io.Writer) error {

@@ -80,6 +80,8 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer unlock()
+	hup, stopHup := reloadSignal()
+	defer stopHup()
 	cfgPath, err := devSetup(abs, *addr, *httpAddr)
 	if err != nil {
 		return fmt.Errorf("dev setup in %s: %w", abs, err)
@@ -105,7 +107,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
     -d '{"key":"dev-es256","message":"aGVsbG8="}' "$SIGNERD_ADDR" signer.v1.Signer/Sign
 Ctrl-C stops it; the token and keys stay in %[4]s for next time.
 `, listen, devToken, strings.Join(d.ring.Snapshot().Names(), ", "), abs, httpURL)
-	return d.run(ctx, cfg.RefreshInterval)
+	return d.run(ctx, cfg.RefreshInterval, hup)
 }
 
 // lockDevDir creates dir if needed, checks that it is this user's and writable by nobody else (it will

@@ -33,9 +33,6 @@ const usage = `usage:
 `
 
 func main() {
-	// A reload (SIGHUP) that arrives while the daemon is still starting must not kill it: the daemon
-	// reads its config as it starts anyway, and handles SIGHUP itself once it serves.
-	signal.Ignore(syscall.SIGHUP)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -126,6 +123,8 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if *cfgPath == "" {
 		return fmt.Errorf("%w: serve: --config is required", errUsage)
 	}
+	hup, stopHup := reloadSignal()
+	defer stopHup()
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {
 		return err
@@ -135,5 +134,5 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return d.run(ctx, cfg.RefreshInterval)
+	return d.run(ctx, cfg.RefreshInterval, hup)
 }

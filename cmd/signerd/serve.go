@@ -80,6 +80,8 @@ type daemon struct {
 	httpCert atomic.Pointer[tls.Certificate]
 	// clientCAs is swapped on reload; the TLS config reads it per handshake.
 	clientCAs atomic.Pointer[x509.CertPool]
+	// prepublish is minPrepublish of the config the daemon started with (a reload does not change it).
+	prepublish time.Duration
 }
 
 // startDaemon opens the token, loads the keys, checks the policy against them and starts listening.
@@ -106,16 +108,18 @@ func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemo
 	if err != nil {
 		return nil, err
 	}
-	if err := d.loadTLS(cfg); err != nil {
+	files, err := loadTLS(cfg)
+	if err != nil {
 		return nil, err
 	}
+	d.useTLS(files)
 	if d.audit, err = openAudit(cfg.Audit.File); err != nil {
 		return nil, err
 	}
-	prepublish := minPrepublish(cfg)
-	d.warnShortSettings(prepublish, policy)
+	d.prepublish = minPrepublish(cfg)
+	d.warnShortSettings(d.prepublish, policy)
 	d.metrics = d.newMetrics()
-	d.srv, err = server.New(server.Config{Keys: d.ring, Manager: d.ring, MinPrepublish: prepublish, Metrics: d.metrics,
+	d.srv, err = server.New(server.Config{Keys: d.ring, Manager: d.ring, MinPrepublish: d.prepublish, Metrics: d.metrics,
 		Policy: policy, MaxInFlight: cfg.HSM.MaxSessions - 1,
 		RatePerSecond: cfg.Limits.RatePerSecond, Burst: cfg.Limits.Burst, Leeway: cfg.JWT.Leeway,
 		Audit: d.audit, Log: log})
@@ -214,9 +218,6 @@ func (d *daemon) newMetrics() *prometheus.Registry {
 
 // startHTTP opens the public HTTPS listener: server-authenticated TLS only, since it serves public data.
 func (d *daemon) startHTTP(cfg *config.Config) error {
-	if err := d.loadHTTPCert(cfg); err != nil {
-		return err
-	}
 	var err error
 	if d.httpLis, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
 		return fmt.Errorf("http.listen: %w", err)
@@ -257,33 +258,54 @@ func (d *daemon) setHealth(ok bool) {
 	d.health.SetServingStatus("signer.v1.Signer", st)
 }
 
-// loadHTTPCert reads the public listener's certificate (reloaded on SIGHUP like the rest).
-func (d *daemon) loadHTTPCert(cfg *config.Config) error {
-	cert, err := tls.LoadX509KeyPair(cfg.HTTP.CertFile, cfg.HTTP.KeyFile)
-	if err != nil {
-		return fmt.Errorf("http.cert_file/http.key_file: %w", err)
-	}
-	d.httpCert.Store(&cert)
-	return nil
+// tlsFiles is the certificate material read from the files the config names; a reload replaces it as
+// a whole or not at all.
+type tlsFiles struct {
+	cert      *tls.Certificate
+	clientCAs *x509.CertPool
+	httpCert  *tls.Certificate // nil without the HTTPS listener
 }
 
-// loadTLS reads the server certificate and the client CA bundle.
-func (d *daemon) loadTLS(cfg *config.Config) error {
-	cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
-	if err != nil {
-		return fmt.Errorf("tls.cert_file/tls.key_file: %w", err)
+// loadTLS reads the server certificate, the client CA bundle and, with the HTTPS listener, its
+// certificate.
+func loadTLS(cfg *config.Config) (*tlsFiles, error) {
+	var f tlsFiles
+	var err error
+	if f.cert, err = loadKeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile, "tls"); err != nil {
+		return nil, err
 	}
 	pem, err := os.ReadFile(cfg.TLS.ClientCAFile)
 	if err != nil {
-		return fmt.Errorf("tls.client_ca_file: %w", err)
+		return nil, fmt.Errorf("tls.client_ca_file: %w", err)
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return fmt.Errorf("tls.client_ca_file: no certificate in %s", cfg.TLS.ClientCAFile)
+	f.clientCAs = x509.NewCertPool()
+	if !f.clientCAs.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("tls.client_ca_file: no certificate in %s", cfg.TLS.ClientCAFile)
 	}
-	d.cert.Store(&cert)
-	d.clientCAs.Store(pool)
-	return nil
+	if cfg.HTTP.Listen != "" {
+		if f.httpCert, err = loadKeyPair(cfg.HTTP.CertFile, cfg.HTTP.KeyFile, "http"); err != nil {
+			return nil, err
+		}
+	}
+	return &f, nil
+}
+
+// loadKeyPair reads a certificate and its key; section names the config section in errors.
+func loadKeyPair(certFile, keyFile, section string) (*tls.Certificate, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("%[1]s.cert_file/%[1]s.key_file: %[2]w", section, err)
+	}
+	return &cert, nil
+}
+
+// useTLS makes f the material the listeners hand out from the next handshake on.
+func (d *daemon) useTLS(f *tlsFiles) {
+	d.cert.Store(f.cert)
+	d.clientCAs.Store(f.clientCAs)
+	if f.httpCert != nil {
+		d.httpCert.Store(f.httpCert)
+	}
 }
 
 func openAudit(file string) (*audit.Log, error) {
@@ -297,11 +319,17 @@ func openAudit(file string) (*audit.Log, error) {
 	return l, nil
 }
 
-// run serves until ctx ends, refreshing keys and health in the background and reloading on SIGHUP.
-func (d *daemon) run(ctx context.Context, refresh time.Duration) error {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+// reloadSignal starts catching SIGHUP for the daemon's run loop. It is called before the config is
+// read, so that a reload asked for while the daemon starts is kept (one is enough) and carried out once
+// it serves, instead of killing it or being lost.
+func reloadSignal() (hup <-chan os.Signal, stop func()) {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGHUP)
+	return c, func() { signal.Stop(c) }
+}
+
+// run serves until ctx ends, refreshing keys and health in the background and reloading on hup.
+func (d *daemon) run(ctx context.Context, refresh time.Duration, hup <-chan os.Signal) error {
 
 	errc := make(chan error, 2)
 	go func() {
@@ -455,18 +483,20 @@ func (d *daemon) reload() {
 	if err == nil {
 		policy, err = authz.Compile(cfg.Policy, d.ring.Snapshot().Exists)
 	}
+	var files *tlsFiles
 	if err == nil {
-		err = d.loadTLS(cfg)
-	}
-	if err == nil && d.httpSrv != nil {
-		err = d.loadHTTPCert(cfg)
+		files, err = loadTLS(cfg)
 	}
 	if err != nil {
 		d.log.Error("reload failed; keeping the previous configuration", "err", err)
 		return
 	}
+	d.useTLS(files)
 	d.srv.SetPolicy(policy)
-	d.warnShortSettings(minPrepublish(cfg), policy)
+	if minPrepublish(cfg) != d.prepublish {
+		d.log.Warn("reload: http.listen and http.jwks_max_age take effect at the next start")
+	}
+	d.warnShortSettings(d.prepublish, policy)
 	d.log.Info("reloaded", "keys", len(d.ring.Snapshot().Names()))
 }
 
