@@ -176,7 +176,7 @@ func (j *JWKSKeyfunc) lookup(kid string) (jwksKey, error) {
 	j.mu.Lock()
 	k, ok := j.keys[kid]
 	usable := now.Before(j.expires.Add(jwksMaxStale))
-	expires := j.expires
+	expires, nextFetch := j.expires, j.fetched.Add(j.minRefresh)
 	j.mu.Unlock()
 	switch {
 	case ok && usable:
@@ -185,7 +185,7 @@ func (j *JWKSKeyfunc) lookup(kid string) (jwksKey, error) {
 		return jwksKey{}, fmt.Errorf("kid %q: %w (expired %s): %w", kid, ErrStaleJWKS, expires.Format(time.RFC3339), fetchErr)
 	case ok:
 		return jwksKey{}, fmt.Errorf("kid %q: %w (expired %s; next fetch after %s)", kid, ErrStaleJWKS,
-			expires.Format(time.RFC3339), now.Add(j.minRefresh).Format(time.RFC3339))
+			expires.Format(time.RFC3339), nextFetch.Format(time.RFC3339))
 	case fetchErr != nil:
 		return jwksKey{}, fmt.Errorf("kid %q: %w", kid, fetchErr)
 	}
