@@ -18,14 +18,9 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
-	"github.com/signerd/signerd/client"
 	"github.com/signerd/signerd/client/clienttest"
 	"github.com/signerd/signerd/devca"
 	"github.com/signerd/signerd/jose"
-	signerv1 "github.com/signerd/signerd/proto/signer/v1"
 )
 
 // keyName is the name tests give the key of algorithm alg.
@@ -182,23 +177,8 @@ func TestSignJSON(t *testing.T) {
 	}
 }
 
-// requireSignJWT skips the test if the server does not implement SignJWT yet.
-func requireSignJWT(t *testing.T, srv *clienttest.Server) {
-	t.Helper()
-	c, err := client.Dial(srv.Addr, client.Options{TLSConfig: srv.ClientTLS})
-	if err != nil {
-		t.Fatalf("Dial() = %v", err)
-	}
-	defer c.Close()
-	_, err = c.Signer().SignJWT(t.Context(), &signerv1.SignJWTRequest{Key: "es256", ClaimsJson: `{"sub":"probe"}`})
-	if status.Code(err) == codes.Unimplemented {
-		t.Skipf("the server does not implement SignJWT yet (%v); these tests run once it does", err)
-	}
-}
-
 func TestJWTRoundTrip(t *testing.T) {
-	srv := setup(t, jose.ES256)
-	requireSignJWT(t, srv)
+	setup(t, jose.ES256)
 	kid, _ := jose.Thumbprint(publicKey(t, "es256"))
 
 	// signerctl jwt sign --key es256 --claims '{"sub":"x"}' | signerctl jwt verify

@@ -138,11 +138,9 @@ func lockDevDir(dir string) (func(), error) {
 	return func() { _ = f.Close() }, nil
 }
 
-// devSetup creates or reuses everything under dir and returns the config file's path.
+// devSetup creates or reuses everything under dir (which lockDevDir made) and returns the config
+// file's path.
 func devSetup(dir, addr, httpAddr string) (string, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
-	}
 	conf := filepath.Join(dir, "softhsm2.conf")
 	tokens := filepath.Join(dir, "tokens")
 	if err := os.MkdirAll(tokens, 0o700); err != nil {
