@@ -222,8 +222,7 @@ func (l *Log) record(e Event) {
 	// Hash is the last member and empty here: the line with its hash is this one with the hash filled
 	// in, so it is marshalled once (this runs twice per signature).
 	l.prev = hashLine(line)
-	l.pending = append(l.pending, line[:len(line)-len(emptyHashTail)]...)
-	l.pending = append(l.pending, `"`+l.prev+`"}`+"\n"...)
+	l.pending = append(withHash(l.pending, line, l.prev), '\n')
 }
 
 // RecordNow appends e like Record and returns once its line is written out, so that it is in the file
@@ -274,6 +273,13 @@ func (l *Log) writeOut(upTo uint64) error {
 
 // emptyHashTail ends every event line before its hash is filled in.
 const emptyHashTail = `""}`
+
+// withHash appends to dst the event line unhashed (marshalled with Hash empty) with its hash h filled
+// in: the canonical form of a line, which Record writes and Verify checks.
+func withHash(dst, unhashed []byte, h string) []byte {
+	dst = append(dst, unhashed[:len(unhashed)-len(emptyHashTail)]...)
+	return append(dst, `"`+h+`"}`...)
+}
 
 func hashLine(line []byte) string {
 	h := sha256.Sum256(line)
@@ -337,7 +343,7 @@ func Verify(r io.Reader) (int, error) {
 			return n - 1, fmt.Errorf("audit: line %d: hash mismatch: line was altered", n)
 		}
 		// The line must be exactly what Record wrote, so that its bytes are what the hash covers.
-		written := append(unhashed[:len(unhashed)-len(emptyHashTail)], `"`+want+`"}`...)
+		written := withHash(nil, unhashed, want)
 		if !bytes.Equal(sc.Bytes(), written) {
 			return n - 1, fmt.Errorf("audit: line %d: not in canonical form", n)
 		}
