@@ -113,13 +113,10 @@ func (r *Ring) refreshLocked() error {
 	raw, err := r.store.ReadRecords()
 	if err != nil {
 		// The records cannot be read, but the clock still moves: states are derived again from the
-		// records already held, so that a grace period ends on time even while the token is down.
-		if prev := r.snap.Load(); len(prev.keys) > 0 {
-			metas := make(map[string]*Meta, len(prev.keys))
-			for name, k := range prev.keys {
-				metas[name] = k.meta
-			}
-			_ = r.publish(metas, nil)
+		// records already held (publish keeps every key a listing lacks), so that a grace period ends
+		// on time even while the token is down.
+		if len(r.snap.Load().keys) > 0 {
+			_ = r.publish(nil, nil)
 		}
 		return fmt.Errorf("keyring: read records: %w", err)
 	}

@@ -66,7 +66,7 @@ func TestRefreshKeepsWorkingKeysOnError(t *testing.T) {
 	store := keyringtest.NewMemoryStore()
 	r := openRing(t, store, keyring.Options{})
 	mustCreate(t, r, "a", keyring.DefaultSettings())
-	other, _ := keyring.Open(store, keyring.Options{})
+	other := openRing(t, store, keyring.Options{})
 	mustCreate(t, other, "b", keyring.DefaultSettings())
 	store.FailLoad = errors.New("injected token failure")
 	if err := r.Refresh(); err == nil {
