@@ -89,11 +89,9 @@ func (l *localLock) write(f func() error) error {
 	if l == nil || l.held.Load() {
 		return f()
 	}
-	l.rw.Lock()
-	defer l.rw.Unlock()
-	l.flock(syscall.LOCK_EX)
-	defer l.flock(syscall.LOCK_UN)
-	return f()
+	var err error
+	l.exclusive(func() { err = f() })
+	return err
 }
 
 // exclusive runs f holding the lock exclusively, like write, but it also waits for a change under
