@@ -271,11 +271,16 @@ func (m *Meta) due(now time.Time) bool {
 	return active == nil || !now.Before(active.ActivateAt.Add(m.RotationPeriod.D()))
 }
 
+// DestroyedVersion is a version DestroyExpired destroyed, with its key's name.
+type DestroyedVersion struct {
+	Key string
+	Version
+}
+
 // DestroyExpired destroys the key pairs of every version past its grace period, except in keys that
-// keep retired versions. A running daemon calls it after each refresh; it returns what it destroyed as
-// "key/version".
-func (r *Ring) DestroyExpired() ([]string, error) {
-	var done []string
+// keep retired versions. A running daemon calls it after each refresh; it returns what it destroyed.
+func (r *Ring) DestroyExpired() ([]DestroyedVersion, error) {
+	var done []DestroyedVersion
 	var errs []error
 	for _, name := range r.Snapshot().Names() {
 		k, _ := r.Snapshot().Key(name)
@@ -295,7 +300,7 @@ func (r *Ring) DestroyExpired() ([]string, error) {
 					return nil, nil, fmt.Errorf("keyring: destroy %q version %d: %w", name, i+1, err)
 				}
 				cur.Versions[i].DestroyedAt = &now
-				done = append(done, fmt.Sprintf("%s/%d", name, i+1))
+				done = append(done, DestroyedVersion{Key: name, Version: cur.Versions[i]})
 				n++
 			}
 			if n == 0 {

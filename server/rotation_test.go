@@ -178,8 +178,8 @@ func TestStagedRotationWalk(t *testing.T) {
 
 	// The daemon then destroys v1 in the token; the record keeps its kid as destroyed.
 	done, err := r.ring.DestroyExpired()
-	if err != nil || len(done) != 1 || done[0] != "k/1" {
-		t.Fatalf("DestroyExpired = %v, %v; want [k/1]", done, err)
+	if err != nil || len(done) != 1 || done[0].Key != "k" || done[0].Number != 1 || done[0].Kid != v1 {
+		t.Fatalf("DestroyExpired = %+v, %v; want k version 1 (%s)", done, err, v1)
 	}
 	kk, _ := r.ring.Snapshot().Key("k")
 	if kk.Versions[0].State != keyring.Destroyed || kk.Versions[0].Kid != v1 {

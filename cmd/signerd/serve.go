@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -433,6 +432,9 @@ func (d *daemon) checkToken() {
 	d.setHealth(true)
 }
 
+// opDestroyExpired is the audit op of a version the daemon destroys after its grace.
+const opDestroyExpired = "destroy_expired"
+
 // refresh re-reads the keys from the token, destroys versions past their grace (unless their key keeps
 // them), and schedules the next transition.
 func (d *daemon) refresh(transition *time.Timer) {
@@ -441,10 +443,9 @@ func (d *daemon) refresh(transition *time.Timer) {
 	}
 	destroyed, err := d.ring.DestroyExpired()
 	for _, v := range destroyed {
-		d.log.Info("destroyed expired version", "version", v)
-		key, n, _ := strings.Cut(v, "/")
-		d.audit.Record(audit.Event{Identity: "signerd", Op: "destroy_expired", Key: key, Outcome: audit.OutcomeOK,
-			Reason: "version " + n + " past its grace"})
+		d.log.Info("destroyed expired version", "key", v.Key, "version", v.Number, "kid", v.Kid)
+		d.audit.Record(audit.Event{Identity: "signerd", Op: opDestroyExpired, Key: v.Key, Kid: v.Kid,
+			Outcome: audit.OutcomeOK, Reason: fmt.Sprintf("version %d past its grace", v.Number)})
 	}
 	if err != nil {
 		d.log.Error("destroying expired versions failed", "err", err)
