@@ -37,11 +37,7 @@ func (t *Token) TryLock(name string, ttl time.Duration) (func() error, error) {
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, err
 	}
-	l := &tokenLock{t: t, name: name, owner: hex.EncodeToString(nonce), ttl: ttl, tmpl: []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
-		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, lockApplication),
-		pkcs11.NewAttribute(pkcs11.CKA_LABEL, name),
-	}}
+	l := &tokenLock{t: t, name: name, owner: hex.EncodeToString(nonce), ttl: ttl, tmpl: dataTemplate(lockApplication, name)}
 	if err := l.write("lock", l.acquire); err != nil {
 		return nil, err
 	}
@@ -152,10 +148,7 @@ func (l *tokenLock) renewUntil(stop <-chan struct{}) error {
 // create makes a lock object of the holder's that expires ttl from now.
 func (l *tokenLock) create(s pkcs11.SessionHandle) (pkcs11.ObjectHandle, error) {
 	val, _ := json.Marshal(lockValue{Owner: l.owner, Expires: time.Now().Add(l.ttl).UnixNano()})
-	return l.t.p11.CreateObject(s, append(l.tmpl,
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_VALUE, val)))
+	return l.t.createData(s, l.tmpl, val)
 }
 
 // destroyOwn destroys the holder's lock objects but keep (0 keeps none).

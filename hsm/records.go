@@ -2,6 +2,7 @@ package hsm
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/miekg/pkcs11"
 )
@@ -60,11 +61,7 @@ func (t *Token) putRecord(name string, value []byte) error {
 		if err != nil {
 			return err
 		}
-		tmpl := append(recordTemplate(name),
-			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-			pkcs11.NewAttribute(pkcs11.CKA_VALUE, value))
-		if _, err := t.p11.CreateObject(s, tmpl); err != nil {
+		if _, err := t.createData(s, recordTemplate(name), value); err != nil {
 			return fmt.Errorf("create record: %w", err)
 		}
 		// The new record is written; an old one that cannot be destroyed now is harmless (readers take
@@ -77,15 +74,28 @@ func (t *Token) putRecord(name string, value []byte) error {
 	})
 }
 
-func recordTemplate(name string) []*pkcs11.Attribute {
+// recordTemplate matches key records: all of them, or key name's.
+func recordTemplate(name string) []*pkcs11.Attribute { return dataTemplate(Application, name) }
+
+// dataTemplate matches signerd's CKO_DATA objects of application app: all of them, or those labelled
+// label.
+func dataTemplate(app, label string) []*pkcs11.Attribute {
 	tmpl := []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
-		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, Application),
+		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, app),
 	}
-	if name != "" {
-		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_LABEL, name))
+	if label != "" {
+		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_LABEL, label))
 	}
 	return tmpl
+}
+
+// createData creates a private token data object that tmpl (a dataTemplate) matches, holding value.
+func (t *Token) createData(s pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, value []byte) (pkcs11.ObjectHandle, error) {
+	return t.p11.CreateObject(s, append(slices.Clip(tmpl),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE, value)))
 }
 
 // reindex makes the token re-read its object list now, before a write (see localLock). Any search does.
