@@ -3,7 +3,9 @@ package softhsmtest_test
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,6 +18,27 @@ import (
 	signerv1 "github.com/signerd/signerd/proto/signer/v1"
 )
 
+// Each comparison runs its contenders in turn, in benchRounds rounds of benchSlice each (the order
+// reversed every other round), and reports every contender's median rate and every ratio as the median
+// of the ratios measured within one round. On a shared machine the speed drifts by tens of percent
+// within a minute; contenders measured seconds apart, one after the other, would compare the drift as
+// much as the code.
+const (
+	benchRounds = 5
+	benchSlice  = 500 * time.Millisecond
+	// benchMaxOps bounds one slice by count as well as by time.
+	benchMaxOps = 1_000_000
+)
+
+// contender is one of the operations a comparison measures.
+type contender struct {
+	name string
+	op   func() error
+}
+
+// ratio is a figure a comparison reports: rate of contender num as a percentage of contender den.
+type ratio struct{ num, den, unit string }
+
 // BenchmarkSign measures signs per second for ES256 and RS256 through the whole daemon path (gRPC over
 // mutual TLS on loopback to a `signerd serve` process) next to two in-process baselines on the same token
 // and key, at the same concurrency:
@@ -27,7 +50,7 @@ import (
 //     session copies of the keys (hsm.Token.Find), so %inprocess-copies is the cost of gRPC, mTLS and
 //     the daemon alone.
 //
-// Compare the ratios within one run: absolute figures drift on a shared machine. `make bench` runs it.
+// `make bench` runs it (each sub-benchmark once: it times itself, see benchRounds).
 //
 // The daemon gets max_sessions 5, so at most 4 signs are inside SoftHSM at once: SoftHSM is CPU-bound
 // on this 2-core machine and more concurrent calls only add lock contention inside it, while requests
@@ -40,108 +63,155 @@ func BenchmarkSign(b *testing.B) {
 	for _, key := range []string{"es256", "rs256"} {
 		k, _ := tokenObjects.Snapshot().Key(key)
 		kc, _ := copies.Snapshot().Key(key)
-		alg := jose.Algorithm(k.Alg)
 		digest := k.Alg.Digest([]byte("benchmark message"))
 		opts := k.Alg.SignerOpts()
+		req := &signerv1.SignRequest{Key: key, Input: &signerv1.SignRequest_Digest{Digest: digest}}
 		for _, conc := range []int{1, 8, 32, 64} {
-			var base, baseCopies float64
-			b.Run(fmt.Sprintf("%s/conc=%d/inprocess", alg, conc), func(b *testing.B) {
-				base = parallel(b, conc, func() error { _, err := k.Active.Signer.Sign(rand.Reader, digest, opts); return err })
-			})
-			b.Run(fmt.Sprintf("%s/conc=%d/inprocess-copies", alg, conc), func(b *testing.B) {
-				baseCopies = parallel(b, conc, func() error { _, err := kc.Active.Signer.Sign(rand.Reader, digest, opts); return err })
-			})
-			b.Run(fmt.Sprintf("%s/conc=%d/grpc", alg, conc), func(b *testing.B) {
-				req := &signerv1.SignRequest{Key: key, Input: &signerv1.SignRequest_Digest{Digest: digest}}
-				rate := parallel(b, conc, func() error {
-					_, err := c.Sign(context.Background(), req)
-					return err
-				})
-				reportPercent(b, rate, base, "%inprocess")
-				reportPercent(b, rate, baseCopies, "%inprocess-copies")
+			b.Run(fmt.Sprintf("%s/conc=%d", jose.Algorithm(k.Alg), conc), func(b *testing.B) {
+				compare(b, conc, []contender{
+					{"inprocess", func() error { _, err := k.Active.Signer.Sign(rand.Reader, digest, opts); return err }},
+					{"inprocess-copies", func() error { _, err := kc.Active.Signer.Sign(rand.Reader, digest, opts); return err }},
+					{"grpc", func() error { _, err := c.Sign(context.Background(), req); return err }},
+				}, []ratio{{"grpc", "inprocess", "%inprocess"}, {"grpc", "inprocess-copies", "%inprocess-copies"}})
 			})
 		}
 	}
 }
 
-// parallel runs op b.N times over exactly conc goroutines and reports and returns operations per second.
-func parallel(b *testing.B, conc int, op func() error) float64 {
-	b.Helper()
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	b.ResetTimer()
-	start := time.Now()
-	for range conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for next.Add(1) <= int64(b.N) {
-				if err := op(); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	rate := float64(b.N) / time.Since(start).Seconds()
-	b.ReportMetric(rate, "ops/s")
-	return rate
-}
-
-// reportPercent reports rate as a percentage of base (a rate measured just before in the same run), the
-// figure the targets are stated in.
-func reportPercent(b *testing.B, rate, base float64, unit string) {
-	if base > 0 {
-		b.ReportMetric(100*rate/base, unit)
-	}
-}
-
-// BenchmarkJWT measures, in one run and at the same concurrency: SignJWT ES256 and the raw Sign RPC on the
-// same key through the daemon; VerifyJWT ES256 through the daemon (cached public key, never the token);
-// and raw ES256 signing in this process on the same token (crypto11 with the token object, as a service
-// using the HSM directly would sign), which VerifyJWT should at least match.
+// BenchmarkJWT measures, at the same concurrency: SignJWT ES256 and the raw Sign RPC on the same key
+// through the daemon; VerifyJWT ES256 through the daemon (cached public key, never the token), of one
+// repeated token and of tokens never verified before; and raw ES256 signing in this process on the same
+// token (crypto11 with the token object, as a service using the HSM directly would sign), which
+// VerifyJWT should at least match.
 func BenchmarkJWT(b *testing.B) {
 	in := startInstance(b, instanceOptions{keys: map[string]string{"es256": "ES256"}, maxSessions: 5})
 	c := in.dial(b, in.svc)
 	ring := in.openInProcess(b, true)
 	k, _ := ring.Snapshot().Key("es256")
 	digest := k.Alg.Digest([]byte("benchmark message"))
+	s, opts := k.Active.Signer, k.Alg.SignerOpts()
 	token, err := c.SignJWT(context.Background(), &signerv1.SignJWTRequest{Key: "es256", ClaimsJson: `{"sub":"bench"}`, TtlSeconds: 300})
 	if err != nil {
 		b.Fatal(err)
 	}
+	// Tokens never verified before, minted first (not timed), so that each verification checks a
+	// signature instead of hitting the daemon's verified-token cache; each is used once in the whole
+	// benchmark, and a slice that runs out of them ends early (its rate stays right).
+	fresh := newTokenPool(mintTokens(b, c, 60_000))
+	signReq := &signerv1.SignRequest{Key: "es256", Input: &signerv1.SignRequest_Digest{Digest: digest}}
+	signJWTReq := &signerv1.SignJWTRequest{Key: "es256", ClaimsJson: `{"sub":"bench"}`}
+	verifyReq := &signerv1.VerifyJWTRequest{Token: token.GetToken()}
 	for _, conc := range []int{8, 32} {
-		var sign, inProcess float64
-		b.Run(fmt.Sprintf("conc=%d/Sign", conc), func(b *testing.B) {
-			req := &signerv1.SignRequest{Key: "es256", Input: &signerv1.SignRequest_Digest{Digest: digest}}
-			sign = parallel(b, conc, func() error { _, err := c.Sign(context.Background(), req); return err })
-		})
-		b.Run(fmt.Sprintf("conc=%d/SignJWT", conc), func(b *testing.B) {
-			req := &signerv1.SignJWTRequest{Key: "es256", ClaimsJson: `{"sub":"bench"}`}
-			reportPercent(b, parallel(b, conc, func() error { _, err := c.SignJWT(context.Background(), req); return err }),
-				sign, "%Sign")
-		})
-		b.Run(fmt.Sprintf("conc=%d/inprocess-sign", conc), func(b *testing.B) {
-			s, opts := k.Active.Signer, k.Alg.SignerOpts()
-			inProcess = parallel(b, conc, func() error { _, err := s.Sign(rand.Reader, digest, opts); return err })
-		})
-		b.Run(fmt.Sprintf("conc=%d/VerifyJWT", conc), func(b *testing.B) {
-			req := &signerv1.VerifyJWTRequest{Token: token.GetToken()}
-			reportPercent(b, parallel(b, conc, func() error { _, err := c.VerifyJWT(context.Background(), req); return err }),
-				inProcess, "%inprocess-sign")
-		})
-		b.Run(fmt.Sprintf("conc=%d/VerifyJWT-uncached", conc), func(b *testing.B) {
-			// b.N tokens never verified before, minted first (not timed), so that each verification
-			// checks a signature instead of hitting the daemon's verified-token cache.
-			fresh := mintTokens(b, c, b.N)
-			var next atomic.Int64
-			reportPercent(b, parallel(b, conc, func() error {
-				_, err := c.VerifyJWT(context.Background(), &signerv1.VerifyJWTRequest{Token: fresh[next.Add(1)-1]})
-				return err
-			}), inProcess, "%inprocess-sign")
+		b.Run(fmt.Sprintf("conc=%d", conc), func(b *testing.B) {
+			compare(b, conc, []contender{
+				{"Sign", func() error { _, err := c.Sign(context.Background(), signReq); return err }},
+				{"SignJWT", func() error { _, err := c.SignJWT(context.Background(), signJWTReq); return err }},
+				{"inprocess-sign", func() error { _, err := s.Sign(rand.Reader, digest, opts); return err }},
+				{"VerifyJWT", func() error { _, err := c.VerifyJWT(context.Background(), verifyReq); return err }},
+				{"VerifyJWT-uncached", func() error {
+					t, ok := fresh.next()
+					if !ok {
+						return errPoolEmpty
+					}
+					_, err := c.VerifyJWT(context.Background(), &signerv1.VerifyJWTRequest{Token: t})
+					return err
+				}},
+			}, []ratio{
+				{"SignJWT", "Sign", "%SignJWT/Sign"},
+				{"VerifyJWT", "inprocess-sign", "%VerifyJWT/inprocess-sign"},
+				{"VerifyJWT-uncached", "inprocess-sign", "%VerifyJWT-uncached/inprocess-sign"},
+			})
 		})
 	}
+}
+
+// compare measures contenders in interleaved rounds at concurrency conc and reports each one's median
+// rate (unit "<name>-ops/s") and each ratio's median over the rounds. It ignores b.N: it times itself.
+func compare(b *testing.B, conc int, cs []contender, ratios []ratio) {
+	b.Helper()
+	rates := make(map[string][]float64, len(cs))
+	for round := range benchRounds {
+		order := slices.Clone(cs)
+		if round%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, c := range order {
+			rate, err := rateFor(conc, benchSlice, c.op)
+			if err != nil {
+				b.Fatalf("%s: %v", c.name, err)
+			}
+			rates[c.name] = append(rates[c.name], rate)
+		}
+	}
+	b.ReportMetric(0, "ns/op")
+	for _, c := range cs {
+		b.ReportMetric(median(rates[c.name]), c.name+"-ops/s")
+	}
+	for _, r := range ratios {
+		pct := make([]float64, benchRounds)
+		for i := range pct {
+			pct[i] = 100 * rates[r.num][i] / rates[r.den][i]
+		}
+		b.ReportMetric(median(pct), r.unit)
+	}
+}
+
+// errPoolEmpty ends a slice whose contender has run out of prepared inputs.
+var errPoolEmpty = errors.New("no more prepared inputs")
+
+// rateFor runs op over conc goroutines until d has passed, benchMaxOps operations were started or op
+// ran out of inputs, and returns the operations completed per second.
+func rateFor(conc int, d time.Duration, op func() error) (float64, error) {
+	var started, done atomic.Int64
+	var firstErr error
+	var once sync.Once
+	var wg sync.WaitGroup
+	start := time.Now()
+	deadline := start.Add(d)
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) && started.Add(1) <= benchMaxOps {
+				if err := op(); err != nil {
+					if !errors.Is(err, errPoolEmpty) {
+						once.Do(func() { firstErr = err })
+					}
+					return
+				}
+				done.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(done.Load()) / time.Since(start).Seconds(), firstErr
+}
+
+// median returns the median of xs (the mean of the middle two for an even count).
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// tokenPool hands out each of its tokens once, to any number of goroutines.
+type tokenPool struct {
+	tokens []string
+	used   atomic.Int64
+}
+
+func newTokenPool(tokens []string) *tokenPool { return &tokenPool{tokens: tokens} }
+
+func (p *tokenPool) next() (string, bool) {
+	i := p.used.Add(1) - 1
+	if i >= int64(len(p.tokens)) {
+		return "", false
+	}
+	return p.tokens[i], true
 }
 
 // mintTokens signs n distinct ES256 tokens through the daemon.
