@@ -34,6 +34,8 @@ const (
 type contender struct {
 	name string
 	op   func() error
+	// prepare, when set, runs untimed before each of the contender's slices (to make its inputs).
+	prepare func() error
 }
 
 // ratio is a figure a comparison reports: rate of contender num as a percentage of contender den.
@@ -69,9 +71,9 @@ func BenchmarkSign(b *testing.B) {
 		for _, conc := range []int{1, 8, 32, 64} {
 			b.Run(fmt.Sprintf("%s/conc=%d", jose.Algorithm(k.Alg), conc), func(b *testing.B) {
 				compare(b, conc, []contender{
-					{"inprocess", func() error { _, err := k.Active.Signer.Sign(rand.Reader, digest, opts); return err }},
-					{"inprocess-copies", func() error { _, err := kc.Active.Signer.Sign(rand.Reader, digest, opts); return err }},
-					{"grpc", func() error { _, err := c.Sign(context.Background(), req); return err }},
+					{name: "inprocess", op: func() error { _, err := k.Active.Signer.Sign(rand.Reader, digest, opts); return err }},
+					{name: "inprocess-copies", op: func() error { _, err := kc.Active.Signer.Sign(rand.Reader, digest, opts); return err }},
+					{name: "grpc", op: func() error { _, err := c.Sign(context.Background(), req); return err }},
 				}, []ratio{{"grpc", "inprocess", "%inprocess"}, {"grpc", "inprocess-copies", "%inprocess-copies"}})
 			})
 		}
@@ -94,28 +96,37 @@ func BenchmarkJWT(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	// Tokens never verified before, minted first (not timed), so that each verification checks a
-	// signature instead of hitting the daemon's verified-token cache; each is used once in the whole
-	// benchmark, and a slice that runs out of them ends early (its rate stays right).
-	fresh := newTokenPool(mintTokens(b, c, 60_000))
+	// Tokens never verified before, minted (untimed) before each slice, so that each verification checks
+	// a signature instead of hitting the daemon's verified-token cache. A slice that runs out of them
+	// ends early, its rate measured over the time it ran, and the next slice gets twice as many.
+	var fresh *tokenPool
+	freshSize := 12_000
+	prepareFresh := func() error {
+		if fresh != nil && fresh.empty() {
+			freshSize *= 2
+		}
+		tokens, err := mintTokens(c, freshSize)
+		fresh = newTokenPool(tokens)
+		return err
+	}
 	signReq := &signerv1.SignRequest{Key: "es256", Input: &signerv1.SignRequest_Digest{Digest: digest}}
 	signJWTReq := &signerv1.SignJWTRequest{Key: "es256", ClaimsJson: `{"sub":"bench"}`}
 	verifyReq := &signerv1.VerifyJWTRequest{Token: token.GetToken()}
 	for _, conc := range []int{8, 32} {
 		b.Run(fmt.Sprintf("conc=%d", conc), func(b *testing.B) {
 			compare(b, conc, []contender{
-				{"Sign", func() error { _, err := c.Sign(context.Background(), signReq); return err }},
-				{"SignJWT", func() error { _, err := c.SignJWT(context.Background(), signJWTReq); return err }},
-				{"inprocess-sign", func() error { _, err := s.Sign(rand.Reader, digest, opts); return err }},
-				{"VerifyJWT", func() error { _, err := c.VerifyJWT(context.Background(), verifyReq); return err }},
-				{"VerifyJWT-uncached", func() error {
+				{name: "Sign", op: func() error { _, err := c.Sign(context.Background(), signReq); return err }},
+				{name: "SignJWT", op: func() error { _, err := c.SignJWT(context.Background(), signJWTReq); return err }},
+				{name: "inprocess-sign", op: func() error { _, err := s.Sign(rand.Reader, digest, opts); return err }},
+				{name: "VerifyJWT", op: func() error { _, err := c.VerifyJWT(context.Background(), verifyReq); return err }},
+				{name: "VerifyJWT-uncached", op: func() error {
 					t, ok := fresh.next()
 					if !ok {
 						return errPoolEmpty
 					}
 					_, err := c.VerifyJWT(context.Background(), &signerv1.VerifyJWTRequest{Token: t})
 					return err
-				}},
+				}, prepare: prepareFresh},
 			}, []ratio{
 				{"SignJWT", "Sign", "%SignJWT/Sign"},
 				{"VerifyJWT", "inprocess-sign", "%VerifyJWT/inprocess-sign"},
@@ -136,6 +147,11 @@ func compare(b *testing.B, conc int, cs []contender, ratios []ratio) {
 			slices.Reverse(order)
 		}
 		for _, c := range order {
+			if c.prepare != nil {
+				if err := c.prepare(); err != nil {
+					b.Fatalf("%s: %v", c.name, err)
+				}
+			}
 			rate, err := rateFor(conc, benchSlice, c.op)
 			if err != nil {
 				b.Fatalf("%s: %v", c.name, err)
@@ -160,7 +176,8 @@ func compare(b *testing.B, conc int, cs []contender, ratios []ratio) {
 var errPoolEmpty = errors.New("no more prepared inputs")
 
 // rateFor runs op over conc goroutines until d has passed, benchMaxOps operations were started or op
-// ran out of inputs, and returns the operations completed per second.
+// ran out of inputs, and returns the operations completed per second. A slice that completed nothing
+// is an error, not a rate of zero.
 func rateFor(conc int, d time.Duration, op func() error) (float64, error) {
 	var started, done atomic.Int64
 	var firstErr error
@@ -184,6 +201,9 @@ func rateFor(conc int, d time.Duration, op func() error) (float64, error) {
 		}()
 	}
 	wg.Wait()
+	if firstErr == nil && done.Load() == 0 {
+		firstErr = errors.New("no operation completed")
+	}
 	return float64(done.Load()) / time.Since(start).Seconds(), firstErr
 }
 
@@ -206,6 +226,9 @@ type tokenPool struct {
 
 func newTokenPool(tokens []string) *tokenPool { return &tokenPool{tokens: tokens} }
 
+// empty reports whether every token has been handed out.
+func (p *tokenPool) empty() bool { return p.used.Load() >= int64(len(p.tokens)) }
+
 func (p *tokenPool) next() (string, bool) {
 	i := p.used.Add(1) - 1
 	if i >= int64(len(p.tokens)) {
@@ -214,19 +237,23 @@ func (p *tokenPool) next() (string, bool) {
 	return p.tokens[i], true
 }
 
+// minted numbers the tokens mintTokens makes, so that no two are alike.
+var minted atomic.Int64
+
 // mintTokens signs n distinct ES256 tokens through the daemon.
-func mintTokens(b *testing.B, c signerv1.SignerClient, n int) []string {
-	b.Helper()
+func mintTokens(c signerv1.SignerClient, n int) ([]string, error) {
 	out := make([]string, n)
 	var wg sync.WaitGroup
+	errs := make([]error, 8)
 	for w := range 8 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := w; i < n; i += 8 {
-				r, err := c.SignJWT(context.Background(), &signerv1.SignJWTRequest{Key: "es256", ClaimsJson: fmt.Sprintf(`{"sub":"u%d-%d"}`, n, i), TtlSeconds: 300})
+				claims := fmt.Sprintf(`{"sub":"u%d"}`, minted.Add(1))
+				r, err := c.SignJWT(context.Background(), &signerv1.SignJWTRequest{Key: "es256", ClaimsJson: claims, TtlSeconds: 300})
 				if err != nil {
-					b.Error(err)
+					errs[w] = err
 					return
 				}
 				out[i] = r.GetToken()
@@ -234,7 +261,7 @@ func mintTokens(b *testing.B, c signerv1.SignerClient, n int) []string {
 		}()
 	}
 	wg.Wait()
-	return out
+	return out, errors.Join(errs...)
 }
 
 // openInProcess opens the instance's token in this process and loads its keys, for the in-process side
