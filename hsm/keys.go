@@ -298,7 +298,9 @@ func (t *Token) find(spec KeySpec, id []byte) (*signer, error) {
 		case err != nil:
 			err = classify(op, err)
 		case len(pairs) == 0:
-			err = &Error{Op: op, Kind: ErrNotFound, Err: errors.New("no key pair with this CKA_ID (public key missing?)")}
+			err = t.with(op, func(s pkcs11.SessionHandle) error {
+				return t.noPrivateObjects(op, s, &Error{Op: op, Kind: ErrNotFound, Err: errors.New("no key pair with this CKA_ID (public key missing?)")})
+			})
 		case len(pairs) > 1:
 			err = &Error{Op: op, Kind: ErrKeyCheck, Err: fmt.Errorf("%d key pairs share the CKA_ID", len(pairs))}
 		default:
@@ -314,7 +316,7 @@ func (t *Token) find(spec KeySpec, id []byte) (*signer, error) {
 		return nil, &Error{Op: op, Kind: ErrKeyCheck, Err: err}
 	}
 	if err := selfTest(s); err != nil {
-		return nil, &Error{Op: op, Kind: ErrKeyCheck, Err: fmt.Errorf("self test: %w", err)}
+		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	return s, nil
 }
@@ -336,7 +338,7 @@ func (t *Token) checkPrivateObject(op string, spec KeySpec, id []byte) (pkcs11.O
 		}
 		switch len(handles) {
 		case 0:
-			return &Error{Op: op, Kind: ErrNotFound}
+			return t.noPrivateObjects(op, s, &Error{Op: op, Kind: ErrNotFound})
 		case 1:
 		default:
 			return &Error{Op: op, Kind: ErrKeyCheck, Err: fmt.Errorf("%d private keys share the CKA_ID", len(handles))}

@@ -27,6 +27,11 @@ func (t *Token) Records() ([]Record, error) {
 			if err != nil {
 				return err
 			}
+			if len(handles) == 0 {
+				if err := t.noPrivateObjects("read records", s, nil); err != nil {
+					return err
+				}
+			}
 			out = make([]Record, 0, len(handles))
 			for _, h := range handles {
 				attrs, err := t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{

@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/asn1"
 	"errors"
+	"io"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -289,5 +290,91 @@ func TestUncopyableKeySignsAsTokenObject(t *testing.T) {
 	}
 	if ok, err := signOnce(s); !ok {
 		t.Errorf("Sign = %v", err)
+	}
+}
+
+// failingSigner stands in for the key a signer found, failing every sign with err.
+type failingSigner struct {
+	pub   crypto.PublicKey
+	err   error
+	calls atomic.Int32
+}
+
+func (f *failingSigner) Public() crypto.PublicKey { return f.pub }
+
+func (f *failingSigner) Sign(io.Reader, []byte, crypto.SignerOpts) ([]byte, error) {
+	f.calls.Add(1)
+	return nil, f.err
+}
+
+// TestSelfTestDoesNotRebind: Find's self test signs once through the key it has just found. Through
+// Sign, a lost object (here: CKR_OBJECT_HANDLE_INVALID) would make it find the key again, taking the
+// local lock that Find already holds; with a writer waiting for that lock, neither could go on.
+func TestSelfTestDoesNotRebind(t *testing.T) {
+	tk := newTestToken(t, "selftest")
+	spec := KeySpec{Type: ECDSA, Curve: elliptic.P256()}
+	id, s := generate(t, tk, spec, "k")
+	fake := &failingSigner{pub: s.Public(), err: pkcs11.Error(pkcs11.CKR_OBJECT_HANDLE_INVALID)}
+	k := &signer{t: tk, spec: spec, id: id, pub: s.Public()}
+	k.cur.Store(&bound{inner: fake, gen: tk.gen.Load()})
+
+	writer := make(chan error, 1)
+	var selfTestErr error
+	err := tk.local.read(func() error {
+		go func() { writer <- tk.PutRecord("selftest-writer", []byte("x")) }()
+		time.Sleep(100 * time.Millisecond) // the writer is now waiting for the lock
+		done := make(chan error, 1)
+		go func() { done <- selfTest(k) }()
+		select {
+		case selfTestErr = <-done:
+			return nil
+		case <-time.After(10 * time.Second):
+			return errors.New("self test still waiting after 10s for the local lock held around it")
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-writer; err != nil {
+		t.Fatalf("PutRecord: %v", err)
+	}
+	if !errors.Is(selfTestErr, ErrUnavailable) {
+		t.Errorf("self test with the object gone = %v, want ErrUnavailable (the token's trouble, not the key's)", selfTestErr)
+	}
+	if n := fake.calls.Load(); n != 1 {
+		t.Errorf("self test signed %d times, want once", n)
+	}
+}
+
+// TestLoggedOutIsNotMissing: a token that lost its login hides every private object (pkcs11-notes §11).
+// Loading a key or reading the records then reports the token unavailable, not the key missing or no
+// records at all, so that nothing is dropped as gone while the daemon reconnects.
+func TestLoggedOutIsNotMissing(t *testing.T) {
+	tk := newTestToken(t, "loggedout")
+	spec := KeySpec{Type: ECDSA, Curve: elliptic.P256()}
+	id, _ := generate(t, tk, spec, "k")
+	if err := tk.PutRecord("r", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if err := tk.with("logout", func(s pkcs11.SessionHandle) error { return tk.p11.Logout(s) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tk.Find(spec, id); !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrNotFound) {
+		t.Errorf("Find when logged out = %v, want ErrUnavailable", err)
+	}
+	if recs, err := tk.Records(); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Records when logged out = %d records, %v, want ErrUnavailable", len(recs), err)
+	}
+	if err := tk.Reconnect(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tk.Find(spec, id); err != nil {
+		t.Errorf("Find after Reconnect = %v", err)
+	}
+	if recs, err := tk.Records(); err != nil || len(recs) != 1 {
+		t.Errorf("Records after Reconnect = %d records, %v, want 1", len(recs), err)
+	}
+	if _, err := tk.Find(spec, []byte("no such key")); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Find of an unknown ID when logged in = %v, want ErrNotFound", err)
 	}
 }

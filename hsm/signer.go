@@ -163,9 +163,15 @@ func selfTest(k *signer) error {
 	case k.spec.PSS:
 		opts = &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA256}
 	}
-	sig, err := k.Sign(nil, input, opts)
+	// Once, through the key just found: not through Sign, whose retry would find the key again, under
+	// the local lock that find already holds (a waiting writer would then deadlock both).
+	sig, err := k.cur.Load().inner.Sign(nil, input, opts)
 	if err != nil {
-		return err
+		// A token in trouble is not a key that fails its check; a key that cannot sign is.
+		if err = classify("self test", err); errors.Is(err, ErrUnavailable) || errors.Is(err, ErrBusy) {
+			return err
+		}
+		return &Error{Op: "self test", Kind: ErrKeyCheck, Err: err}
 	}
 	ok := false
 	switch pub := k.pub.(type) {
@@ -181,7 +187,7 @@ func selfTest(k *signer) error {
 		ok = ed25519.Verify(pub, input, sig)
 	}
 	if !ok {
-		return errors.New("signature does not verify with the public key")
+		return &Error{Op: "self test", Kind: ErrKeyCheck, Err: errors.New("signature does not verify with the public key")}
 	}
 	return nil
 }

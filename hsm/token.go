@@ -278,7 +278,7 @@ func (t *Token) Label() string {
 // are gone and every sign fails until a Reconnect makes new ones.
 func (t *Token) Ping() error {
 	return t.with("ping", func(s pkcs11.SessionHandle) error {
-		if err := t.loggedIn(s); err != nil {
+		if err := t.loggedIn("ping", s); err != nil {
 			return err
 		}
 		if !t.hasKeeper {
@@ -286,20 +286,30 @@ func (t *Token) Ping() error {
 		}
 		t.copyMu.Lock()
 		defer t.copyMu.Unlock()
-		return t.loggedIn(t.keeper)
+		return t.loggedIn("ping", t.keeper)
 	})
 }
 
 // loggedIn checks that session s is open and logged in as the user.
-func (t *Token) loggedIn(s pkcs11.SessionHandle) error {
+func (t *Token) loggedIn(op string, s pkcs11.SessionHandle) error {
 	info, err := t.p11.GetSessionInfo(s)
 	if err != nil {
 		return err
 	}
 	if info.State != pkcs11.CKS_RW_USER_FUNCTIONS && info.State != pkcs11.CKS_RO_USER_FUNCTIONS {
-		return &Error{Op: "ping", Kind: ErrUnavailable, Err: errors.New("not logged in")}
+		return &Error{Op: op, Kind: ErrUnavailable, Err: errors.New("not logged in")}
 	}
 	return nil
+}
+
+// noPrivateObjects is the outcome of a search for private objects that found none: not found, unless
+// the session has lost its login, which hides every private object (pkcs11-notes §11) and is the
+// token's trouble, not a missing object.
+func (t *Token) noPrivateObjects(op string, s pkcs11.SessionHandle, notFound error) error {
+	if err := t.loggedIn(op, s); err != nil {
+		return classify(op, err)
+	}
+	return notFound
 }
 
 // Close logs out and releases every session. It waits for operations in flight. Calling it again
