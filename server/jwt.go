@@ -3,11 +3,16 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -21,7 +26,7 @@ import (
 	"github.com/signerd/signerd/server/authz"
 )
 
-// MaxTokenBytes caps a JWT given to VerifyJWT and the claims given to SignJWT.
+// MaxTokenBytes caps a JWT given to VerifyJWT and one SignJWT makes (and so the claims given to it).
 const MaxTokenBytes = 64 << 10
 
 // DefaultLeeway is the clock skew allowed on exp, nbf and iat when the configuration sets none.
@@ -99,6 +104,10 @@ func (s *Server) signJWT(ctx context.Context, req *signerv1.SignJWTRequest, ev *
 		return nil, err
 	}
 	signingInput := b64.EncodeToString(header) + "." + b64.EncodeToString(payload)
+	// No token is made that VerifyJWT would refuse for its size.
+	if n := len(signingInput) + 1 + b64.EncodedLen(signatureSize(v.Signer.Public())); n > MaxTokenBytes {
+		return nil, invalidArgument("claims_json: the token would be %d bytes, limit is %d", n, MaxTokenBytes)
+	}
 	ev.Input = audit.InputHash([]byte(signingInput))
 	sig, err := s.signJWS(ctx, v, signingInput, ev)
 	if err != nil {
@@ -138,7 +147,7 @@ func decodeClaims(s string) (map[string]any, error) {
 	if claims == nil {
 		return nil, invalidArgument("claims_json: not a JSON object")
 	}
-	if dec.More() {
+	if !atEnd(dec) {
 		return nil, invalidArgument("claims_json: trailing data after the object")
 	}
 	return claims, nil
@@ -268,7 +277,7 @@ func (s *Server) verifySignature(tok string, ev *audit.Event) (*verified, error)
 	var claims jwt.MapClaims
 	dec := json.NewDecoder(bytes.NewReader(payload))
 	dec.UseNumber()
-	if err := dec.Decode(&claims); err != nil || claims == nil || dec.More() {
+	if err := dec.Decode(&claims); err != nil || claims == nil || !atEnd(dec) {
 		return nil, invalidToken("payload: not a JSON object")
 	}
 	return &verified{kid: v.Kid, payload: payload, claims: claims}, nil
@@ -315,8 +324,26 @@ func decodeStrict(part string, v any) error {
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("not signerd's JSON header: %v", err)
 	}
-	if dec.More() {
+	if !atEnd(dec) {
 		return errors.New("trailing data")
 	}
 	return nil
+}
+
+// atEnd reports whether dec has nothing left but white space. (Decoder.More is false before a stray
+// "}" or "]" too.)
+func atEnd(dec *json.Decoder) bool {
+	_, err := dec.Token()
+	return err == io.EOF
+}
+
+// signatureSize is the length of a JWS signature made with the private key of pub.
+func signatureSize(pub crypto.PublicKey) int {
+	switch p := pub.(type) {
+	case *rsa.PublicKey:
+		return p.Size()
+	case *ecdsa.PublicKey:
+		return 2 * jose.CurveSize(p.Curve)
+	}
+	return ed25519.SignatureSize
 }

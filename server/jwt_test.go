@@ -45,3 +45,38 @@ func TestVerifyJWTOneSpelling(t *testing.T) {
 		}
 	}
 }
+
+// TestSignJWTClaimsInput: claims_json is one JSON object and nothing after it (a stray "}" or "]"
+// included), and SignJWT makes no token that VerifyJWT would refuse for its size: claims that would
+// make one are refused, claims just under it sign and verify.
+func TestSignJWTClaimsInput(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	r := newRotationServer(t, clk)
+	if _, err := r.ring.Create("k", jose.RS256, 0, keyring.DefaultSettings()); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{`{"sub":"x"}}`, `{"sub":"x"}]`, `{"sub":"x"} {}`, `{"sub":"x"} x`} {
+		_, err := r.SignJWT(r.svc, &signerv1.SignJWTRequest{Key: "k", ClaimsJson: bad})
+		if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "trailing data") {
+			t.Errorf("SignJWT(%s) = %v, want InvalidArgument trailing data", bad, err)
+		}
+	}
+	if _, err := r.SignJWT(r.svc, &signerv1.SignJWTRequest{Key: "k", ClaimsJson: " {\"sub\":\"x\"} \n"}); err != nil {
+		t.Errorf("SignJWT(claims with white space around) = %v", err)
+	}
+	claims := func(n int) string { return `{"sub":"x","pad":"` + strings.Repeat("a", n) + `"}` }
+	// 49,000 bytes of claims are 65,360 of base64url: with the header and an RS256 signature, over.
+	if _, err := r.SignJWT(r.svc, &signerv1.SignJWTRequest{Key: "k", ClaimsJson: claims(49_000)}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("SignJWT(claims making a token over %d bytes) = %v, want InvalidArgument", MaxTokenBytes, err)
+	}
+	resp, err := r.SignJWT(r.svc, &signerv1.SignJWTRequest{Key: "k", ClaimsJson: claims(48_000)})
+	if err != nil {
+		t.Fatalf("SignJWT(claims making a token under the limit) = %v", err)
+	}
+	if n := len(resp.GetToken()); n > MaxTokenBytes {
+		t.Fatalf("token of %d bytes, limit %d", n, MaxTokenBytes)
+	}
+	if err := r.verifies(resp.GetToken()); err != nil {
+		t.Errorf("VerifyJWT(the largest kind of token SignJWT makes) = %v", err)
+	}
+}
