@@ -54,13 +54,14 @@ var (
 // JWKSKeyfunc finds the public keys of tokens in a JWK Set fetched over HTTPS, such as signerd's
 // /.well-known/jwks.json. Pass its Keyfunc method to jwt.Parse. It is safe for concurrent use.
 //
-// The set is fetched on first use and cached for the Cache-Control max-age of the response (5 minutes
-// when there is none, at most a day). A token whose kid is not in the cache triggers a refetch, so keys
-// published after a rotation are found at once; but no two fetches are closer together than the minimum
-// refresh interval ([DefaultMinRefreshInterval]), so that a stream of tokens with made-up kids cannot
-// turn the verifier against the JWKS server. If a refetch fails, the keys already cached keep working
-// for up to an hour past their expiry; after that, tokens are refused with [ErrStaleJWKS] until a fetch
-// succeeds, so that keeping the JWKS out of reach cannot keep a revoked key in use.
+// The set is fetched on first use and cached for the Cache-Control max-age of the response less its
+// Age (5 minutes when there is none, at most a day). A token whose kid is not in the cache triggers a
+// refetch, so keys published after a rotation are found at once; but no two fetches are closer
+// together than the minimum refresh interval ([DefaultMinRefreshInterval]), so that a stream of tokens
+// with made-up kids cannot turn the verifier against the JWKS server. If a refetch fails, the keys
+// already cached keep working for up to an hour past their expiry; after that, tokens are refused with
+// [ErrStaleJWKS] until a fetch succeeds, so that keeping the JWKS out of reach cannot keep a revoked key
+// in use.
 type JWKSKeyfunc struct {
 	url        string
 	http       *http.Client
@@ -239,7 +240,23 @@ func (j *JWKSKeyfunc) fetch(now time.Time) (map[string]jwksKey, time.Time, error
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("fetch JWKS %s: %w", u.Redacted(), err)
 	}
-	return keys, now.Add(maxAge(resp.Header.Get("Cache-Control"))), nil
+	return keys, now.Add(freshFor(resp.Header)), nil
+}
+
+// freshFor returns how long a response with header h stays fresh from now: its freshness lifetime
+// (maxAge) less the time it has already spent in caches on its way here, its Age (RFC 9111 §4.2.3), so
+// that a CDN in front of the JWKS cannot double how long a revoked key stays trusted. An Age that is not
+// a number of seconds is ignored.
+func freshFor(h http.Header) time.Duration {
+	life := maxAge(h.Get("Cache-Control"))
+	age, err := strconv.ParseInt(strings.TrimSpace(h.Get("Age")), 10, 64)
+	switch {
+	case errors.Is(err, strconv.ErrRange) && age > 0, err == nil && age >= int64(life/time.Second):
+		return 0 // older than any lifetime (RFC 9111 §1.2.2: too large a number is a very large age)
+	case err != nil || age <= 0:
+		return life
+	}
+	return life - time.Duration(age)*time.Second
 }
 
 // parseJWKS decodes a JWK Set and keeps the keys a verifier may use: signature keys with a kid, a

@@ -347,6 +347,29 @@ func TestJWKSKeyfuncFetchErrors(t *testing.T) {
 	}
 }
 
+// TestFreshFor: the time a JWKS response already spent in caches (Age) counts against its max-age.
+func TestFreshFor(t *testing.T) {
+	tests := []struct {
+		cc, age string
+		want    time.Duration
+	}{
+		{"max-age=300", "", 5 * time.Minute},
+		{"max-age=300", "100", 200 * time.Second},
+		{"max-age=300", "300", 0},
+		{"max-age=300", "99999999999999999999", 0},
+		{"max-age=300", "soon", 5 * time.Minute},
+		{"max-age=300", "-5", 5 * time.Minute},
+		{"", "60", jwksDefaultMaxAge - time.Minute},
+		{"no-store", "10", 0},
+	}
+	for _, tt := range tests {
+		h := http.Header{"Cache-Control": {tt.cc}, "Age": {tt.age}}
+		if got := freshFor(h); got != tt.want {
+			t.Errorf("freshFor(Cache-Control %q, Age %q) = %v, want %v", tt.cc, tt.age, got, tt.want)
+		}
+	}
+}
+
 func TestMaxAge(t *testing.T) {
 	tests := []struct {
 		cc   string
