@@ -9,6 +9,7 @@ import (
 	"encoding/asn1"
 	"errors"
 	"io"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -159,8 +160,14 @@ func TestOrphanCopiesDropped(t *testing.T) {
 
 // TestPingChecksCopySession: if the token drops the session holding the copies, Ping fails, so that the
 // daemon reconnects and the copies are made again.
+//
+// The pooled session Ping used stays open: the keeper's failure is not the pool's.
 func TestPingChecksCopySession(t *testing.T) {
 	tk := newTestToken(t, "keeper")
+	if err := tk.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	before := pooledSessions(tk.pool)
 	tk.copyMu.Lock()
 	err := tk.p11.CloseSession(tk.keeper)
 	tk.copyMu.Unlock()
@@ -169,6 +176,9 @@ func TestPingChecksCopySession(t *testing.T) {
 	}
 	if err := tk.Ping(); err == nil {
 		t.Error("Ping with the copies' session gone = nil, want an error")
+	}
+	if after := pooledSessions(tk.pool); !slices.Equal(after, before) {
+		t.Errorf("open pooled sessions after Ping found the keeper gone: %v, want %v", after, before)
 	}
 	if err := tk.Reconnect(); err != nil {
 		t.Fatal(err)
@@ -291,6 +301,28 @@ func TestUncopyableKeySignsAsTokenObject(t *testing.T) {
 	if ok, err := signOnce(s); !ok {
 		t.Errorf("Sign = %v", err)
 	}
+}
+
+// pooledSessions returns the sessions open in p, sorted, and puts them back first in line, so that the
+// next operation uses one of them. Nothing may use p meanwhile.
+func pooledSessions(p *sessionPool) []pkcs11.SessionHandle {
+	var open []pkcs11.SessionHandle
+	empty := 0
+	for range cap(p.slots) {
+		if h := <-p.slots; h != 0 {
+			open = append(open, h)
+		} else {
+			empty++
+		}
+	}
+	slices.Sort(open)
+	for _, h := range open {
+		p.slots <- h
+	}
+	for range empty {
+		p.slots <- 0
+	}
+	return open
 }
 
 // failingSigner stands in for the key a signer found, failing every sign with err.

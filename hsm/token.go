@@ -277,17 +277,21 @@ func (t *Token) Label() string {
 // With session copies it checks the session that holds them as well: if the token dropped it, the copies
 // are gone and every sign fails until a Reconnect makes new ones.
 func (t *Token) Ping() error {
-	return t.with("ping", func(s pkcs11.SessionHandle) error {
-		if err := t.loggedIn("ping", s); err != nil {
-			return err
-		}
-		if !t.hasKeeper {
-			return nil
-		}
-		t.copyMu.Lock()
-		defer t.copyMu.Unlock()
-		return t.loggedIn("ping", t.keeper)
-	})
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if err := t.usable("ping"); err != nil {
+		return err
+	}
+	if err := t.pool.with("ping", func(s pkcs11.SessionHandle) error { return t.loggedIn("ping", s) }); err != nil {
+		return err
+	}
+	if !t.hasKeeper {
+		return nil
+	}
+	// Outside the pooled session's call: a lost keeper must not have the pool close a healthy session.
+	t.copyMu.Lock()
+	defer t.copyMu.Unlock()
+	return classify("ping", t.loggedIn("ping", t.keeper))
 }
 
 // loggedIn checks that session s is open and logged in as the user.
