@@ -63,6 +63,11 @@ type Options struct {
 	// Changed, when set, is called after each new snapshot is published (from the goroutine that
 	// published it), so that an owner can re-arm timers for the next transition.
 	Changed func()
+	// LoadProblems, when set, makes Open tolerant: keys whose key pairs cannot all be loaded are opened
+	// all the same (those versions without material, as a refresh leaves them) and their problems are
+	// passed to it. Administrative commands use it, so that one broken key does not stop changes to
+	// the others. Without it, Open fails: a daemon does not start with a key it cannot check.
+	LoadProblems func(error)
 }
 
 // Ring is the loaded view of every key in the Store. It is safe for concurrent use; readers never block.
@@ -72,19 +77,45 @@ type Ring struct {
 	changed func()
 	mu      sync.Mutex // serialises writers and refreshes
 	snap    atomic.Pointer[Snapshot]
+	// strict makes a refresh that meets key problems fail without publishing: only Open's first load
+	// (unless Options.LoadProblems is set). Guarded by mu.
+	strict bool
+	// latest is the latest time the ring has read from its clock, guarded by mu: see clock.
+	latest time.Time
 }
 
 // Open loads every key from store.
 func Open(store Store, opts Options) (*Ring, error) {
-	r := &Ring{store: store, now: opts.Now, changed: opts.Changed}
+	r := &Ring{store: store, now: opts.Now, changed: opts.Changed, strict: opts.LoadProblems == nil}
 	if r.now == nil {
 		r.now = time.Now
 	}
 	r.snap.Store(&Snapshot{keys: map[string]*Key{}, byKid: map[string]*LoadedVersion{}})
-	if err := r.Refresh(); err != nil {
+	err := r.Refresh()
+	r.mu.Lock()
+	strict := r.strict
+	r.strict = false
+	r.mu.Unlock()
+	switch {
+	case err != nil && (strict || errors.Is(err, errRead)):
 		return nil, err
+	case err != nil:
+		opts.LoadProblems(err)
 	}
 	return r, nil
+}
+
+// errRead marks a refresh that could not read the records at all.
+var errRead = errors.New("keyring: read records")
+
+// clock returns the ring's time: its clock's, but never earlier than a time it returned before, so
+// that a clock stepping back cannot show a version written a moment ago in an earlier state (a key
+// just created without its active version, say). The caller holds mu.
+func (r *Ring) clock() time.Time {
+	if now := r.now(); now.After(r.latest) {
+		r.latest = now
+	}
+	return r.latest
 }
 
 // Snapshot returns the current view. It never changes; a later refresh publishes a new one.
@@ -118,7 +149,7 @@ func (r *Ring) refreshLocked() error {
 		if len(r.snap.Load().keys) > 0 {
 			_ = r.publish(nil, nil)
 		}
-		return fmt.Errorf("keyring: read records: %w", err)
+		return fmt.Errorf("%w: %w", errRead, err)
 	}
 	metas := map[string]*Meta{}
 	var errs []error
@@ -140,7 +171,7 @@ func (r *Ring) refreshLocked() error {
 // them, returned with the key-loading problems.
 func (r *Ring) publish(metas map[string]*Meta, errs []error) error {
 	prev := r.snap.Load()
-	next := &Snapshot{at: r.now(), keys: map[string]*Key{}, byKid: map[string]*LoadedVersion{}}
+	next := &Snapshot{at: r.clock(), keys: map[string]*Key{}, byKid: map[string]*LoadedVersion{}}
 	add := func(name string, k *Key, kerrs []error) {
 		next.keys[name] = k
 		if len(kerrs) > 0 {
@@ -156,8 +187,8 @@ func (r *Ring) publish(metas map[string]*Meta, errs []error) error {
 	// just has none (it neither signs, verifies nor is published) until a later refresh loads it. A key
 	// that the listing lacks (keys are never deleted, so that is the token's listing, not the truth)
 	// keeps its previous record, its states derived again. The first load, by Open, is strict
-	// instead: a daemon does not start with a key it cannot check.
-	if len(errs) > 0 && len(prev.keys) == 0 {
+	// instead (see Options.LoadProblems): a daemon does not start with a key it cannot check.
+	if len(errs) > 0 && r.strict {
 		return errors.Join(errs...)
 	}
 	for name, k := range prev.keys {
@@ -189,7 +220,7 @@ func (r *Ring) publish(metas map[string]*Meta, errs []error) error {
 // from prev for versions loaded before, and loaded from the store for the others that need it. A
 // version whose material cannot be loaded is left without it, and its problem returned.
 func (r *Ring) loadKey(m *Meta, prev *Snapshot) (*Key, []error) {
-	now := r.now()
+	now := r.clock()
 	k := &Key{Name: m.Name, Alg: m.Alg, meta: m}
 	var prevKey *Key
 	if pk, ok := prev.keys[m.Name]; ok && pk.Alg == m.Alg {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -312,5 +313,68 @@ func createUnloadable(t *testing.T, store *keyringtest.MemoryStore, opts keyring
 	k := mustCreate(t, openRing(t, store, opts), name, settings)
 	if err := store.Destroy(k.Active.ID); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestOpenTolerant: with Options.LoadProblems, a key whose key pair is gone does not stop the ring from
+// opening: the other keys are there and can be changed, and the problem is reported. Without it, Open
+// fails, as a daemon's start must.
+func TestOpenTolerant(t *testing.T) {
+	store := keyringtest.NewMemoryStore()
+	mustCreate(t, openRing(t, store, keyring.Options{}), "good", keyring.DefaultSettings())
+	createUnloadable(t, store, keyring.Options{}, "broken", keyring.DefaultSettings())
+	if _, err := keyring.Open(store, keyring.Options{}); err == nil {
+		t.Fatal("Open (strict) with a broken key = nil error")
+	}
+	var problems []error
+	r, err := keyring.Open(store, keyring.Options{LoadProblems: func(err error) { problems = append(problems, err) }})
+	if err != nil {
+		t.Fatalf("Open (tolerant) = %v", err)
+	}
+	if len(problems) != 1 || !strings.Contains(problems[0].Error(), `key "broken"`) {
+		t.Errorf("problems reported = %v, want one about key \"broken\"", problems)
+	}
+	if _, _, err := r.Rotate("good", false); err != nil {
+		t.Errorf("Rotate(good) with another key broken = %v", err)
+	}
+}
+
+// TestRefreshAfterEmptyStart: a ring that opened with no keys is strict no longer: a later refresh
+// that meets one broken key still shows the others, and a key created through it is there.
+func TestRefreshAfterEmptyStart(t *testing.T) {
+	store := keyringtest.NewMemoryStore()
+	r := openRing(t, store, keyring.Options{})
+	mustCreate(t, openRing(t, store, keyring.Options{}), "good", keyring.DefaultSettings())
+	createUnloadable(t, store, keyring.Options{}, "broken", keyring.DefaultSettings())
+	if err := r.Refresh(); err == nil {
+		t.Error("Refresh with a broken key = nil error, want its problem")
+	}
+	if !r.Snapshot().Exists("good") {
+		t.Error("key good not visible after a refresh that met another key's problem")
+	}
+	if _, err := r.Create("new", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
+		t.Errorf("Create(new) = %v", err)
+	}
+}
+
+// TestClockStepsBack: a clock that steps back between writing a record and publishing it does not
+// show the new key without its active version.
+func TestClockStepsBack(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Now()
+	calls := 0
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		return now.Add(-time.Duration(calls) * time.Second) // each reading a second earlier
+	}
+	r := openRing(t, keyringtest.NewMemoryStore(), keyring.Options{Now: clock})
+	k, err := r.Create("k", jose.ES256, 0, keyring.DefaultSettings())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Active == nil || k.Active.Number != 1 {
+		t.Errorf("key created while the clock steps back: active version %v, want version 1", k.Active)
 	}
 }

@@ -37,7 +37,7 @@ func (r *Ring) update(name string, fn func(cur *Meta, now time.Time) (*Meta, []b
 	if cur == nil && r.snap.Load().Exists(name) {
 		return nil, fmt.Errorf("keyring: %q is loaded but its record is missing from the token's listing; not changing it", name)
 	}
-	next, generated, err := fn(cur, r.now().UTC())
+	next, generated, err := fn(cur, r.clock().UTC())
 	if err != nil {
 		return nil, err
 	}

@@ -80,7 +80,7 @@ func (a *adminServer) createKey(ctx context.Context, req *signerv1.CreateKeyRequ
 	if err != nil {
 		return nil, err
 	}
-	ev.Kid = k.Active.Kid
+	ev.Kid = k.Versions[0].Kid // a new key has one version
 	return &signerv1.CreateKeyResponse{Key: adminKeyInfo(k)}, nil
 }
 

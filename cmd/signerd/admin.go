@@ -5,6 +5,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -46,7 +47,11 @@ func openRing(cfgPath string, exclusive bool) (*keyring.Ring, *config.Config, fu
 		release()
 		return nil, nil, nil, err
 	}
-	ring, err := keyring.Open(hsmstore.New(tok), keyring.Options{})
+	// One broken key must not stop an administrator from changing the others (or a timer's
+	// rotate --due from rotating them): its problems are reported, and it is left as a refresh leaves it.
+	ring, err := keyring.Open(hsmstore.New(tok), keyring.Options{LoadProblems: func(err error) {
+		fmt.Fprintf(os.Stderr, "signerd: warning: %v\n", err)
+	}})
 	if err != nil {
 		_ = tok.Close()
 		release()
@@ -106,7 +111,7 @@ func cmdKeys(args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "created key %s (%s), version 1, kid %s\n", k.Name, k.Alg, k.Active.Kid)
+		fmt.Fprintf(stdout, "created key %s (%s), version 1, kid %s\n", k.Name, k.Alg, k.Versions[0].Kid)
 	case "list":
 		return listKeys(ring, stdout)
 	case "public":
