@@ -199,6 +199,13 @@ func TestStateAt(t *testing.T) {
 			}
 		}
 	}
+	// A version is active from the instant of its activation: revoked at that instant, it was active,
+	// and the version it retired stays retired.
+	at := t0.Add(10 * time.Hour)
+	m.Versions[1].RevokedAt = &at
+	if got := m.StateAt(0, at.Add(time.Minute)).State; got != keyring.Retired {
+		t.Errorf("v1 after v2 was revoked at its activation instant: %s, want retired", got)
+	}
 }
 
 // failingReads is a store whose record reads fail on demand.

@@ -158,9 +158,10 @@ func (m *Meta) StateAt(i int, now time.Time) Timeline {
 	return Timeline{State: Active}
 }
 
-// wasActive reports whether v ever became active: it was not revoked before its activation time.
+// wasActive reports whether v ever became active: it was not revoked before its activation time. A
+// version is active from the instant of ActivateAt (StateAt), so one revoked at that instant was.
 func (v Version) wasActive() bool {
-	return v.RevokedAt == nil || v.RevokedAt.After(v.ActivateAt)
+	return v.RevokedAt == nil || !v.RevokedAt.Before(v.ActivateAt)
 }
 
 // nextTransition returns the first instant after now at which a version of m changes state, or zero.
