@@ -81,12 +81,14 @@ type daemon struct {
 	clientCAs atomic.Pointer[x509.CertPool]
 	// prepublish is minPrepublish of the config the daemon started with (a reload does not change it).
 	prepublish time.Duration
+	// started is the configuration the daemon started with: what a reload cannot change stays as it.
+	started *config.Config
 }
 
 // startDaemon opens the token, loads the keys, checks the policy against them and starts listening.
 // Every failure names the config field or the part that failed; none contains the PIN.
 func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
-	d := &daemon{cfgPath: cfgPath, log: log}
+	d := &daemon{cfgPath: cfgPath, log: log, started: cfg}
 	defer func() {
 		if err != nil {
 			d.close()
@@ -465,40 +467,6 @@ func (d *daemon) scheduleTransition(t *time.Timer) {
 		}
 	}
 	t.Reset(wait)
-}
-
-// reload re-reads the config file, the TLS material, the policy and the keys. Everything is validated
-// first; on any error the old state stays.
-func (d *daemon) reload() {
-	if d.cfgPath == "" {
-		if err := d.ring.Refresh(); err != nil {
-			d.log.Error("reload: key refresh failed", "err", err)
-		}
-		return
-	}
-	cfg, err := config.Load(d.cfgPath)
-	if err == nil {
-		err = d.ring.Refresh()
-	}
-	var policy *authz.Authorizer
-	if err == nil {
-		policy, err = authz.Compile(cfg.Policy, d.ring.Snapshot().Exists)
-	}
-	var files *tlsFiles
-	if err == nil {
-		files, err = loadTLS(cfg)
-	}
-	if err != nil {
-		d.log.Error("reload failed; keeping the previous configuration", "err", err)
-		return
-	}
-	d.useTLS(files)
-	d.srv.SetPolicy(policy)
-	if minPrepublish(cfg) != d.prepublish {
-		d.log.Warn("reload: http.listen and http.jwks_max_age take effect at the next start")
-	}
-	d.warnShortSettings(d.prepublish, policy)
-	d.log.Info("reloaded", "keys", len(d.ring.Snapshot().Names()))
 }
 
 // stop drains the servers: health NOT_SERVING, then both listeners stop gracefully within one

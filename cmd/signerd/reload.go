@@ -1,0 +1,82 @@
+package main
+
+import (
+	"reflect"
+	"strings"
+
+	"github.com/signerd/signerd/config"
+	"github.com/signerd/signerd/server/authz"
+)
+
+// reload re-reads the config file, the TLS material, the policy and the keys. Everything is validated
+// first; on any error the old state stays.
+func (d *daemon) reload() {
+	if d.cfgPath == "" {
+		if err := d.ring.Refresh(); err != nil {
+			d.log.Error("reload: key refresh failed", "err", err)
+		}
+		return
+	}
+	cfg, err := config.Load(d.cfgPath)
+	if err == nil {
+		err = d.ring.Refresh()
+	}
+	var policy *authz.Authorizer
+	if err == nil {
+		policy, err = authz.Compile(cfg.Policy, d.ring.Snapshot().Exists)
+	}
+	var files *tlsFiles
+	if err == nil {
+		files, err = loadTLS(cfg)
+	}
+	if err != nil {
+		d.log.Error("reload failed; keeping the previous configuration", "err", err)
+		return
+	}
+	d.useTLS(files)
+	d.srv.SetPolicy(policy)
+	if fields := restartNeeded(d.started, cfg); len(fields) > 0 {
+		d.log.Warn("reload: these settings changed but take effect only at the next start", "fields", strings.Join(fields, ", "))
+	}
+	d.warnShortSettings(d.prepublish, policy)
+	d.log.Info("reloaded", "keys", len(d.ring.Snapshot().Names()))
+}
+
+// restartNeeded lists, by their YAML paths, the settings of next that differ from running's and that a
+// reload does not apply: all but the policy and the TLS material (tls.*, http.cert_file, http.key_file).
+func restartNeeded(running, next *config.Config) []string {
+	a, b := *running, *next
+	for _, c := range []*config.Config{&a, &b} {
+		c.Policy, c.TLS = authz.Policy{}, config.TLS{}
+		c.HTTP.CertFile, c.HTTP.KeyFile = "", ""
+	}
+	var out []string
+	diffFields("", reflect.ValueOf(a), reflect.ValueOf(b), &out)
+	return out
+}
+
+// diffFields appends to out the YAML path of each field that differs between a and b, structs of the
+// same type: a top-level section's fields one by one, inline structs as their fields.
+func diffFields(prefix string, a, b reflect.Value, out *[]string) {
+	t := a.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name := yamlName(f)
+		fa, fb := a.Field(i), b.Field(i)
+		switch {
+		case !f.IsExported():
+		case name == "" && f.Type.Kind() == reflect.Struct:
+			diffFields(prefix, fa, fb, out)
+		case prefix == "" && f.Type.Kind() == reflect.Struct:
+			diffFields(name+".", fa, fb, out)
+		case !reflect.DeepEqual(fa.Interface(), fb.Interface()):
+			*out = append(*out, prefix+name)
+		}
+	}
+}
+
+// yamlName is the name field f has in the configuration file.
+func yamlName(f reflect.StructField) string {
+	name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+	return name
+}
