@@ -132,6 +132,11 @@ func Parse(b []byte) (*Config, error) {
 		}
 		return nil, err
 	}
+	// A second YAML document would otherwise go unread, unknown fields and all.
+	var more yaml.Node
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+		return nil, errors.New("more than one YAML document: the configuration is one")
+	}
 	c.applyDefaults()
 	if err := c.Validate(); err != nil {
 		return nil, err
@@ -195,6 +200,12 @@ func (c *Config) Validate() error {
 			add("hsm.uri", "set uri or token_label/token_serial/slot, not both")
 		case countSet(u.Token != "", u.Serial != "", u.Slot != nil) != 1:
 			add("hsm.uri", "must select the token with exactly one of token=, serial= or slot-id=")
+		case u.ModulePath != "" && c.HSM.Module != "":
+			add("hsm.uri", "set module-path in the uri or hsm.module, not both")
+		case u.ModulePath != "" && !filepath.IsAbs(u.ModulePath):
+			add("hsm.uri", "module-path %q: want an absolute path", u.ModulePath)
+		case u.PINSource != "" && (c.HSM.File != "" || c.HSM.Env != ""):
+			add("hsm.uri", "set pin-source in the uri or pin_file/pin_env, not both")
 		}
 	} else {
 		if countSet(c.HSM.TokenLabel != "", c.HSM.TokenSerial != "", c.HSM.Slot != nil) != 1 {

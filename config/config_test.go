@@ -53,6 +53,16 @@ func TestParseErrors(t *testing.T) {
 		{"unknown field", func(s string) string { return s + "extra: 1\n" }, []string{"field extra not found"}},
 		{"nested unknown field", func(s string) string { return strings.Replace(s, "hsm:\n", "hsm:\n  pin: \"1234\"\n", 1) }, []string{"field pin not found"}},
 		{"empty", func(string) string { return "" }, []string{"empty configuration"}},
+		{"second document", func(s string) string { return s + "---\nbogus_field: 1\n" }, []string{"more than one YAML document"}},
+		{"module twice", func(s string) string {
+			return strings.Replace(s, "  token_label: signerd\n", "  module: /usr/lib/a.so\n  uri: \"pkcs11:token=x?module-path=/usr/lib/b.so\"\n", 1)
+		}, []string{"hsm.uri: set module-path in the uri or hsm.module"}},
+		{"relative module-path", func(s string) string {
+			return strings.Replace(s, "  token_label: signerd\n", "  uri: \"pkcs11:token=x?module-path=relative.so\"\n", 1)
+		}, []string{"hsm.uri: module-path \"relative.so\": want an absolute path"}},
+		{"pin source twice", func(s string) string {
+			return strings.Replace(s, "  token_label: signerd\n", "  uri: \"pkcs11:token=x?pin-source=file:/run/pin\"\n", 1)
+		}, []string{"hsm.uri: set pin-source in the uri or pin_file/pin_env"}},
 		{"several problems at once", func(s string) string {
 			s = strings.Replace(s, "listen: 127.0.0.1:8443", "listen: nope", 1)
 			s = strings.Replace(s, "/ca.pem", "/missing.pem", 1)
