@@ -53,6 +53,10 @@ const maxBusyChecks = 3
 // stopTimeout bounds the graceful stop before in-flight calls are cut.
 const stopTimeout = 10 * time.Second
 
+// cutTimeout bounds the wait, after in-flight calls are cut, for their handlers to return: one stuck in
+// a token call (a hung network HSM) never does.
+const cutTimeout = 5 * time.Second
+
 // daemon is a running signerd: the token, the key ring and the gRPC server.
 type daemon struct {
 	cfgPath string
@@ -489,13 +493,24 @@ func (d *daemon) stop() {
 	case <-done:
 	case <-ctx.Done():
 		d.grpc.Stop()
-		<-done
+		select {
+		case <-done:
+		case <-time.After(cutTimeout):
+			// Closing the token would wait for the calls stuck in it: the audit trail is closed (its
+			// buffered lines written), and the process exit ends the rest.
+			d.log.Error("requests still inside the token after the stop timeouts; exiting without closing the token")
+			d.release(false)
+			return
+		}
 	}
 	d.close()
 }
 
 // close releases everything startDaemon opened; the token goes last.
-func (d *daemon) close() {
+func (d *daemon) close() { d.release(true) }
+
+// release closes the servers, the listeners and the audit trail, and the token if closeToken.
+func (d *daemon) release(closeToken bool) {
 	if d.grpc != nil {
 		d.grpc.Stop() // also ends its stream workers when startDaemon failed after creating it
 	}
@@ -510,7 +525,7 @@ func (d *daemon) close() {
 			d.log.Error("audit log", "err", err)
 		}
 	}
-	if d.tok != nil {
+	if d.tok != nil && closeToken {
 		_ = d.tok.Close()
 	}
 }
