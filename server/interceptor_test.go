@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"testing"
 	"time"
 
@@ -50,5 +51,35 @@ func TestPanicIsAnInternalError(t *testing.T) {
 	}
 	if got := count(codes.OK); got != 0 {
 		t.Errorf("requests counted as OK = %v, want 0", got)
+	}
+}
+
+// limiterCount counts the rate limiters s holds.
+func limiterCount(s *Server) int {
+	n := 0
+	s.limiters.Range(func(any, any) bool { n++; return true })
+	return n
+}
+
+// TestIdleLimitersSwept: identities that come and go do not grow the rate limiters without end (the
+// idle ones, whose bucket is full again, are dropped), while an identity that has used up its burst
+// keeps its limiter, and its limit, through a sweep.
+func TestIdleLimitersSwept(t *testing.T) {
+	r := newRotationServer(t, &clock{t: time.Now()})
+	r.rate, r.burst = 1e9, 1 // buckets refill at once: every identity is idle by the next sweep
+	for i := range 5 * sweepEvery {
+		r.allowRate(fmt.Sprintf("instance-%d", i))
+	}
+	if n := limiterCount(r.Server); n > sweepEvery {
+		t.Errorf("%d limiters after %d identities, want at most %d", n, 5*sweepEvery, sweepEvery)
+	}
+
+	r.rate = 1e-9 // nothing refills: an identity that used its burst stays limited
+	if !r.allowRate("busy") || r.allowRate("busy") {
+		t.Fatal("busy: want its first request allowed and its second refused")
+	}
+	r.sweepLimiters()
+	if r.allowRate("busy") {
+		t.Error("busy allowed again after a sweep: its used-up limiter was dropped")
 	}
 }

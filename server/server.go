@@ -87,6 +87,8 @@ type Server struct {
 	rate     rate.Limit
 	burst    int
 	limiters sync.Map // identity -> *rate.Limiter
+	// newLimiters counts the limiters made, so that every sweepEvery-th one sweeps the idle ones out.
+	newLimiters atomic.Int64
 }
 
 // New validates cfg and builds a Server.
@@ -220,9 +222,29 @@ func (s *Server) allowRate(id string) bool {
 	}
 	l, ok := s.limiters.Load(id)
 	if !ok {
-		l, _ = s.limiters.LoadOrStore(id, rate.NewLimiter(s.rate, s.burst))
+		var loaded bool
+		l, loaded = s.limiters.LoadOrStore(id, rate.NewLimiter(s.rate, s.burst))
+		if !loaded && s.newLimiters.Add(1)%sweepEvery == 0 {
+			s.sweepLimiters()
+		}
 	}
 	return l.(*rate.Limiter).Allow()
+}
+
+// sweepEvery is how many new limiters are made between two sweeps of the idle ones.
+const sweepEvery = 1024
+
+// sweepLimiters drops the limiters whose bucket is full again: their identities have been idle, and a new
+// limiter would be the same, so that identities that come and go (a certificate per instance) do not
+// grow the map without end.
+func (s *Server) sweepLimiters() {
+	now := time.Now()
+	s.limiters.Range(func(id, l any) bool {
+		if l.(*rate.Limiter).TokensAt(now) >= float64(s.burst) {
+			s.limiters.Delete(id)
+		}
+		return true
+	})
 }
 
 // minKidRefresh is the least time between two refreshes triggered by unknown kids, so that a caller
