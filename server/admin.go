@@ -121,8 +121,8 @@ func (a *adminServer) rotateKey(ctx context.Context, req *signerv1.RotateKeyRequ
 	if err := a.admin(ctx); err != nil {
 		return nil, err
 	}
-	if req.GetKey() == "" {
-		return nil, invalidArgument("key: empty")
+	if err := checkKeyName(req.GetKey()); err != nil {
+		return nil, err
 	}
 	k, v, err := a.s.manager.Rotate(req.GetKey(), req.GetEmergency())
 	if err != nil {
@@ -159,8 +159,8 @@ func (a *adminServer) change(ctx context.Context, key string, n uint32, ev *audi
 	var k *keyring.Key
 	switch {
 	case err != nil:
-	case key == "":
-		err = invalidArgument("key: empty")
+	case checkKeyName(key) != nil:
+		err = checkKeyName(key)
 	case n == 0:
 		err = invalidArgument("version: must be 1 or more")
 	default:
@@ -205,4 +205,15 @@ func adminKeyInfo(k *keyring.Key) *signerv1.KeyInfo {
 	info.Settings = &signerv1.KeySettings{Prepublish: durationpb.New(st.Prepublish.D()), Grace: durationpb.New(st.Grace.D()),
 		RotationPeriod: durationpb.New(st.RotationPeriod.D()), KeepRetired: st.KeepRetired}
 	return info
+}
+
+// checkKeyName refuses, before it goes near the token, a key name that no key can have.
+func checkKeyName(name string) error {
+	switch {
+	case name == "":
+		return invalidArgument("key: empty")
+	case !keyring.ValidName(name):
+		return invalidArgument("key: not a key name (want [a-z0-9][a-z0-9-]{0,62})")
+	}
+	return nil
 }

@@ -286,6 +286,18 @@ func TestKeyAdminRefusals(t *testing.T) {
 			return err
 		}, codes.InvalidArgument},
 		{"rotate unknown key", func() error { _, err := a.RotateKey(r.admin, &signerv1.RotateKeyRequest{Key: "nope"}); return err }, codes.NotFound},
+		{"rotate bad name", func() error {
+			_, err := a.RotateKey(r.admin, &signerv1.RotateKeyRequest{Key: "BAD/../" + strings.Repeat("x", 1000)})
+			return err
+		}, codes.InvalidArgument},
+		{"revoke bad name", func() error {
+			_, err := a.RevokeVersion(r.admin, &signerv1.RevokeVersionRequest{Key: "UPPER", Version: 1})
+			return err
+		}, codes.InvalidArgument},
+		{"destroy bad name", func() error {
+			_, err := a.DestroyVersion(r.admin, &signerv1.DestroyVersionRequest{Key: "a b", Version: 1})
+			return err
+		}, codes.InvalidArgument},
 		{"destroy active", func() error {
 			_, err := a.DestroyVersion(r.admin, &signerv1.DestroyVersionRequest{Key: "k", Version: 1})
 			return err

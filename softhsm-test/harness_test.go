@@ -324,6 +324,24 @@ func ctxT(t testing.TB) context.Context {
 	return ctx
 }
 
+// sourceEnv reads the SIGNERD_ variables that a shell sourcing the file at path gets.
+func sourceEnv(t testing.TB, path string) map[string]string {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", `. "$1" && env -0`, "sh", path)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("sourcing %s: %v", path, err)
+	}
+	env := map[string]string{}
+	for _, kv := range strings.Split(string(out), "\x00") {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, "SIGNERD_") {
+			env[k] = v
+		}
+	}
+	return env
+}
+
 // waitEnv waits for `signerd dev` to write DIR/env and returns its variables.
 func waitEnv(t testing.TB, path string, round int, cmd *exec.Cmd, out fmt.Stringer) map[string]string {
 	t.Helper()
@@ -332,15 +350,7 @@ func waitEnv(t testing.TB, path string, round int, cmd *exec.Cmd, out fmt.String
 		if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
 			info, _ := os.Stat(path)
 			if round == 0 || time.Since(info.ModTime()) < 30*time.Second {
-				env := map[string]string{}
-				for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-					k, v, ok := strings.Cut(strings.TrimPrefix(line, "export "), "=")
-					if !ok {
-						t.Fatalf("DIR/env line %q is not in export form", line)
-					}
-					env[k] = v
-				}
-				return env
+				return sourceEnv(t, path)
 			}
 		}
 		if cmd.ProcessState != nil {

@@ -387,7 +387,7 @@ func TestKeysInTokenAreSensitive(t *testing.T) {
 // with every dev key; a second start reuses the token and keys.
 func TestDevCommand(t *testing.T) {
 	softhsmtest.Require(t)
-	dir := filepath.Join(t.TempDir(), "dev")
+	dir := filepath.Join(t.TempDir(), "dev dir $HOME 'quoted'") // DIR/env must quote it for the shell
 	var kids map[string]string
 	for round := range 2 {
 		cmd := exec.Command(signerdBin, "dev", "--dir", dir, "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0")

@@ -285,13 +285,28 @@ func issueDevCerts(dir string) error {
 	return adm.WriteFiles(filepath.Join(dir, "admin.pem"), filepath.Join(dir, "admin-key.pem"))
 }
 
-// writeEnv writes DIR/env for clients, in shell export form.
+// writeEnv writes DIR/env for clients, in shell export form, each value quoted for the shell (DIR may
+// hold spaces or other characters a shell would act on).
 func writeEnv(dir, addr, httpURL string) error {
-	env := fmt.Sprintf("export SIGNERD_ADDR=%s\nexport SIGNERD_CACERT=%s\nexport SIGNERD_CERT=%s\nexport SIGNERD_KEY=%s\n"+
-		"export SIGNERD_HTTP_URL=%s\nexport SIGNERD_JWKS_URL=%s\nexport SIGNERD_ADMIN_CERT=%s\nexport SIGNERD_ADMIN_KEY=%s\n",
-		addr, filepath.Join(dir, "ca.pem"), filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem"),
-		httpURL, httpURL+wellknown.JWKSPath, filepath.Join(dir, "admin.pem"), filepath.Join(dir, "admin-key.pem"))
-	return os.WriteFile(filepath.Join(dir, "env"), []byte(env), 0o600)
+	var b strings.Builder
+	for _, kv := range [][2]string{
+		{"SIGNERD_ADDR", addr},
+		{"SIGNERD_CACERT", filepath.Join(dir, "ca.pem")},
+		{"SIGNERD_CERT", filepath.Join(dir, "client.pem")},
+		{"SIGNERD_KEY", filepath.Join(dir, "client-key.pem")},
+		{"SIGNERD_HTTP_URL", httpURL},
+		{"SIGNERD_JWKS_URL", httpURL + wellknown.JWKSPath},
+		{"SIGNERD_ADMIN_CERT", filepath.Join(dir, "admin.pem")},
+		{"SIGNERD_ADMIN_KEY", filepath.Join(dir, "admin-key.pem")},
+	} {
+		fmt.Fprintf(&b, "export %s=%s\n", kv[0], shellQuote(kv[1]))
+	}
+	return os.WriteFile(filepath.Join(dir, "env"), []byte(b.String()), 0o600)
+}
+
+// shellQuote quotes s for a POSIX shell: in single quotes, each of its own as '\”.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 func writeIfMissing(path string, data []byte, mode os.FileMode) error {
