@@ -18,6 +18,10 @@ const lockApplication = "signerd-lock"
 // ErrLocked means another process holds the lock.
 var ErrLocked = errors.New("hsm: locked by another process")
 
+// ErrLockLost means a holder found, when renewing its lock, that the lock was no longer its own: it had
+// gone unrenewed past its ttl and another process took it. Its release reports it.
+var ErrLockLost = errors.New("hsm: lock lost to another process")
+
 type lockValue struct {
 	Owner   string `json:"owner"`
 	Expires int64  `json:"expires"` // Unix nanoseconds
@@ -53,7 +57,14 @@ func (t *Token) TryLock(name string, ttl time.Duration) (func() error, error) {
 		once.Do(func() {
 			close(stop)
 			<-renewed
-			err = errors.Join(renewErr, l.write("unlock", func(s pkcs11.SessionHandle) error { return l.destroyOwn(s, 0) }))
+			err = errors.Join(renewErr, l.write("unlock", func(s pkcs11.SessionHandle) error {
+				// Lost since the last renewal (or stalled, lost and not yet renewed)?
+				lost := l.stillMine(s)
+				if !errors.Is(lost, ErrLockLost) || errors.Is(renewErr, ErrLockLost) {
+					lost = nil
+				}
+				return errors.Join(lost, l.destroyOwn(s, 0))
+			}))
 		})
 		return err
 	}, nil
@@ -117,8 +128,9 @@ func (l *tokenLock) acquire(s pkcs11.SessionHandle) error {
 // renewUntil pushes the lock's expiry back every ttl/3 until stop is closed, so that a holder that takes
 // long (an RSA key generation on a slow HSM) keeps it, and other machines' clocks may be off by up to
 // 2/3 ttl. Tokens keep a data object's CKA_VALUE read-only, so a new object is made before the older ones
-// go: the lock never looks free meanwhile. It returns the last renewal error, and stops early once the
-// token is closed.
+// go: the lock never looks free meanwhile. A holder whose lock is no longer its own (its object removed
+// as expired, another holder's live one there) does not take it back: it stops and reports
+// ErrLockLost. It returns the last renewal error, and stops early once the token is closed.
 func (l *tokenLock) renewUntil(stop <-chan struct{}) error {
 	tick := time.NewTicker(l.ttl / 3)
 	defer tick.Stop()
@@ -129,6 +141,9 @@ func (l *tokenLock) renewUntil(stop <-chan struct{}) error {
 			return last
 		case <-tick.C:
 			err := l.write("renew lock", func(s pkcs11.SessionHandle) error {
+				if err := l.stillMine(s); err != nil {
+					return err
+				}
 				h, err := l.create(s)
 				if err != nil {
 					return err
@@ -138,11 +153,37 @@ func (l *tokenLock) renewUntil(stop <-chan struct{}) error {
 			if err != nil {
 				last = fmt.Errorf("renew lock %s: %w", l.name, err)
 			}
-			if errors.Is(err, ErrClosed) {
+			if errors.Is(err, ErrClosed) || errors.Is(err, ErrLockLost) {
 				return last
 			}
 		}
 	}
+}
+
+// stillMine checks that the lock is the holder's: one of its objects is there, and no other holder's
+// live one.
+func (l *tokenLock) stillMine(s pkcs11.SessionHandle) error {
+	handles, err := l.t.findObjects(s, l.tmpl)
+	if err != nil {
+		return err
+	}
+	now, mine := time.Now().UnixNano(), false
+	for _, h := range handles {
+		v, err := l.value(s, h)
+		switch {
+		case errors.Is(err, errLockGone):
+		case err != nil:
+			return err
+		case v.Owner == l.owner:
+			mine = true
+		case v.Expires > now:
+			return ErrLockLost
+		}
+	}
+	if !mine {
+		return ErrLockLost
+	}
+	return nil
 }
 
 // create makes a lock object of the holder's that expires ttl from now.
@@ -165,15 +206,19 @@ func (l *tokenLock) destroyOwn(s pkcs11.SessionHandle, keep pkcs11.ObjectHandle)
 	return err
 }
 
-// errLockGone means a lock object could not be read: its holder destroyed it meanwhile.
+// errLockGone means a lock object is no longer there: its holder destroyed it meanwhile.
 var errLockGone = errors.New("lock object gone")
 
-// value reads lock object h.
+// value reads lock object h. Only a handle that names no object any more means it is gone; any other
+// failure is an error, so that a live lock the token failed to read is never taken for a free one.
 func (l *tokenLock) value(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) (lockValue, error) {
 	var v lockValue
 	attrs, err := l.t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
-	if err != nil {
+	switch {
+	case hasCode(err, goneObjectCodes...):
 		return v, errLockGone
+	case err != nil:
+		return v, err
 	}
 	return v, json.Unmarshal(attrs[0].Value, &v)
 }

@@ -210,3 +210,47 @@ func TestPoolCloseTwice(t *testing.T) {
 		t.Fatal("second close of the session pool hangs")
 	}
 }
+
+// TestLockLostNotRetaken: a holder whose lock object was removed as expired (its renewals stalled past
+// the ttl) and taken by another does not take it back at its next renewal: the other stays the only
+// holder, and the first one's release reports ErrLockLost.
+func TestLockLostNotRetaken(t *testing.T) {
+	tk := newTestToken(t, "lock-lost")
+	unlockA, err := tk.TryLock("k", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := dataTemplate(lockApplication, "k")
+	objects := func() []pkcs11.ObjectHandle {
+		var hs []pkcs11.ObjectHandle
+		if err := tk.with("list", func(s pkcs11.SessionHandle) error {
+			var err error
+			hs, err = tk.findObjects(s, tmpl)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return hs
+	}
+	// Another machine found A's lock expired and removed it, then took the lock.
+	for _, h := range objects() {
+		if err := tk.with("destroy", func(s pkcs11.SessionHandle) error { return tk.p11.DestroyObject(s, h) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unlockB, err := tk.TryLock("k", time.Minute)
+	if err != nil {
+		t.Fatalf("TryLock after the holder's object was removed = %v", err)
+	}
+	defer func() { _ = unlockB() }()
+	time.Sleep(1200 * time.Millisecond) // A's renewal (every ttl/3) has run at least twice
+	if n := len(objects()); n != 1 {
+		t.Errorf("%d lock objects after A's renewals, want 1 (B's)", n)
+	}
+	if err := unlockA(); !errors.Is(err, ErrLockLost) {
+		t.Errorf("A's release = %v, want ErrLockLost", err)
+	}
+	if n := len(objects()); n != 1 {
+		t.Errorf("%d lock objects after A's release, want 1 (B's)", n)
+	}
+}
