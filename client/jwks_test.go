@@ -199,8 +199,10 @@ func TestJWKSKeyfuncFetchDoesNotBlockCachedKeys(t *testing.T) {
 	}
 	hung := make(chan error, 1)
 	go func() { hung <- parse(kf, k.token(t, "made-up")) }()
-	for fetches.Load() < 2 {
-		time.Sleep(time.Millisecond)
+	for deadline := time.Now().Add(30 * time.Second); fetches.Load() < 2; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the refetch for an unknown kid did not start within 30s")
+		}
 	}
 	done := make(chan error, 1)
 	go func() { done <- parse(kf, k.token(t, k.jwk.Kid)) }()

@@ -169,11 +169,12 @@ func TestLockAcrossReconnect(t *testing.T) {
 // still finds it held; once released, it is free.
 func TestLockRenewed(t *testing.T) {
 	tk := newTestToken(t, "lock-renew")
-	unlock, err := tk.TryLock("k", time.Second)
+	// Renewed every 2s/3: a renewal may stall for over a second on a loaded machine before the lock lapses.
+	unlock, err := tk.TryLock("k", 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2500 * time.Millisecond)
+	time.Sleep(5 * time.Second)
 	if _, err := tk.TryLock("k", time.Minute); !errors.Is(err, ErrLocked) {
 		t.Fatalf("TryLock on a lock held past its ttl = %v, want ErrLocked (renewed)", err)
 	}

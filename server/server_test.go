@@ -96,18 +96,25 @@ func TestBackendFailures(t *testing.T) {
 	}
 }
 
-// slowSigner holds each sign for a while, to fill the in-flight bound.
-type slowSigner struct{ crypto.Signer }
+// slowSigner signs once release is closed, counting the calls that reached it.
+type slowSigner struct {
+	crypto.Signer
+	inside  *atomic.Int32
+	release chan struct{}
+}
 
 func (s slowSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
-	time.Sleep(300 * time.Millisecond)
+	s.inside.Add(1)
+	<-s.release
 	return s.Signer.Sign(r, d, o)
 }
 
 // TestDeadlineWhileWaitingForSlot fills every signing slot and checks that a request whose deadline
 // passes while it waits gets DEADLINE_EXCEEDED without reaching the key.
 func TestDeadlineWhileWaitingForSlot(t *testing.T) {
-	c := wrappedServer(t, func(s crypto.Signer) crypto.Signer { return slowSigner{s} })
+	var inside atomic.Int32
+	release := make(chan struct{})
+	c := wrappedServer(t, func(s crypto.Signer) crypto.Signer { return slowSigner{s, &inside, release} })
 	req := &signerv1.SignRequest{Key: "k", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}
 	done := make(chan error, 4)
 	for range 4 { // clienttest's MaxInFlight
@@ -116,12 +123,21 @@ func TestDeadlineWhileWaitingForSlot(t *testing.T) {
 			done <- err
 		}()
 	}
-	time.Sleep(100 * time.Millisecond)
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	for deadline := time.Now().Add(30 * time.Second); inside.Load() < 4; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			close(release)
+			t.Fatalf("%d signs reached the key after 30s, want 4", inside.Load())
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	if _, err := c.Signer().Sign(ctx, req); status.Code(err) != codes.DeadlineExceeded {
 		t.Errorf("Sign while all slots are busy = %v, want DeadlineExceeded", err)
 	}
+	if n := inside.Load(); n != 4 {
+		t.Errorf("%d signs reached the key, want 4: the one that waited for a slot must not", n)
+	}
+	close(release)
 	for range 4 {
 		if err := <-done; err != nil {
 			t.Errorf("slow Sign = %v", err)
@@ -168,7 +184,8 @@ func TestMalformedSignatureFromToken(t *testing.T) {
 func TestExpiredCertificateOnOpenConnection(t *testing.T) {
 	srv := clienttest.NewServer(t, clienttest.DefaultPolicy())
 	srv.CreateKey(t, "k", jose.ES256)
-	leaf, err := srv.CA.Issue(devca.Request{CommonName: clienttest.Identity, Client: true, Validity: 1500 * time.Millisecond})
+	// X.509 times are whole seconds: a few of them leave time to connect and sign under -race.
+	leaf, err := srv.CA.Issue(devca.Request{CommonName: clienttest.Identity, Client: true, Validity: 4 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +200,7 @@ func TestExpiredCertificateOnOpenConnection(t *testing.T) {
 	if _, err := c.Signer().Sign(context.Background(), req); err != nil {
 		t.Fatalf("Sign with a fresh certificate = %v", err)
 	}
-	time.Sleep(time.Until(leaf.Cert.NotAfter.Add(100 * time.Millisecond)))
+	time.Sleep(time.Until(leaf.Cert.NotAfter.Add(1100 * time.Millisecond)))
 	_, err = c.Signer().Sign(context.Background(), req)
 	if st := status.Convert(err); st.Code() != codes.Unauthenticated || !strings.Contains(st.Message(), "expired") {
 		t.Errorf("Sign on the same connection after the certificate expired = %v, want Unauthenticated (expired)", err)

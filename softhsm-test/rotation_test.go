@@ -21,6 +21,7 @@ import (
 	"github.com/signerd/signerd/client"
 	"github.com/signerd/signerd/devca"
 	signerv1 "github.com/signerd/signerd/proto/signer/v1"
+	softhsmtest "github.com/signerd/signerd/softhsm-test"
 )
 
 // shortPeriods makes rotation observable in seconds: the JWKS may be cached 2s, refreshes run every
@@ -154,12 +155,13 @@ func TestStagedRotationTwoDaemons(t *testing.T) {
 		return err == nil && v.GetValid()
 	}
 
-	// Staged rotation through the local CLI on the token, while both daemons run.
+	// Staged rotation through the local CLI on the token, while both daemons run. The CLI reads its
+	// clock after this, so v2 activates no earlier than 3s (its prepublish) from now.
+	rotated := time.Now()
 	out, err := signerd(t, nil, "keys", "rotate", "--config", in.cfgPath, "--name", "rot")
 	if err != nil {
 		t.Fatalf("signerd keys rotate: %v\n%s", err, out)
 	}
-	rotated := time.Now()
 	list, _ := signerd(t, nil, "keys", "list", "--config", in.cfgPath)
 	var v2 string
 	for _, line := range strings.Split(list, "\n") {
@@ -174,10 +176,9 @@ func TestStagedRotationTwoDaemons(t *testing.T) {
 	// Pending: within a refresh both publish v2, both still sign with v1.
 	for _, d := range daemons {
 		eventually(t, "daemon "+d.name+" publishes the pending version", func() error { return sameSet(d.jwksKids(t, in), v1, v2, d.esKid(t)) })
-		if time.Since(rotated) < 3*time.Second {
-			if kid := d.signKid(t, "rot"); kid != v1 {
-				t.Errorf("daemon %s signs with %s during prepublish, want v1 %s", d.name, kid, v1)
-			}
+		// Only a signature made wholly before v2 could activate must be v1's.
+		if kid := d.signKid(t, "rot"); time.Since(rotated) < 3*time.Second && kid != v1 {
+			t.Errorf("daemon %s signs with %s during prepublish, want v1 %s", d.name, kid, v1)
 		}
 	}
 	// Restart B while v2 is pending: it comes back with the same view.
@@ -257,6 +258,9 @@ func (d daemonView) esKid(t *testing.T) string { return d.signKid(t, "es256") }
 func p11Objects(t *testing.T, in *instance) string {
 	t.Helper()
 	if _, err := exec.LookPath("pkcs11-tool"); err != nil {
+		if os.Getenv(softhsmtest.RequireEnv) == "1" {
+			t.Fatal("pkcs11-tool (opensc) is required: apt-get install opensc")
+		}
 		t.Skip("pkcs11-tool (opensc) not installed")
 	}
 	cmd := exec.Command("pkcs11-tool", "--module", in.tok.Module, "--token-label", in.tok.Label, "--login", "--pin", in.tok.PIN, "--list-objects")
@@ -440,12 +444,14 @@ func TestSIGHUPReload(t *testing.T) {
 	if err := in.proc.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond)
+	eventually(t, "the daemon logs the failed reload", func() error {
+		if !strings.Contains(in.stderr.String(), "reload failed") {
+			return fmt.Errorf("daemon log lacks the failed reload:\n%s", in.stderr)
+		}
+		return nil
+	})
 	if err := verify(); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("Verify after a SIGHUP with a broken config = %v, want the previous policy kept", err)
-	}
-	if !strings.Contains(in.stderr.String(), "reload failed") {
-		t.Errorf("daemon log lacks the failed reload:\n%s", in.stderr)
 	}
 
 	// A reload is all or nothing: a new gRPC certificate next to an HTTPS key pair that does not load
@@ -491,7 +497,8 @@ func TestSIGHUPDuringStartup(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _, log, _, _ := serve(t, in.cfgPath, func(p *os.Process) {
-		time.Sleep(300 * time.Millisecond) // past the Go runtime's start and the config; at the lock
+		// Once the daemon opens the lock file it has read its config, and catches SIGHUP since before.
+		waitOpens(t, p.Pid, lockFile)
 		if err := p.Signal(syscall.SIGHUP); err != nil {
 			t.Error(err)
 		}
@@ -560,4 +567,24 @@ func TestConcurrentAdminOnTwoDaemons(t *testing.T) {
 			t.Errorf("signerd keys list shows %d versions of %s, want %d\n%s", got, k, n, out)
 		}
 	}
+}
+
+// waitOpens waits (up to 30s) until process pid has file path open, as /proc/PID/fd shows.
+func waitOpens(t *testing.T, pid int, path string) {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		fds, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatalf("list open files of process %d: %v", pid, err)
+		}
+		for _, fd := range fds {
+			if target, err := os.Readlink(filepath.Join(dir, fd.Name())); err == nil && target == path {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("process %d has not opened %s after 30s", pid, path)
 }

@@ -398,6 +398,14 @@ func TestDevCommand(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		exited := make(chan struct{})
+		t.Cleanup(func() { // a failed round must not leave signerd dev running
+			select {
+			case <-exited:
+			default:
+				_ = cmd.Process.Kill()
+			}
+		})
 		env := waitEnv(t, filepath.Join(dir, "env"), round, cmd, &stdout)
 		got := map[string]string{}
 		c := dialEnv(t, env)
@@ -431,7 +439,9 @@ func TestDevCommand(t *testing.T) {
 			}
 		}
 		_ = cmd.Process.Signal(os.Interrupt)
-		if err := cmd.Wait(); err != nil {
+		err := cmd.Wait()
+		close(exited)
+		if err != nil {
 			t.Errorf("signerd dev exit after interrupt = %v\n%s", err, stdout.String())
 		}
 		if round == 1 && len(kids) == 4 {
