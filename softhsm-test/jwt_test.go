@@ -2,6 +2,7 @@ package softhsmtest_test
 
 import (
 	"bufio"
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/x509"
@@ -485,7 +486,9 @@ func TestJOSEInterop(t *testing.T) {
 		t.Skip("node/npm not installed")
 	}
 	dir := t.TempDir()
-	npm := exec.Command("npm", "install", "--no-audit", "--no-fund", "--silent", "--prefix", dir, "jose@5")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	npm := exec.CommandContext(ctx, "npm", "install", "--no-audit", "--no-fund", "--silent", "--prefix", dir, "jose@5")
 	if out, err := npm.CombinedOutput(); err != nil {
 		t.Skipf("npm install jose failed (registry unreachable?): %v\n%s", err, out)
 	}
