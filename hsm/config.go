@@ -175,15 +175,27 @@ func ParseURI(s string) (URI, error) {
 		return u, errors.New("hsm: PKCS#11 URI: must start with \"pkcs11:\"")
 	}
 	path, query, _ := strings.Cut(rest, "?")
+	// Values are never quoted back either: a mistyped attribute may be a PIN.
+	seen := map[string]bool{}
+	attribute := func(attr string) (name, val string, err error) {
+		name, raw, ok := strings.Cut(attr, "=")
+		switch {
+		case !ok || raw == "":
+			return "", "", errors.New("hsm: PKCS#11 URI: an attribute has no value (want name=value)")
+		case seen[name]:
+			return "", "", fmt.Errorf("hsm: PKCS#11 URI: attribute %s given twice", name)
+		}
+		seen[name] = true
+		if val, err = url.PathUnescape(raw); err != nil {
+			return "", "", fmt.Errorf("hsm: PKCS#11 URI: attribute %s: bad percent-encoding", name)
+		}
+		return name, val, nil
+	}
 	if path != "" {
 		for _, attr := range strings.Split(path, ";") {
-			name, raw, ok := strings.Cut(attr, "=")
-			if !ok {
-				return u, fmt.Errorf("hsm: PKCS#11 URI: attribute %q has no value", attr)
-			}
-			val, err := url.PathUnescape(raw)
+			name, val, err := attribute(attr)
 			if err != nil {
-				return u, fmt.Errorf("hsm: PKCS#11 URI: attribute %s: %w", name, err)
+				return u, err
 			}
 			switch name {
 			case "token":
@@ -204,13 +216,9 @@ func ParseURI(s string) (URI, error) {
 	}
 	if query != "" {
 		for _, attr := range strings.Split(query, "&") {
-			name, raw, ok := strings.Cut(attr, "=")
-			if !ok {
-				return u, errors.New("hsm: PKCS#11 URI: a query attribute has no value (want name=value)")
-			}
-			val, err := url.PathUnescape(raw)
+			name, val, err := attribute(attr)
 			if err != nil {
-				return u, fmt.Errorf("hsm: PKCS#11 URI: query attribute %s: %w", name, err)
+				return u, err
 			}
 			switch name {
 			case "module-path":

@@ -24,6 +24,11 @@ func TestParseURI(t *testing.T) {
 		"pkcs11:token=x?pin-value=1234",
 		"pkcs11:token=%zz",
 		"pkcs11:token=x?foo=bar",
+		"pkcs11:token=a;token=b",
+		"pkcs11:token=x?pin-source=/a&pin-source=/b",
+		"pkcs11:serial=",
+		"pkcs11:token=a;pin-value:1234",
+		"pkcs11:token=x?pin-value=12%G34",
 	} {
 		if _, err := ParseURI(bad); err == nil {
 			t.Errorf("ParseURI(%q) = nil error, want one", bad)
