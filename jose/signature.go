@@ -116,6 +116,21 @@ func CurveSize(c elliptic.Curve) int {
 	return (c.Params().BitSize + 7) / 8
 }
 
+// SignatureSize returns the length of a JWS signature by the private key of
+// pub: the modulus size for RSA, twice [CurveSize] for ECDSA (raw r||s), 64
+// for Ed25519, and 0 for any other key.
+func SignatureSize(pub crypto.PublicKey) int {
+	switch p := pub.(type) {
+	case *rsa.PublicKey:
+		return p.Size()
+	case *ecdsa.PublicKey:
+		return 2 * CurveSize(p.Curve)
+	case ed25519.PublicKey:
+		return ed25519.SignatureSize
+	}
+	return 0
+}
+
 // Verify checks that sig is a signature by pub of input under a, where input
 // is what [Algorithm.Digest] returns: a digest of a.Hash() for RSA and ECDSA,
 // the whole message for EdDSA. sig is in the form a [crypto.Signer] returns:

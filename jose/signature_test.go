@@ -371,3 +371,20 @@ func TestVerifyHighS(t *testing.T) {
 		t.Errorf("ES256.Verify(s=n) = %v, want %v", err, ErrVerification)
 	}
 }
+
+// TestSignatureSize: the JWS signature length of each key type is that of a signature it makes.
+func TestSignatureSize(t *testing.T) {
+	for _, alg := range Algorithms() {
+		s := testSigner(t, alg)
+		sig, err := NewSigningMethod(alg).Sign("header.payload", s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := SignatureSize(s.Public()); got != len(sig) {
+			t.Errorf("SignatureSize(%s key) = %d, want %d", alg, got, len(sig))
+		}
+	}
+	if got := SignatureSize("not a key"); got != 0 {
+		t.Errorf("SignatureSize(string) = %d, want 0", got)
+	}
+}

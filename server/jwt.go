@@ -3,11 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -105,7 +101,7 @@ func (s *Server) signJWT(ctx context.Context, req *signerv1.SignJWTRequest, ev *
 	}
 	signingInput := b64.EncodeToString(header) + "." + b64.EncodeToString(payload)
 	// No token is made that VerifyJWT would refuse for its size.
-	if n := len(signingInput) + 1 + b64.EncodedLen(signatureSize(v.Signer.Public())); n > MaxTokenBytes {
+	if n := len(signingInput) + 1 + b64.EncodedLen(jose.SignatureSize(v.Signer.Public())); n > MaxTokenBytes {
 		return nil, invalidArgument("claims_json: the token would be %d bytes, limit is %d", n, MaxTokenBytes)
 	}
 	ev.Input = audit.InputHash([]byte(signingInput))
@@ -335,15 +331,4 @@ func decodeStrict(part string, v any) error {
 func atEnd(dec *json.Decoder) bool {
 	_, err := dec.Token()
 	return err == io.EOF
-}
-
-// signatureSize is the length of a JWS signature made with the private key of pub.
-func signatureSize(pub crypto.PublicKey) int {
-	switch p := pub.(type) {
-	case *rsa.PublicKey:
-		return p.Size()
-	case *ecdsa.PublicKey:
-		return 2 * jose.CurveSize(p.Curve)
-	}
-	return ed25519.SignatureSize
 }
