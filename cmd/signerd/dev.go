@@ -304,7 +304,8 @@ func writeEnv(dir, addr, httpURL string) error {
 	return os.WriteFile(filepath.Join(dir, "env"), []byte(b.String()), 0o600)
 }
 
-// shellQuote quotes s for a POSIX shell: in single quotes, each of its own as '\”.
+// shellQuote quotes s for a POSIX shell: in single quotes, where a single quote of s ends the quoting,
+// is escaped with a backslash, and the quoting starts again.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

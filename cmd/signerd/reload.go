@@ -38,7 +38,7 @@ func (d *daemon) reload() {
 	if fields := restartNeeded(d.started, cfg); len(fields) > 0 {
 		d.log.Warn("reload: these settings changed but take effect only at the next start", "fields", strings.Join(fields, ", "))
 	}
-	d.warnShortSettings(d.prepublish, policy)
+	d.warnShortSettings(minPrepublish(d.started), policy) // the JWKS max-age in effect is the start's
 	d.log.Info("reloaded", "keys", len(d.ring.Snapshot().Names()))
 }
 

@@ -83,8 +83,6 @@ type daemon struct {
 	httpCert atomic.Pointer[tls.Certificate]
 	// clientCAs is swapped on reload; the TLS config reads it per handshake.
 	clientCAs atomic.Pointer[x509.CertPool]
-	// prepublish is minPrepublish of the config the daemon started with (a reload does not change it).
-	prepublish time.Duration
 	// started is the configuration the daemon started with: what a reload cannot change stays as it.
 	started *config.Config
 }
@@ -121,10 +119,9 @@ func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemo
 	if d.audit, err = openAudit(cfg.Audit.File); err != nil {
 		return nil, err
 	}
-	d.prepublish = minPrepublish(cfg)
-	d.warnShortSettings(d.prepublish, policy)
+	d.warnShortSettings(minPrepublish(cfg), policy)
 	d.metrics = d.newMetrics()
-	d.srv, err = server.New(server.Config{Keys: d.ring, Manager: d.ring, MinPrepublish: d.prepublish, Metrics: d.metrics,
+	d.srv, err = server.New(server.Config{Keys: d.ring, Manager: d.ring, MinPrepublish: minPrepublish(cfg), Metrics: d.metrics,
 		Policy: policy, MaxInFlight: cfg.HSM.MaxSessions - 1,
 		RatePerSecond: cfg.Limits.RatePerSecond, Burst: cfg.Limits.Burst, Leeway: cfg.JWT.Leeway,
 		Audit: d.audit, Log: log})
