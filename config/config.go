@@ -191,8 +191,10 @@ func (c *Config) Validate() error {
 			add(path, "%v", err)
 		}
 	}
+	var u hsm.URI // the hsm.uri, parsed once for every check below
 	if c.HSM.URI != "" {
-		u, err := hsm.ParseURI(c.HSM.URI)
+		var err error
+		u, err = hsm.ParseURI(c.HSM.URI)
 		switch {
 		case err != nil:
 			add("hsm.uri", "%v", err)
@@ -215,10 +217,8 @@ func (c *Config) Validate() error {
 	if c.HSM.File != "" && c.HSM.Env != "" {
 		add("hsm", "set pin_file or pin_env, not both")
 	}
-	if c.HSM.File == "" && c.HSM.Env == "" {
-		if u, err := hsm.ParseURI(c.HSM.URI); c.HSM.URI == "" || err != nil || u.PINSource == "" {
-			add("hsm", "pin_file or pin_env is required (the PIN itself never goes in the config)")
-		}
+	if c.HSM.File == "" && c.HSM.Env == "" && u.PINSource == "" {
+		add("hsm", "pin_file or pin_env is required (the PIN itself never goes in the config)")
 	}
 	switch {
 	case c.HSM.File == "":

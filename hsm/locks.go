@@ -58,10 +58,10 @@ func (t *Token) TryLock(name string, ttl time.Duration) (func() error, error) {
 			close(stop)
 			<-renewed
 			err = errors.Join(renewErr, l.write("unlock", func(s pkcs11.SessionHandle) error {
-				// Lost since the last renewal (or stalled, lost and not yet renewed)?
-				lost := l.stillMine(s)
-				if !errors.Is(lost, ErrLockLost) || errors.Is(renewErr, ErrLockLost) {
-					lost = nil
+				// Lost since the last renewal (the renewal reports a loss it saw itself)?
+				var lost error
+				if !errors.Is(renewErr, ErrLockLost) && errors.Is(l.stillMine(s), ErrLockLost) {
+					lost = ErrLockLost
 				}
 				return errors.Join(lost, l.destroyOwn(s, 0))
 			}))

@@ -93,13 +93,13 @@ func Open(store Store, opts Options) (*Ring, error) {
 	r.snap.Store(&Snapshot{keys: map[string]*Key{}, byKid: map[string]*LoadedVersion{}})
 	err := r.Refresh()
 	r.mu.Lock()
-	strict := r.strict
-	r.strict = false
+	r.strict = false // later refreshes keep working keys past others' problems
 	r.mu.Unlock()
 	switch {
-	case err != nil && (strict || errors.Is(err, errRead)):
+	case err == nil:
+	case opts.LoadProblems == nil || errors.Is(err, errRead):
 		return nil, err
-	case err != nil:
+	default:
 		opts.LoadProblems(err)
 	}
 	return r, nil

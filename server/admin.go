@@ -156,11 +156,12 @@ func (a *adminServer) DestroyVersion(ctx context.Context, req *signerv1.DestroyV
 // change runs a revoke or destroy of one version, audited with the version's kid.
 func (a *adminServer) change(ctx context.Context, key string, n uint32, ev *audit.Event, op func(string, int) (*keyring.Key, error)) (*signerv1.KeyInfo, error) {
 	err := a.admin(ctx)
+	if err == nil {
+		err = checkKeyName(key)
+	}
 	var k *keyring.Key
 	switch {
 	case err != nil:
-	case checkKeyName(key) != nil:
-		err = checkKeyName(key)
 	case n == 0:
 		err = invalidArgument("version: must be 1 or more")
 	default:

@@ -106,7 +106,7 @@ func BenchmarkJWT(b *testing.B) {
 			freshSize *= 2
 		}
 		tokens, err := mintTokens(c, freshSize)
-		fresh = newTokenPool(tokens)
+		fresh = &tokenPool{tokens: tokens}
 		return err
 	}
 	signReq := &signerv1.SignRequest{Key: "es256", Input: &signerv1.SignRequest_Digest{Digest: digest}}
@@ -223,8 +223,6 @@ type tokenPool struct {
 	tokens []string
 	used   atomic.Int64
 }
-
-func newTokenPool(tokens []string) *tokenPool { return &tokenPool{tokens: tokens} }
 
 // empty reports whether every token has been handed out.
 func (p *tokenPool) empty() bool { return p.used.Load() >= int64(len(p.tokens)) }
