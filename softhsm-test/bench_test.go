@@ -3,9 +3,11 @@ package softhsmtest_test
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,6 +18,7 @@ import (
 	"github.com/signerd/signerd/jose"
 	"github.com/signerd/signerd/keyring"
 	signerv1 "github.com/signerd/signerd/proto/signer/v1"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // Each comparison runs its contenders in turn, in benchRounds rounds of benchSlice each (the order
@@ -52,6 +55,10 @@ type ratio struct{ num, den, unit string }
 //     session copies of the keys (hsm.Token.Find), so %inprocess-copies is the cost of gRPC, mTLS and
 //     the daemon alone.
 //
+// It also reports empty-rpc-ops/s: health checks on the same connection, which pass through the same
+// mutual TLS, HTTP/2 and interceptor (identity, rate limit, metrics) and do nothing else. Their rate
+// is the machine's ceiling for any RPC, against which a signature's cost in the token can be weighed.
+//
 // `make bench` runs it (each sub-benchmark once: it times itself, see benchRounds).
 //
 // The daemon gets max_sessions 5, so at most 4 signs are inside SoftHSM at once: SoftHSM is CPU-bound
@@ -59,7 +66,9 @@ type ratio struct{ num, den, unit string }
 // beyond that wait cheaply in the daemon. The client, in this process, competes for the same 2 cores.
 func BenchmarkSign(b *testing.B) {
 	in := startInstance(b, instanceOptions{keys: map[string]string{"es256": "ES256", "rs256": "RS256"}, maxSessions: 5})
-	c := in.dial(b, in.svc)
+	conn := in.conn(b, in.svc)
+	c, health := signerv1.NewSignerClient(conn), healthpb.NewHealthClient(conn)
+	empty := &healthpb.HealthCheckRequest{Service: "signer.v1.Signer"}
 
 	tokenObjects, copies := in.openInProcess(b, true), in.openInProcess(b, false)
 	for _, key := range []string{"es256", "rs256"} {
@@ -74,6 +83,7 @@ func BenchmarkSign(b *testing.B) {
 					{name: "inprocess", op: func() error { _, err := k.Active.Signer.Sign(rand.Reader, digest, opts); return err }},
 					{name: "inprocess-copies", op: func() error { _, err := kc.Active.Signer.Sign(rand.Reader, digest, opts); return err }},
 					{name: "grpc", op: func() error { _, err := c.Sign(context.Background(), req); return err }},
+					{name: "empty-rpc", op: func() error { _, err := health.Check(context.Background(), empty); return err }},
 				}, []ratio{{"grpc", "inprocess", "%inprocess"}, {"grpc", "inprocess-copies", "%inprocess-copies"}})
 			})
 		}
@@ -84,7 +94,9 @@ func BenchmarkSign(b *testing.B) {
 // through the daemon; VerifyJWT ES256 through the daemon (cached public key, never the token), of one
 // repeated token and of tokens never verified before; and raw ES256 signing in this process on the same
 // token (crypto11 with the token object, as a service using the HSM directly would sign), which
-// VerifyJWT should at least match.
+// VerifyJWT should at least match. For scale it also reports inprocess-verify: the ES256 signature check
+// VerifyJWT makes for a never-seen token (jose, Go's crypto/ecdsa), alone in this process, without an
+// RPC, as %inprocess-verify/inprocess-sign.
 func BenchmarkJWT(b *testing.B) {
 	in := startInstance(b, instanceOptions{keys: map[string]string{"es256": "ES256"}, maxSessions: 5})
 	c := in.dial(b, in.svc)
@@ -109,6 +121,13 @@ func BenchmarkJWT(b *testing.B) {
 		fresh = &tokenPool{tokens: tokens}
 		return err
 	}
+	// The signature check alone, as VerifyJWT makes it (no cache here: every call verifies).
+	parts := strings.Split(token.GetToken(), ".")
+	tokenSig, err := base64.RawURLEncoding.DecodeString(parts[2])
+	if err != nil {
+		b.Fatal(err)
+	}
+	method, signingInput := jose.NewSigningMethod(jose.Algorithm(k.Alg)), parts[0]+"."+parts[1]
 	signReq := &signerv1.SignRequest{Key: "es256", Input: &signerv1.SignRequest_Digest{Digest: digest}}
 	signJWTReq := &signerv1.SignJWTRequest{Key: "es256", ClaimsJson: `{"sub":"bench"}`}
 	verifyReq := &signerv1.VerifyJWTRequest{Token: token.GetToken()}
@@ -118,6 +137,7 @@ func BenchmarkJWT(b *testing.B) {
 				{name: "Sign", op: func() error { _, err := c.Sign(context.Background(), signReq); return err }},
 				{name: "SignJWT", op: func() error { _, err := c.SignJWT(context.Background(), signJWTReq); return err }},
 				{name: "inprocess-sign", op: func() error { _, err := s.Sign(rand.Reader, digest, opts); return err }},
+				{name: "inprocess-verify", op: func() error { return method.Verify(signingInput, tokenSig, k.Active.Public) }},
 				{name: "VerifyJWT", op: func() error { _, err := c.VerifyJWT(context.Background(), verifyReq); return err }},
 				{name: "VerifyJWT-uncached", op: func() error {
 					t, ok := fresh.next()
@@ -131,6 +151,7 @@ func BenchmarkJWT(b *testing.B) {
 				{"SignJWT", "Sign", "%SignJWT/Sign"},
 				{"VerifyJWT", "inprocess-sign", "%VerifyJWT/inprocess-sign"},
 				{"VerifyJWT-uncached", "inprocess-sign", "%VerifyJWT-uncached/inprocess-sign"},
+				{"inprocess-verify", "inprocess-sign", "%inprocess-verify/inprocess-sign"},
 			})
 		})
 	}
