@@ -54,8 +54,12 @@ type HSM struct {
 	TokenLabel  string `yaml:"token_label"`
 	TokenSerial string `yaml:"token_serial"`
 	Slot        *uint  `yaml:"slot"`
-	// PINSource (pin_file or pin_env, exactly one) says where the user PIN is.
-	hsm.PINSource   `yaml:",inline"`
+	// PINSource (pin_file or pin_env) says where the user PIN is; exactly one of them, the uri's
+	// pin-source and unseal_socket is set.
+	hsm.PINSource `yaml:",inline"`
+	// UnsealSocket starts the daemon sealed: it waits, before opening the token, for an administrator
+	// to send the PIN to this Unix socket (`signerd unseal`), and keeps it only in memory.
+	UnsealSocket    string        `yaml:"unseal_socket"`
 	MaxSessions     int           `yaml:"max_sessions"`
 	PoolWaitTimeout time.Duration `yaml:"pool_wait_timeout"`
 	// LockFile serialises object-store work among the processes of this machine that use the token
@@ -217,8 +221,17 @@ func (c *Config) Validate() error {
 	if c.HSM.File != "" && c.HSM.Env != "" {
 		add("hsm", "set pin_file or pin_env, not both")
 	}
-	if c.HSM.File == "" && c.HSM.Env == "" && u.PINSource == "" {
-		add("hsm", "pin_file or pin_env is required (the PIN itself never goes in the config)")
+	switch {
+	case c.HSM.UnsealSocket != "" && (c.HSM.File != "" || c.HSM.Env != "" || u.PINSource != ""):
+		add("hsm.unseal_socket", "a sealed start takes the PIN from an administrator: set no pin_file, pin_env or pin-source with it")
+	case c.HSM.UnsealSocket != "" && !filepath.IsAbs(c.HSM.UnsealSocket):
+		add("hsm.unseal_socket", "%q: want an absolute path", c.HSM.UnsealSocket)
+	case c.HSM.UnsealSocket != "":
+		if _, err := os.Stat(filepath.Dir(c.HSM.UnsealSocket)); err != nil {
+			add("hsm.unseal_socket", "%v", err)
+		}
+	case c.HSM.File == "" && c.HSM.Env == "" && u.PINSource == "":
+		add("hsm", "pin_file or pin_env (or unseal_socket, for a sealed start) is required (the PIN itself never goes in the config)")
 	}
 	switch {
 	case c.HSM.File == "":
@@ -315,7 +328,8 @@ func countSet(set ...bool) int {
 	return n
 }
 
-// HSMConfig resolves the hsm section (URI, PIN source) into an hsm.Config, reading the PIN.
+// HSMConfig resolves the hsm section (URI, PIN source) into an hsm.Config, reading the PIN. A sealed
+// configuration has no PIN to read: it returns everything else, with ErrSealed.
 func (c *Config) HSMConfig() (hsm.Config, error) {
 	h := c.HSM
 	out := hsm.Config{Module: h.Module, TokenLabel: h.TokenLabel, TokenSerial: h.TokenSerial, Slot: h.Slot,
@@ -338,6 +352,9 @@ func (c *Config) HSMConfig() (hsm.Config, error) {
 	if out.Module == "" {
 		out.Module = hsm.DefaultModule
 	}
+	if c.Sealed() {
+		return out, ErrSealed
+	}
 	pin, err := src.Read()
 	if err != nil {
 		return out, fmt.Errorf("hsm: %w", err)
@@ -345,3 +362,10 @@ func (c *Config) HSMConfig() (hsm.Config, error) {
 	out.PIN = pin
 	return out, nil
 }
+
+// Sealed reports whether the PIN comes from an administrator at run time (hsm.unseal_socket).
+func (c *Config) Sealed() bool { return c.HSM.UnsealSocket != "" }
+
+// ErrSealed is HSMConfig's error for a sealed configuration: the hsm.Config it returns with it is
+// complete but for the PIN, which an administrator supplies.
+var ErrSealed = errors.New("hsm: the PIN comes from an administrator (hsm.unseal_socket)")

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -73,11 +74,7 @@ func TestParseErrors(t *testing.T) {
 		{"two selectors", func(s string) string {
 			return strings.Replace(s, "  token_label: signerd\n", "  token_label: a\n  token_serial: b\n", 1)
 		}, []string{"exactly one of token_label"}},
-		{"no pin source", func(s string) string {
-			i := strings.Index(s, "  pin_file:")
-			j := strings.Index(s[i:], "\n")
-			return s[:i] + s[i+j+1:]
-		}, []string{"pin_file or pin_env is required"}},
+		{"no pin source", withoutPINFile, []string{"pin_file or pin_env (or unseal_socket, for a sealed start) is required"}},
 		{"bad uri", func(s string) string {
 			return strings.Replace(s, "  token_label: signerd\n", "  uri: \"pkcs11:token=x?pin-value=1234\"\n", 1)
 		}, []string{"hsm.uri", "pin-value"}},
@@ -99,6 +96,12 @@ func TestParseErrors(t *testing.T) {
 			return s[:i] + "  pin_file: ${CREDENTIALS_DIRECTORY}/pin\n" + s[i+j+1:]
 		}, []string{"hsm.pin_file", "only systemd sets"}},
 		{"rate without burst", func(s string) string { return s + "limits:\n  rate_per_second: 10\n" }, []string{"limits.burst"}},
+		{"unseal socket and a PIN file", func(s string) string { return strings.Replace(s, "hsm:\n", "hsm:\n  unseal_socket: /run/u.sock\n", 1) },
+			[]string{"hsm.unseal_socket: a sealed start takes the PIN from an administrator"}},
+		{"relative unseal socket", func(s string) string { return withoutPINFile(s) + "  unseal_socket: u.sock\n" },
+			[]string{"hsm.unseal_socket: \"u.sock\": want an absolute path"}},
+		{"unseal socket in a missing directory", func(s string) string { return withoutPINFile(s) + "  unseal_socket: /nonexistent/u.sock\n" },
+			[]string{"hsm.unseal_socket:", "/nonexistent"}},
 		{"one session", func(s string) string { return strings.Replace(s, "hsm:\n", "hsm:\n  max_sessions: 1\n", 1) }, []string{"hsm.max_sessions"}},
 	}
 	for _, tc := range tests {
@@ -116,6 +119,33 @@ func TestParseErrors(t *testing.T) {
 				t.Errorf("Parse(%s) error repeats a PIN: %q", tc.name, err)
 			}
 		})
+	}
+}
+
+// withoutPINFile removes the pin_file line of the hsm section and moves the section to the end, so
+// that a line appended to the result belongs to it.
+func withoutPINFile(s string) string {
+	i := strings.Index(s, "hsm:\n")
+	j := strings.Index(s, "policy:\n")
+	hsmSection := s[i:j]
+	k := strings.Index(hsmSection, "  pin_file:")
+	l := strings.Index(hsmSection[k:], "\n")
+	return s[:i] + s[j:] + hsmSection[:k] + hsmSection[k+l+1:]
+}
+
+// A sealed configuration resolves to everything but the PIN, and says so.
+func TestHSMConfigSealed(t *testing.T) {
+	dir := t.TempDir()
+	c, err := Parse([]byte(withoutPINFile(validConfig(t)) + "  unseal_socket: " + dir + "/unseal.sock\n"))
+	if err != nil {
+		t.Fatalf("Parse = %v", err)
+	}
+	if !c.Sealed() {
+		t.Fatal("Sealed() = false")
+	}
+	h, err := c.HSMConfig()
+	if !errors.Is(err, ErrSealed) || h.PIN != "" || h.TokenLabel != "signerd" || h.Module == "" || h.MaxSessions == 0 {
+		t.Fatalf("HSMConfig = %+v, %v", h, err)
 	}
 }
 

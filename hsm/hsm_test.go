@@ -232,6 +232,10 @@ func TestOpenErrors(t *testing.T) {
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("Open(%s) = %q, want it to contain %q", tc.name, err, tc.want)
 			}
+			// A sealed daemon waits for another PIN after a wrong one, and only then.
+			if wrong := errors.Is(err, hsm.ErrWrongPIN); wrong != (tc.name == "wrong pin") {
+				t.Errorf("Open(%s): errors.Is(err, ErrWrongPIN) = %v", tc.name, wrong)
+			}
 			if strings.Contains(err.Error(), cfg.PIN) {
 				t.Errorf("Open(%s) error contains the PIN: %q", tc.name, err)
 			}

@@ -221,8 +221,8 @@ func describeOpenError(cfg Config, err error) error {
 	var code pkcs11.Error
 	if errors.As(err, &code) {
 		switch code {
-		case pkcs11.CKR_PIN_INCORRECT:
-			return fmt.Errorf("hsm: login to token %s: wrong PIN (%v)", selector(cfg), code)
+		case pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_LEN_RANGE:
+			return fmt.Errorf("hsm: login to token %s: %w (%v)", selector(cfg), ErrWrongPIN, code)
 		case pkcs11.CKR_PIN_LOCKED:
 			return fmt.Errorf("hsm: login to token %s: PIN locked (%v)", selector(cfg), code)
 		}

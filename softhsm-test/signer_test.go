@@ -324,7 +324,7 @@ func TestMisconfiguration(t *testing.T) {
 			return strings.Replace(s, "      operations: [sign]\n", "      operations: [sign]\n    - identity: issuer.test\n      keys: [es256]\n      operations: [sign_jwt]\n      jwt:\n        max_ttl: 5m\n", 1)
 		}, `policy.grants[2]: key "es256" may sign raw data`},
 		{"pin in config", func(s string) string { return strings.Replace(s, "  pin_file:", "  pin: \"1234\"\n  pin_file:", 1) }, "field pin not found"},
-		{"no pin source", func(s string) string { return strings.Replace(s, "  pin_file: "+in.dir+"/pin\n", "", 1) }, "pin_file or pin_env is required"},
+		{"no pin source", func(s string) string { return strings.Replace(s, "  pin_file: "+in.dir+"/pin\n", "", 1) }, "pin_file or pin_env (or unseal_socket, for a sealed start) is required"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

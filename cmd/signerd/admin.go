@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -31,6 +32,10 @@ func openRing(cfgPath string, exclusive bool) (*keyring.Ring, *config.Config, fu
 		return nil, nil, nil, err
 	}
 	hcfg, err := cfg.HSMConfig()
+	if errors.Is(err, config.ErrSealed) {
+		// No PIN is kept for a sealed daemon: the administrator running this command gives it.
+		hcfg.PIN, err = readPIN(os.Stdin, os.Stderr, fmt.Sprintf("PIN for token %s: ", tokenName(hcfg)))
+	}
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -58,6 +63,19 @@ func openRing(cfgPath string, exclusive bool) (*keyring.Ring, *config.Config, fu
 		return nil, nil, nil, err
 	}
 	return ring, cfg, func() { _ = tok.Close(); release() }, nil
+}
+
+// tokenName names the token hcfg selects, for a prompt.
+func tokenName(hcfg hsm.Config) string {
+	switch {
+	case hcfg.TokenLabel != "":
+		return fmt.Sprintf("%q", hcfg.TokenLabel)
+	case hcfg.TokenSerial != "":
+		return "with serial " + hcfg.TokenSerial
+	case hcfg.Slot != nil:
+		return fmt.Sprintf("in slot %d", *hcfg.Slot)
+	}
+	return ""
 }
 
 // checkSettings applies the same rule as the daemon's KeyAdmin: prepublish at least the JWKS max-age,

@@ -90,7 +90,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	d, err := startDaemon(cfgPath, cfg, newLogger(stderr, cfg.LogLevel))
+	d, err := startDaemon(ctx, cfgPath, cfg, newLogger(stderr, cfg.LogLevel))
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 // Command signerd is the signing daemon and its local administration tool.
 //
 //	signerd serve --config FILE           run the daemon
+//	signerd unseal --socket PATH          give a daemon started sealed its token PIN
 //	signerd dev [--dir DIR]               run a complete local instance on SoftHSM2
 //	signerd keys create|list|public ...   manage keys directly in the token
 //	signerd token init|list ...           initialise and list tokens
@@ -23,10 +24,13 @@ import (
 
 const usage = `usage:
   signerd serve --config FILE
+  signerd unseal (--socket PATH | --config FILE) [--timeout D]    (the PIN from the terminal or stdin)
   signerd dev [--dir DIR] [--addr HOST:PORT]
-  signerd keys create --config FILE --name NAME --alg ALG [--bits N]
+  signerd keys create --config FILE --name NAME --alg ALG [--bits N] [--prepublish D] [--grace D] [--rotation-period D] [--keep-retired]
   signerd keys list --config FILE
   signerd keys public --config FILE --name NAME
+  signerd keys rotate --config FILE (--name NAME [--emergency] | --due)
+  signerd keys revoke|destroy --config FILE --name NAME --version N
   signerd token list [--module PATH]
   signerd token init --label LABEL (--so-pin-file F | --so-pin-env VAR) (--pin-file F | --pin-env VAR) [--module PATH]
   signerd audit verify FILE...
@@ -56,6 +60,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdServe(ctx, args[1:], stderr)
 	case "dev":
 		return cmdDev(ctx, args[1:], stdout, stderr)
+	case "unseal":
+		return cmdUnseal(ctx, args[1:], os.Stdin, stdout, stderr)
 	case "keys":
 		return cmdKeys(args[1:], stdout)
 	case "token":
@@ -130,8 +136,12 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log := newLogger(stderr, cfg.LogLevel)
-	d, err := startDaemon(*cfgPath, cfg, log)
+	d, err := startDaemon(ctx, *cfgPath, cfg, log)
 	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			log.Info("stopped while sealed")
+			return nil
+		}
 		return err
 	}
 	return d.run(ctx, cfg.RefreshInterval, hup)

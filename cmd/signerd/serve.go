@@ -34,6 +34,7 @@ import (
 	"github.com/signerd/signerd/server"
 	"github.com/signerd/signerd/server/authz"
 	"github.com/signerd/signerd/server/wellknown"
+	"github.com/signerd/signerd/unseal"
 )
 
 // healthInterval is how often the token is pinged for the health service.
@@ -88,8 +89,9 @@ type daemon struct {
 }
 
 // startDaemon opens the token, loads the keys, checks the policy against them and starts listening.
-// Every failure names the config field or the part that failed; none contains the PIN.
-func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
+// Every failure names the config field or the part that failed; none contains the PIN. A sealed
+// configuration first waits, until ctx ends, for an administrator to send the PIN (see unsealToken).
+func startDaemon(ctx context.Context, cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 	d := &daemon{cfgPath: cfgPath, log: log, started: cfg}
 	defer func() {
 		if err != nil {
@@ -97,11 +99,26 @@ func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemo
 		}
 	}()
 	hcfg, err := cfg.HSMConfig()
-	if err != nil {
+	switch {
+	case errors.Is(err, config.ErrSealed):
+		var answer func(string, error)
+		if d.tok, answer, err = d.unsealToken(ctx, cfg.HSM.UnsealSocket, hcfg); err != nil {
+			return nil, err
+		}
+		// The administrator who unsealed learns how the start ended.
+		defer func() {
+			if err != nil {
+				answer("", err)
+				return
+			}
+			answer(fmt.Sprintf("signerd serving on %s with %d keys from token %q", d.lis.Addr(), len(d.ring.Snapshot().Names()), d.tok.Label()), nil)
+		}()
+	case err != nil:
 		return nil, err
-	}
-	if d.tok, err = hsm.Open(hcfg); err != nil {
-		return nil, fmt.Errorf("hsm: %w", err)
+	default:
+		if d.tok, err = hsm.Open(hcfg); err != nil {
+			return nil, fmt.Errorf("hsm: %w", err)
+		}
 	}
 	d.changed = make(chan struct{}, 1)
 	if d.ring, err = keyring.Open(hsmstore.New(d.tok), keyring.Options{Changed: d.notifyChanged}); err != nil {
@@ -174,6 +191,40 @@ func startDaemon(cfgPath string, cfg *config.Config, log *slog.Logger) (_ *daemo
 	}
 	d.setHealth(d.tok.Ping() == nil)
 	return d, nil
+}
+
+// unsealToken opens the token with a PIN an administrator sends to the unseal socket at path. A wrong
+// PIN is answered and another awaited; any other failure to open the token is answered and ends the
+// start. It returns the answer to the request that opened the token, for startDaemon to give once it
+// has started or failed to. The PIN stays in memory only (the token keeps it to log in again after a
+// reset).
+func (d *daemon) unsealToken(ctx context.Context, path string, hcfg hsm.Config) (*hsm.Token, func(string, error), error) {
+	l, err := unseal.Listen(path, func(uid uint32, err error) {
+		d.log.Warn("unseal attempt refused", "uid", uid, "err", err)
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("hsm.unseal_socket: %w", err)
+	}
+	defer l.Close()
+	d.log.Info("sealed: waiting for an administrator to send the token PIN", "socket", path,
+		"command", "signerd unseal --socket "+path)
+	for {
+		r, err := l.Next(ctx)
+		if err != nil {
+			return nil, nil, fmt.Errorf("sealed: %w", err)
+		}
+		hcfg.PIN = r.PIN
+		tok, err := hsm.Open(hcfg)
+		if err == nil {
+			d.log.Info("unsealed: logged in to the token", "uid", r.UID)
+			return tok, r.Reply, nil
+		}
+		r.Reply("", err)
+		if !errors.Is(err, hsm.ErrWrongPIN) {
+			return nil, nil, fmt.Errorf("hsm: %w", err)
+		}
+		d.log.Warn("unseal: wrong PIN; still sealed", "uid", r.UID, "err", err)
+	}
 }
 
 // minPrepublish is how long before it signs a new version must be published: the JWKS max-age, when

@@ -1,0 +1,192 @@
+package unseal
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// serveOnce answers the next request with reply and returns the PIN it carried.
+func serveOnce(t *testing.T, l *Listener, msg string, err error) <-chan string {
+	t.Helper()
+	got := make(chan string, 1)
+	go func() {
+		r, nerr := l.Next(ctxT(t))
+		if nerr != nil {
+			got <- "next: " + nerr.Error()
+			return
+		}
+		r.Reply(msg, err)
+		got <- r.PIN
+	}()
+	return got
+}
+
+func TestRoundTrip(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "unseal.sock")
+	l, err := Listen(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 || fi.Mode().Type() != fs.ModeSocket {
+		t.Fatalf("socket file: %v %v", fi.Mode(), err)
+	}
+
+	got := serveOnce(t, l, "", errors.New("hsm: login to token label \"x\": wrong PIN"))
+	_, err = Send(ctxT(t), path, "1234")
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "wrong PIN") {
+		t.Fatalf("refusal: %v", err)
+	}
+	if pin := <-got; pin != "1234" {
+		t.Fatalf("daemon got %q", pin)
+	}
+
+	got = serveOnce(t, l, "serving on 127.0.0.1:1, 3 keys", nil)
+	msg, err := Send(ctxT(t), path, "s3cret pin")
+	if err != nil || msg != "serving on 127.0.0.1:1, 3 keys" {
+		t.Fatalf("Send = %q, %v", msg, err)
+	}
+	if pin := <-got; pin != "s3cret pin" {
+		t.Fatalf("daemon got %q", pin)
+	}
+
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("socket left after Close: %v", err)
+	}
+}
+
+// Only the daemon's own user and root may unseal: anyone else is answered with an error, and the
+// daemon goes on waiting for a PIN from someone who may.
+func TestOtherUsersRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "unseal.sock")
+	var refusals []error
+	l, err := Listen(path, func(_ uint32, err error) { refusals = append(refusals, err) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var allow atomic.Bool
+	l.allowed = func(uint32) bool { return allow.Load() }
+
+	got := serveOnce(t, l, "unsealed", nil)
+	_, err = Send(ctxT(t), path, "1234")
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "may not unseal") {
+		t.Fatalf("refusal: %v", err)
+	}
+	select {
+	case pin := <-got:
+		t.Fatalf("the daemon took a PIN from a refused user: %q", pin)
+	case <-time.After(100 * time.Millisecond):
+	}
+	allow.Store(true)
+	if _, err := Send(ctxT(t), path, "1234"); err != nil {
+		t.Fatal(err)
+	}
+	if pin := <-got; pin != "1234" || len(refusals) != 1 {
+		t.Fatalf("pin %q, refusals %v", pin, refusals)
+	}
+}
+
+func TestMalformedInput(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "unseal.sock")
+	l, err := Listen(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for _, pin := range []string{"", "12\n34", strings.Repeat("1", MaxPIN+1)} {
+		if _, err := Send(ctxT(t), path, pin); err == nil || errors.Is(err, ErrRefused) {
+			t.Errorf("Send(%.10q...) = %v, want a local error", pin, err)
+		}
+	}
+
+	got := serveOnce(t, l, "unsealed", nil)
+	// What Send refuses to write, the daemon refuses to read: an empty line, a PIN over the limit.
+	for _, raw := range []string{"\n", strings.Repeat("1", MaxPIN+5) + "\n"} {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write([]byte(raw)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 200)
+		n, _ := c.Read(buf)
+		c.Close()
+		if !strings.HasPrefix(string(buf[:n]), "error ") {
+			t.Errorf("%d bytes: answer %q, want an error", len(raw), buf[:n])
+		}
+	}
+	if _, err := Send(ctxT(t), path, "1234"); err != nil {
+		t.Fatal(err)
+	}
+	if pin := <-got; pin != "1234" {
+		t.Fatalf("daemon got %q", pin)
+	}
+}
+
+func TestStaleAndLiveSockets(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "unseal.sock")
+	// A socket whose listener is gone without removing it (a crash).
+	stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.SetUnlinkOnClose(false)
+	stale.Close()
+	l, err := Listen(path, nil)
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	defer l.Close()
+
+	if _, err := Listen(path, nil); err == nil || !strings.Contains(err.Error(), "another process is listening") {
+		t.Fatalf("second listener: %v", err)
+	}
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Listen(file, nil); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("regular file: %v", err)
+	}
+}
+
+func TestNextEndsWithContext(t *testing.T) {
+	l, err := Listen(filepath.Join(t.TempDir(), "unseal.sock"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { _, err := l.Next(ctx); done <- err }()
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Next = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Next did not end with its context")
+	}
+}
