@@ -126,8 +126,8 @@ func (s PINSource) NeedsCredentials() bool {
 // ErrNoPIN is returned when a PINSource names no source or its source is empty.
 var ErrNoPIN = errors.New("hsm: no PIN")
 
-// ErrWrongPIN is in the error of an Open whose login the token refused for the PIN (incorrect, or of a
-// length the token never accepts); a locked PIN is another error.
+// ErrWrongPIN is in the error of an Open whose login the token refused for the PIN (incorrect, of a
+// length or with characters the token never accepts); a locked PIN is another error.
 var ErrWrongPIN = errors.New("wrong PIN")
 
 // Read returns the PIN. Its errors name the source, never the PIN.

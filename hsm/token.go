@@ -221,7 +221,7 @@ func describeOpenError(cfg Config, err error) error {
 	var code pkcs11.Error
 	if errors.As(err, &code) {
 		switch code {
-		case pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_LEN_RANGE:
+		case pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_LEN_RANGE, pkcs11.CKR_PIN_INVALID:
 			return fmt.Errorf("hsm: login to token %s: %w (%v)", selector(cfg), ErrWrongPIN, code)
 		case pkcs11.CKR_PIN_LOCKED:
 			return fmt.Errorf("hsm: login to token %s: PIN locked (%v)", selector(cfg), code)

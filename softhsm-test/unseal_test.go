@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,15 +19,16 @@ import (
 
 // sealedDaemon is a `signerd serve` started with a sealed configuration.
 type sealedDaemon struct {
-	cmd    *exec.Cmd
-	log    *lockedBuffer
-	exited chan error
+	cmd  *exec.Cmd
+	log  *lockedBuffer
+	done chan struct{} // closed once the process has exited; err is then its exit
+	err  error
 }
 
 // startSealed starts `signerd serve --config cfgPath` and waits until it says it is sealed.
 func startSealed(t *testing.T, cfgPath string) *sealedDaemon {
 	t.Helper()
-	d := &sealedDaemon{cmd: exec.Command(signerdBin, "serve", "--config", cfgPath), log: &lockedBuffer{}, exited: make(chan error, 1)}
+	d := &sealedDaemon{cmd: exec.Command(signerdBin, "serve", "--config", cfgPath), log: &lockedBuffer{}, done: make(chan struct{})}
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -43,36 +45,44 @@ func startSealed(t *testing.T, cfgPath string) *sealedDaemon {
 				close(sealed)
 			}
 		}
-		d.exited <- d.cmd.Wait()
+		d.err = d.cmd.Wait()
+		close(d.done)
 	}()
 	t.Cleanup(func() {
-		if d.cmd.ProcessState == nil {
+		select {
+		case <-d.done:
+		default:
 			_ = d.cmd.Process.Kill()
-			<-d.exited
+			<-d.done
 		}
 	})
 	select {
 	case <-sealed:
-	case err := <-d.exited:
-		d.exited <- err
-		t.Fatalf("signerd serve exited before waiting sealed: %v\n%s", err, d.log)
+	case <-d.done:
+		t.Fatalf("signerd serve exited before waiting sealed: %v\n%s", d.err, d.log)
 	case <-time.After(60 * time.Second):
 		t.Fatalf("signerd serve did not say it is sealed in 60s\n%s", d.log)
 	}
 	return d
 }
 
+// wait returns how the daemon exited, once it has.
+func (d *sealedDaemon) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case <-d.done:
+		return d.err
+	case <-time.After(20 * time.Second):
+		t.Fatalf("signerd serve did not exit in 20s\n%s", d.log)
+		return nil
+	}
+}
+
 // interrupt stops the daemon as systemd would and returns how it exited.
 func (d *sealedDaemon) interrupt(t *testing.T) error {
 	t.Helper()
 	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-d.exited:
-		return err
-	case <-time.After(20 * time.Second):
-		t.Fatalf("signerd serve did not stop in 20s\n%s", d.log)
-		return nil
-	}
+	return d.wait(t)
 }
 
 // unsealWith runs `signerd unseal --socket sock` with pin on its standard input.
@@ -109,8 +119,17 @@ func TestSealedStart(t *testing.T) {
 	if !strings.Contains(string(good), pinLine) {
 		t.Fatalf("config has no %q", pinLine)
 	}
+	// A fixed port, so that the test can see nothing listens there while the daemon is sealed.
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := free.Addr().String()
+	free.Close()
+	sealedCfg := strings.Replace(string(good), pinLine, "  unseal_socket: "+sock+"\n", 1)
+	sealedCfg = strings.Replace(sealedCfg, "listen: 127.0.0.1:0\n", "listen: "+addr+"\n", 1)
 	cfgPath := filepath.Join(in.dir, "sealed.yaml")
-	writeConfig(t, cfgPath, strings.Replace(string(good), pinLine, "  unseal_socket: "+sock+"\n", 1))
+	writeConfig(t, cfgPath, sealedCfg)
 	outputs := []string{}
 
 	t.Run("keys command reads the PIN from stdin", func(t *testing.T) {
@@ -131,8 +150,9 @@ func TestSealedStart(t *testing.T) {
 
 	t.Run("unseal", func(t *testing.T) {
 		d := startSealed(t, cfgPath)
-		if strings.Contains(d.log.String(), "signerd serving") {
-			t.Fatalf("a sealed daemon serves:\n%s", d.log)
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			t.Fatalf("a sealed daemon listens on %s:\n%s", addr, d.log)
 		}
 		if fi, err := os.Stat(sock); err != nil || fi.Mode().Type() != fs.ModeSocket || fi.Mode().Perm() != 0o600 {
 			t.Fatalf("unseal socket: %v, %v", fi, err)
@@ -150,7 +170,7 @@ func TestSealedStart(t *testing.T) {
 		out, err = unsealWith(sock, in.tok.PIN)
 		outputs = append(outputs, out)
 		m := unsealedRE.FindStringSubmatch(out)
-		if err != nil || m == nil {
+		if err != nil || m == nil || m[1] != addr {
 			t.Fatalf("unseal = %v\n%s\ndaemon:\n%s", err, out, d.log)
 		}
 		if _, err := os.Stat(sock); !errors.Is(err, fs.ErrNotExist) {
@@ -171,6 +191,23 @@ func TestSealedStart(t *testing.T) {
 				t.Errorf("daemon log lacks %q:\n%s", want, d.log)
 			}
 		}
+	})
+
+	// A start that fails after the token opened is told to the administrator who unsealed, and ends
+	// the daemon.
+	t.Run("start fails after unseal", func(t *testing.T) {
+		broken := filepath.Join(in.dir, "sealed-broken.yaml")
+		writeConfig(t, broken, strings.Replace(sealedCfg, "keys: [es256]\n      operations: [sign]\n", "keys: [ghost]\n      operations: [sign]\n", 1))
+		d := startSealed(t, broken)
+		out, err := unsealWith(sock, in.tok.PIN)
+		outputs = append(outputs, out)
+		if err == nil || !strings.Contains(out, "policy.grants[1].keys[0]") {
+			t.Fatalf("unseal of a daemon whose start fails = %v\n%s", err, out)
+		}
+		if err := d.wait(t); err == nil {
+			t.Fatalf("signerd serve exited cleanly after a failed start\n%s", d.log)
+		}
+		outputs = append(outputs, d.log.String())
 	})
 
 	t.Run("stopped while sealed", func(t *testing.T) {

@@ -1,7 +1,7 @@
 // Package unseal carries the token PIN from an administrator to a signerd started sealed (hsm.unseal_socket):
 // the daemon listens on a Unix socket that only its own user and root may use, an administrator's
 // `signerd unseal` writes the PIN to it, and the daemon answers with the outcome of logging in and
-// starting. The PIN never touches a disk, a config file or an environment variable.
+// starting. The PIN is never written to a file, a config or an environment variable.
 //
 // The exchange is one line each way: the client writes the PIN and a newline; the daemon answers
 // "ok MESSAGE" or "error MESSAGE" and a newline, and closes the connection.
@@ -16,6 +16,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -24,8 +25,17 @@ import (
 // MaxPIN bounds a PIN on the wire; PKCS#11 PINs are far shorter.
 const MaxPIN = 256
 
+// MaxPath bounds the socket's path: a Unix socket address holds 107 bytes and a terminating NUL.
+const MaxPath = 107
+
 // readTimeout bounds how long a client may take to send its PIN once connected.
 const readTimeout = 10 * time.Second
+
+// maxAnswer bounds an answer line (a start failure can join many problems).
+const maxAnswer = 4000
+
+// unknownUID stands for a peer whose credentials could not be read ((uid_t)-1).
+const unknownUID = ^uint32(0)
 
 // Listener is the daemon's end: a Unix socket accepting PINs from its own user and root.
 type Listener struct {
@@ -37,20 +47,22 @@ type Listener struct {
 	refused func(uid uint32, err error)
 }
 
-// Listen creates the socket at path, mode 0600. A socket left there by a process that is gone is
-// replaced; one that a process still listens on is an error (another daemon is waiting), and so is any
-// other file.
+// Listen creates the socket at path, mode 0600, in a directory that only its owner may write to (see
+// CheckPath). A socket left there by a process that is gone is replaced; one that a process still
+// listens on is an error (another daemon is waiting), and so is any other file.
 func Listen(path string, refused func(uid uint32, err error)) (*Listener, error) {
+	if err := CheckPath(path); err != nil {
+		return nil, err
+	}
 	if err := removeStale(path); err != nil {
 		return nil, err
 	}
+	// The mode is set at bind (a chmod after it would leave a moment with the umask's mode). The umask is
+	// the process's: nothing else creates files while a daemon starts sealed.
+	old := syscall.Umask(0o177)
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	syscall.Umask(old)
 	if err != nil {
-		return nil, fmt.Errorf("unseal socket: %w", err)
-	}
-	// The peer's uid is checked on every connection; the mode keeps other users from connecting at all.
-	if err := os.Chmod(path, 0o600); err != nil {
-		_ = l.Close()
 		return nil, fmt.Errorf("unseal socket: %w", err)
 	}
 	self := uint32(os.Getuid())
@@ -58,6 +70,34 @@ func Listen(path string, refused func(uid uint32, err error)) (*Listener, error)
 		refused = func(uint32, error) {}
 	}
 	return &Listener{l: l, path: path, allowed: func(uid uint32) bool { return uid == 0 || uid == self }, refused: refused}, nil
+}
+
+// CheckPath reports whether path can be an unseal socket: absolute, short enough for a socket address,
+// in a directory that is no symbolic link and that neither its group nor others may write to (in a
+// shared directory such as /tmp another user could bind the path first and collect the PIN).
+func CheckPath(path string) error {
+	switch {
+	case !filepath.IsAbs(path):
+		return fmt.Errorf("unseal socket: %q: want an absolute path", path)
+	case len(path) > MaxPath:
+		return fmt.Errorf("unseal socket: %s: longer than the %d bytes a socket address holds", path, MaxPath)
+	}
+	return checkDir(path)
+}
+
+// checkDir checks the directory of path as CheckPath says.
+func checkDir(path string) error {
+	dir := filepath.Dir(path)
+	fi, err := os.Lstat(dir)
+	switch {
+	case err != nil:
+		return fmt.Errorf("unseal socket: %w", err)
+	case !fi.IsDir():
+		return fmt.Errorf("unseal socket: %s is not a directory (a symbolic link is refused)", dir)
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("unseal socket: directory %s is writable by its group or others (mode %v): use one only signerd's user can write, such as systemd's RuntimeDirectory", dir, fi.Mode().Perm())
+	}
+	return nil
 }
 
 // removeStale removes a socket at path that nobody listens on.
@@ -104,6 +144,9 @@ func (r *Request) Reply(msg string, err error) {
 		line = "error " + err.Error()
 	}
 	line = strings.ReplaceAll(line, "\n", " ")
+	if len(line) > maxAnswer {
+		line = line[:maxAnswer-3] + "..."
+	}
 	_ = r.conn.SetWriteDeadline(time.Now().Add(readTimeout))
 	_, _ = io.WriteString(r.conn, line+"\n")
 	_ = r.conn.Close()
@@ -112,6 +155,7 @@ func (r *Request) Reply(msg string, err error) {
 // Next waits for the next PIN from an allowed peer, until ctx ends. Connections from other users, and
 // ones that send no well-formed PIN in time, are answered with an error and closed.
 func (l *Listener) Next(ctx context.Context) (*Request, error) {
+	_ = l.l.SetDeadline(time.Time{}) // an earlier Next's context may have set one
 	stop := context.AfterFunc(ctx, func() { _ = l.l.SetDeadline(time.Now()) })
 	defer stop()
 	for {
@@ -122,7 +166,12 @@ func (l *Listener) Next(ctx context.Context) (*Request, error) {
 			}
 			return nil, fmt.Errorf("unseal socket: %w", err)
 		}
-		r, err := l.read(c)
+		r, err := l.read(ctx, c)
+		if ctx.Err() != nil {
+			// Stopping: a PIN that arrived meanwhile is not used.
+			r.Reply("", errors.New("signerd is stopping"))
+			return nil, ctx.Err()
+		}
 		if err != nil {
 			r.Reply("", err)
 			l.refused(r.UID, err)
@@ -132,9 +181,10 @@ func (l *Listener) Next(ctx context.Context) (*Request, error) {
 	}
 }
 
-// read checks the peer and reads its PIN. The Request it returns can always be replied to.
-func (l *Listener) read(c *net.UnixConn) (*Request, error) {
-	r := &Request{conn: c}
+// read checks the peer and reads its PIN, until the read timeout or the end of ctx. The Request it
+// returns can always be replied to.
+func (l *Listener) read(ctx context.Context, c *net.UnixConn) (*Request, error) {
+	r := &Request{conn: c, UID: unknownUID}
 	uid, err := peerUID(c)
 	if err != nil {
 		return r, err
@@ -144,13 +194,19 @@ func (l *Listener) read(c *net.UnixConn) (*Request, error) {
 		return r, fmt.Errorf("uid %d may not unseal this signerd (its own user and root may)", uid)
 	}
 	_ = c.SetReadDeadline(time.Now().Add(readTimeout))
-	line, err := bufio.NewReaderSize(io.LimitReader(c, MaxPIN+2), MaxPIN+2).ReadString('\n')
+	stop := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Now()) })
+	defer stop()
+	// A PIN of MaxPIN bytes, "\r\n" and one byte more: enough to tell a PIN that is too long.
+	line, err := bufio.NewReader(io.LimitReader(c, MaxPIN+3)).ReadString('\n')
 	if err != nil {
-		return r, errors.New("no PIN received (want the PIN and a newline)")
+		return r, errors.New("no PIN received (want the PIN and a newline, at most 256 bytes)")
 	}
-	pin := strings.TrimRight(line, "\r\n")
-	if pin == "" {
+	pin := strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
+	switch {
+	case pin == "":
 		return r, errors.New("empty PIN")
+	case len(pin) > MaxPIN:
+		return r, fmt.Errorf("PIN longer than %d bytes", MaxPIN)
 	}
 	r.PIN = pin
 	return r, nil
@@ -180,12 +236,37 @@ func (l *Listener) Close() error {
 	return l.l.Close() // a listening Unix socket removes its file on Close
 }
 
-// ErrRefused is a daemon's refusal (wrong PIN, start failure); its text is the daemon's.
-var ErrRefused = errors.New("refused")
+// ErrRefused is in the error of a daemon's "error" answer (wrong PIN, start failure), whose text is
+// the daemon's reason alone.
+var ErrRefused = errors.New("refused by signerd")
 
-// Send gives pin to the daemon listening at path and returns its answer: the message of an "ok", or an
-// error wrapping ErrRefused with the daemon's reason. The daemon answers once it has logged in and
-// started, or failed to, so ctx should allow for loading the keys.
+// answerError is a daemon's "error" answer.
+type answerError string
+
+func (e answerError) Error() string      { return string(e) }
+func (answerError) Is(target error) bool { return target == ErrRefused }
+
+// CheckSocket reports whether path is a socket a PIN may be sent to: a socket, in a directory as
+// CheckPath wants. An administrator's client checks it before asking for the PIN.
+func CheckSocket(path string) error {
+	if err := CheckPath(path); err != nil {
+		return err
+	}
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("unseal socket: no %s: is signerd running, and still sealed?", path)
+	case err != nil:
+		return fmt.Errorf("unseal socket: %w", err)
+	case fi.Mode().Type() != fs.ModeSocket:
+		return fmt.Errorf("unseal socket: %s is not a socket", path)
+	}
+	return nil
+}
+
+// Send gives pin to the daemon listening at path (which must pass CheckSocket) and returns its answer:
+// the message of an "ok", or the daemon's reason as an error that is ErrRefused. The daemon answers
+// once it has logged in and started, or failed to, so ctx should allow for loading the keys.
 func Send(ctx context.Context, path, pin string) (string, error) {
 	switch {
 	case pin == "":
@@ -195,6 +276,9 @@ func Send(ctx context.Context, path, pin string) (string, error) {
 	case strings.ContainsAny(pin, "\r\n"):
 		return "", errors.New("the PIN contains a line break")
 	}
+	if err := CheckSocket(path); err != nil {
+		return "", err
+	}
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
@@ -203,13 +287,16 @@ func Send(ctx context.Context, path, pin string) (string, error) {
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
 	defer stop()
-	if _, err := io.WriteString(c, pin+"\n"); err != nil {
-		return "", fmt.Errorf("unseal socket: send: %w", err)
-	}
-	answer, err := bufio.NewReader(io.LimitReader(c, 4096)).ReadString('\n')
+	// A daemon that turns this peer away answers and closes without reading: the write may fail, and
+	// the answer, already here, says why.
+	_, werr := io.WriteString(c, pin+"\n")
+	answer, err := bufio.NewReader(io.LimitReader(c, maxAnswer+2)).ReadString('\n')
 	if err != nil {
-		if ctx.Err() != nil {
+		switch {
+		case ctx.Err() != nil:
 			return "", fmt.Errorf("unseal socket: no answer: %w", ctx.Err())
+		case werr != nil:
+			return "", fmt.Errorf("unseal socket: send: %w", werr)
 		}
 		return "", fmt.Errorf("unseal socket: no answer: %w", err)
 	}
@@ -218,7 +305,7 @@ func Send(ctx context.Context, path, pin string) (string, error) {
 		return msg, nil
 	}
 	if msg, ok := strings.CutPrefix(answer, "error "); ok {
-		return "", fmt.Errorf("%w: %s", ErrRefused, msg)
+		return "", answerError(msg)
 	}
 	return "", fmt.Errorf("unseal socket: unexpected answer %q", answer)
 }

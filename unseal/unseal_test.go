@@ -120,7 +120,7 @@ func TestMalformedInput(t *testing.T) {
 
 	got := serveOnce(t, l, "unsealed", nil)
 	// What Send refuses to write, the daemon refuses to read: an empty line, a PIN over the limit.
-	for _, raw := range []string{"\n", strings.Repeat("1", MaxPIN+5) + "\n"} {
+	for _, raw := range []string{"\n", "\r\n", strings.Repeat("1", MaxPIN+1) + "\n", strings.Repeat("1", MaxPIN+1) + "\r\n", strings.Repeat("1", MaxPIN+5) + "\n"} {
 		c, err := net.Dial("unix", path)
 		if err != nil {
 			t.Fatal(err)
@@ -135,11 +135,58 @@ func TestMalformedInput(t *testing.T) {
 			t.Errorf("%d bytes: answer %q, want an error", len(raw), buf[:n])
 		}
 	}
-	if _, err := Send(ctxT(t), path, "1234"); err != nil {
+	// The longest PIN, with a CRLF line end.
+	c, err := net.Dial("unix", path)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if pin := <-got; pin != "1234" {
+	defer c.Close()
+	if _, err := c.Write([]byte(strings.Repeat("7", MaxPIN) + "\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if pin := <-got; pin != strings.Repeat("7", MaxPIN) {
 		t.Fatalf("daemon got %q", pin)
+	}
+}
+
+// A socket in a directory that others may write to could have been bound by anyone: neither the
+// daemon nor the client uses one, and a path too long for a socket address is refused up front.
+func TestUnsafePaths(t *testing.T) {
+	dir := t.TempDir()
+	shared := filepath.Join(dir, "shared")
+	if err := os.Mkdir(shared, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(shared, 0o1777); err != nil { // as /tmp
+		t.Fatal(err)
+	}
+	path := filepath.Join(shared, "unseal.sock")
+	if _, err := Listen(path, nil); err == nil || !strings.Contains(err.Error(), "writable by its group or others") {
+		t.Fatalf("Listen in a shared directory = %v", err)
+	}
+	// Someone else's socket there: the client does not send the PIN to it.
+	other, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, err := Send(ctxT(t), path, "1234"); err == nil || !strings.Contains(err.Error(), "writable by its group or others") {
+		t.Fatalf("Send to a shared directory = %v", err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(t.TempDir(), link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Listen(filepath.Join(link, "unseal.sock"), nil); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Fatalf("Listen under a symbolic link = %v", err)
+	}
+	for path, want := range map[string]string{"relative.sock": "absolute", "/" + strings.Repeat("d", MaxPath): "longer than"} {
+		if err := CheckPath(path); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("CheckPath(%.20q) = %v, want %q", path, err, want)
+		}
+	}
+	if err := CheckSocket(filepath.Join(dir, "none.sock")); err == nil || !strings.Contains(err.Error(), "still sealed?") {
+		t.Errorf("CheckSocket(missing) = %v", err)
 	}
 }
 
@@ -171,22 +218,42 @@ func TestStaleAndLiveSockets(t *testing.T) {
 	}
 }
 
+// Next ends with its context, promptly even while a client that sent nothing is connected (the read
+// timeout is 10 s), and a PIN that arrives once it is stopping is not used.
 func TestNextEndsWithContext(t *testing.T) {
-	l, err := Listen(filepath.Join(t.TempDir(), "unseal.sock"), nil)
+	path := filepath.Join(t.TempDir(), "unseal.sock")
+	l, err := Listen(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { _, err := l.Next(ctx); done <- err }()
-	cancel()
-	select {
-	case err := <-done:
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("Next = %v", err)
+	for _, silent := range []bool{false, true} {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { _, err := l.Next(ctx); done <- err }()
+		var c net.Conn
+		if silent {
+			if c, err = net.Dial("unix", path); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond) // accepted, reading
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Next did not end with its context")
+		cancel()
+		select {
+		case err := <-done:
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("Next = %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("Next (silent client %v) did not end with its context", silent)
+		}
+		if c != nil {
+			buf := make([]byte, 100)
+			n, _ := c.Read(buf)
+			if !strings.Contains(string(buf[:n]), "error signerd is stopping") {
+				t.Errorf("silent client's answer %q", buf[:n])
+			}
+			c.Close()
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -23,7 +24,7 @@ import (
 // command that changes keys (exclusive) first takes the token's local lock and holds it until it is
 // done, so that its view of the token is complete and no other process on this machine changes the
 // token meanwhile; the token-wide key locks still order it with other machines.
-func openRing(cfgPath string, exclusive bool) (*keyring.Ring, *config.Config, func(), error) {
+func openRing(ctx context.Context, cfgPath string, exclusive bool) (*keyring.Ring, *config.Config, func(), error) {
 	if cfgPath == "" {
 		return nil, nil, nil, fmt.Errorf("%w: --config is required", errUsage)
 	}
@@ -34,7 +35,7 @@ func openRing(cfgPath string, exclusive bool) (*keyring.Ring, *config.Config, fu
 	hcfg, err := cfg.HSMConfig()
 	if errors.Is(err, config.ErrSealed) {
 		// No PIN is kept for a sealed daemon: the administrator running this command gives it.
-		hcfg.PIN, err = readPIN(os.Stdin, os.Stderr, fmt.Sprintf("PIN for token %s: ", tokenName(hcfg)))
+		hcfg.PIN, err = readPIN(ctx, os.Stdin, os.Stderr, fmt.Sprintf("PIN for token %s: ", tokenName(hcfg)))
 	}
 	if err != nil {
 		return nil, nil, nil, err
@@ -88,7 +89,7 @@ func checkSettings(cfg *config.Config, name string, st keyring.Settings) error {
 	return st.CheckAgainst(minPrepublish(cfg), policy.MaxTTL(name))
 }
 
-func cmdKeys(args []string, stdout io.Writer) error {
+func cmdKeys(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) == 0 {
 		return fmt.Errorf("%w: keys needs create, list, public, rotate, revoke or destroy", errUsage)
 	}
@@ -109,7 +110,7 @@ func cmdKeys(args []string, stdout io.Writer) error {
 		return err
 	}
 	exclusive := args[0] != "list" && args[0] != "public"
-	ring, cfg, closeFn, err := openRing(*cfgPath, exclusive)
+	ring, cfg, closeFn, err := openRing(ctx, *cfgPath, exclusive)
 	if err != nil {
 		return err
 	}

@@ -63,7 +63,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "unseal":
 		return cmdUnseal(ctx, args[1:], os.Stdin, stdout, stderr)
 	case "keys":
-		return cmdKeys(args[1:], stdout)
+		return cmdKeys(ctx, args[1:], stdout)
 	case "token":
 		return cmdToken(args[1:], stdout)
 	case "audit":

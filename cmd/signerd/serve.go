@@ -117,7 +117,7 @@ func startDaemon(ctx context.Context, cfgPath string, cfg *config.Config, log *s
 		return nil, err
 	default:
 		if d.tok, err = hsm.Open(hcfg); err != nil {
-			return nil, fmt.Errorf("hsm: %w", err)
+			return nil, err // its errors say "hsm: ..."
 		}
 	}
 	d.changed = make(chan struct{}, 1)
@@ -219,13 +219,22 @@ func (d *daemon) unsealToken(ctx context.Context, path string, hcfg hsm.Config) 
 			d.log.Info("unsealed: logged in to the token", "uid", r.UID)
 			return tok, r.Reply, nil
 		}
-		r.Reply("", err)
 		if !errors.Is(err, hsm.ErrWrongPIN) {
-			return nil, nil, fmt.Errorf("hsm: %w", err)
+			r.Reply("", err)
+			return nil, nil, err
 		}
 		d.log.Warn("unseal: wrong PIN; still sealed", "uid", r.UID, "err", err)
+		// Guesses wait, and so does the token's count of wrong PINs towards its lockout.
+		select {
+		case <-time.After(wrongPINDelay):
+		case <-ctx.Done():
+		}
+		r.Reply("", err)
 	}
 }
+
+// wrongPINDelay is how long a sealed daemon waits before it answers a wrong PIN and takes another.
+const wrongPINDelay = time.Second
 
 // minPrepublish is how long before it signs a new version must be published: the JWKS max-age, when
 // the JWKS is served.

@@ -38,7 +38,11 @@ func cmdUnseal(ctx context.Context, args []string, stdin *os.File, stdout, stder
 		}
 		*socket = cfg.HSM.UnsealSocket
 	}
-	pin, err := readPIN(stdin, stderr, "PIN for the token of the signerd at "+*socket+": ")
+	// Nothing is asked of the administrator before the socket is known to be there and safe.
+	if err := unseal.CheckSocket(*socket); err != nil {
+		return err
+	}
+	pin, err := readPIN(ctx, stdin, stderr, "PIN for the token of the signerd at "+*socket+": ")
 	if err != nil {
 		return err
 	}
@@ -53,27 +57,49 @@ func cmdUnseal(ctx context.Context, args []string, stdin *os.File, stdout, stder
 }
 
 // readPIN reads a PIN from an administrator: from the terminal without echo (after prompt on stderr)
-// when stdin is one, else the first line of stdin (a pipe from a secret store).
-func readPIN(stdin *os.File, stderr io.Writer, prompt string) (string, error) {
-	if fd := int(stdin.Fd()); term.IsTerminal(fd) {
-		fmt.Fprint(stderr, prompt)
-		b, err := term.ReadPassword(fd)
-		fmt.Fprintln(stderr)
+// when stdin is one, else the first line of stdin (a pipe from a secret store). It gives up when ctx
+// ends (Ctrl-C), with the terminal as it found it.
+func readPIN(ctx context.Context, stdin *os.File, stderr io.Writer, prompt string) (string, error) {
+	type result struct {
+		pin string
+		err error
+	}
+	done := make(chan result, 1)
+	fd := int(stdin.Fd())
+	if term.IsTerminal(fd) {
+		state, err := term.GetState(fd)
 		if err != nil {
 			return "", fmt.Errorf("read the PIN: %w", err)
 		}
-		return nonEmptyPIN(string(b))
+		// ReadPassword restores the terminal when it returns; an interrupt does so itself.
+		defer func() { _ = term.Restore(fd, state) }()
+		fmt.Fprint(stderr, prompt)
+		defer fmt.Fprintln(stderr)
+		go func() {
+			b, err := term.ReadPassword(fd)
+			done <- result{string(b), err}
+		}()
+	} else {
+		go func() {
+			line, err := bufio.NewReader(io.LimitReader(stdin, unseal.MaxPIN+3)).ReadString('\n')
+			if errors.Is(err, io.EOF) {
+				err = nil // a last line without a newline
+			}
+			done <- result{strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r"), err}
+		}()
 	}
-	line, err := bufio.NewReader(io.LimitReader(stdin, unseal.MaxPIN+2)).ReadString('\n')
-	if err != nil && !errors.Is(err, io.EOF) {
-		return "", fmt.Errorf("read the PIN from standard input: %w", err)
+	select {
+	case <-ctx.Done():
+		return "", ctx.Err()
+	case r := <-done:
+		switch {
+		case r.err != nil:
+			return "", fmt.Errorf("read the PIN: %w", r.err)
+		case r.pin == "":
+			return "", errors.New("no PIN given (type it at the prompt, or give it as the first line of standard input)")
+		case len(r.pin) > unseal.MaxPIN:
+			return "", fmt.Errorf("PIN longer than %d bytes", unseal.MaxPIN)
+		}
+		return r.pin, nil
 	}
-	return nonEmptyPIN(strings.TrimRight(line, "\r\n"))
-}
-
-func nonEmptyPIN(pin string) (string, error) {
-	if pin == "" {
-		return "", errors.New("no PIN given (type it at the prompt, or give it as the first line of standard input)")
-	}
-	return pin, nil
 }
