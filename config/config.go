@@ -35,6 +35,10 @@ type Config struct {
 	JWT  JWT  `yaml:"jwt"`
 	// RefreshInterval is how often the key view is re-read from the token.
 	RefreshInterval time.Duration `yaml:"refresh_interval"`
+	// AutoRotate has the daemon rotate, at each refresh, every key whose rotation_period has passed,
+	// as `signerd keys rotate --due` does (daemons sharing a token rotate each due key once), so that
+	// no timer with the PIN is needed: the way to scheduled rotation with a sealed start.
+	AutoRotate bool `yaml:"auto_rotate"`
 	Audit           Audit         `yaml:"audit"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`

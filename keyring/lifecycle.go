@@ -254,6 +254,17 @@ func (r *Ring) RotateDue() ([]string, error) {
 
 var errNotDue = errors.New("keyring: not due")
 
+// RotationDue reports whether RotateDue would rotate a key of the snapshot, as of the moment it was
+// taken, so that a process checking often takes keys' locks in the token only when one is due.
+func (s *Snapshot) RotationDue() bool {
+	for _, k := range s.keys {
+		if k.meta.due(s.at) {
+			return true
+		}
+	}
+	return false
+}
+
 // due reports whether m needs a scheduled rotation at now.
 func (m *Meta) due(now time.Time) bool {
 	if m.RotationPeriod <= 0 {

@@ -588,3 +588,73 @@ func waitOpens(t *testing.T, pid int, path string) {
 	}
 	t.Fatalf("process %d has not opened %s after 30s", pid, path)
 }
+
+// TestAutoRotate: with auto_rotate, two daemons on one token rotate each key whose rotation period has
+// passed, at their refreshes, with no command or timer, and each rotation happens once: every version
+// beyond the first is in exactly one of the two audit trails as a rotate_due event. A key without a
+// rotation period is left alone.
+func TestAutoRotate(t *testing.T) {
+	keys := map[string]string{"es256": "ES256", "ed": "EdDSA"}
+	in := startInstance(t, instanceOptions{keys: keys, edit: func(cfg string) string { return shortPeriods(cfg) + "auto_rotate: true\n" },
+		keyFlags: []string{"--prepublish", "2s", "--grace", "5s", "--rotation-period", "3s"}})
+	if out, err := signerd(t, nil, "keys", "create", "--config", in.cfgPath, "--name", "manual", "--alg", "ES256"); err != nil {
+		t.Fatalf("create manual: %v\n%s", err, out)
+	}
+	_, stopB := in.second(t)
+
+	versions := func() map[string]int {
+		list, err := signerd(t, nil, "keys", "list", "--config", in.cfgPath)
+		if err != nil {
+			t.Fatalf("keys list: %v\n%s", err, list)
+		}
+		n := map[string]int{}
+		for _, line := range strings.Split(list, "\n")[1:] {
+			if f := strings.Fields(line); len(f) > 0 {
+				n[f[0]]++
+			}
+		}
+		return n
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		n := versions()
+		if n["es256"] >= 2 && n["ed"] >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no automatic rotation within 30s: versions %v\n%s", n, in.stderr)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	// Stopped, the daemons rotate no more and their trails are complete.
+	stopB()
+	in.stop()
+	n := versions()
+	events := map[string]int{}
+	for _, trail := range []string{"audit.log", "audit-second.log"} {
+		b, err := os.ReadFile(filepath.Join(in.dir, trail))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if line == "" {
+				continue
+			}
+			var ev struct{ Op, Key, Outcome string }
+			if err := json.Unmarshal([]byte(line), &ev); err != nil {
+				t.Fatalf("%s: %v", trail, err)
+			}
+			if ev.Op == "rotate_due" && ev.Outcome == "ok" {
+				events[ev.Key]++
+			}
+		}
+	}
+	for name := range keys {
+		if events[name] != n[name]-1 {
+			t.Errorf("key %s: %d versions, %d rotate_due events in the two trails; want one event per new version", name, n[name], events[name])
+		}
+	}
+	if n["manual"] != 1 || events["manual"] != 0 {
+		t.Errorf("key without a rotation period: %d versions, %d rotations", n["manual"], events["manual"])
+	}
+}

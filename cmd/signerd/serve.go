@@ -495,14 +495,21 @@ func (d *daemon) checkToken() {
 	d.setHealth(true)
 }
 
-// opDestroyExpired is the audit op of a version the daemon destroys after its grace.
-const opDestroyExpired = "destroy_expired"
+// Audit ops of the changes the daemon makes by itself: a version destroyed after its grace, a key
+// rotated because its rotation period passed (auto_rotate).
+const (
+	opDestroyExpired = "destroy_expired"
+	opRotateDue      = "rotate_due"
+)
 
-// refresh re-reads the keys from the token, destroys versions past their grace (unless their key keeps
-// them), and schedules the next transition.
+// refresh re-reads the keys from the token, rotates those due (with auto_rotate), destroys versions
+// past their grace (unless their key keeps them), and schedules the next transition.
 func (d *daemon) refresh(transition *time.Timer) {
 	if err := d.ring.Refresh(); err != nil {
 		d.log.Error("key refresh failed; keeping the previous view", "err", err)
+	}
+	if d.started.AutoRotate && d.ring.Snapshot().RotationDue() {
+		d.rotateDue()
 	}
 	destroyed, err := d.ring.DestroyExpired()
 	for _, v := range destroyed {
@@ -514,6 +521,25 @@ func (d *daemon) refresh(transition *time.Timer) {
 		d.log.Error("destroying expired versions failed", "err", err)
 	}
 	d.scheduleTransition(transition)
+}
+
+// rotateDue staged-rotates every key whose rotation period has passed. Other daemons on the token may
+// be doing the same: each key is rotated once, by whichever gets its lock first.
+func (d *daemon) rotateDue() {
+	rotated, err := d.ring.RotateDue()
+	snap := d.ring.Snapshot()
+	for _, name := range rotated {
+		ev := audit.Event{Identity: "signerd", Op: opRotateDue, Key: name, Outcome: audit.OutcomeOK, Reason: "rotation period passed"}
+		if k, ok := snap.Key(name); ok && len(k.Versions) > 0 {
+			v := k.Versions[len(k.Versions)-1]
+			ev.Kid, ev.Alg = v.Kid, string(k.Alg)
+			d.log.Info("rotated key: its rotation period passed", "key", name, "version", v.Number, "kid", v.Kid, "activates", v.ActivateAt)
+		}
+		d.audit.Record(ev)
+	}
+	if err != nil {
+		d.log.Error("scheduled rotation failed", "err", err)
+	}
 }
 
 // scheduleTransition sets t to fire at the snapshot's next transition (or in an hour if none).

@@ -90,7 +90,7 @@ func readPIN(ctx context.Context, stdin *os.File, stderr io.Writer, prompt strin
 	}
 	select {
 	case <-ctx.Done():
-		return "", ctx.Err()
+		return "", fmt.Errorf("interrupted before a PIN was given: %w", ctx.Err())
 	case r := <-done:
 		switch {
 		case r.err != nil:
