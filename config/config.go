@@ -38,8 +38,8 @@ type Config struct {
 	// AutoRotate has the daemon rotate, at each refresh, every key whose rotation_period has passed,
 	// as `signerd keys rotate --due` does (daemons sharing a token rotate each due key once), so that
 	// no timer with the PIN is needed: the way to scheduled rotation with a sealed start.
-	AutoRotate bool `yaml:"auto_rotate"`
-	Audit           Audit         `yaml:"audit"`
+	AutoRotate bool  `yaml:"auto_rotate"`
+	Audit      Audit `yaml:"audit"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
 }
