@@ -1,6 +1,7 @@
 package keyring_test
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"strings"
@@ -284,12 +285,52 @@ func TestRotateDueGoesOnPastTrouble(t *testing.T) {
 	mustCreate(t, r, "good", settings)
 	createUnloadable(t, store, keyring.Options{Now: clock}, "broken", settings)
 	now = now.Add(2 * time.Hour)
-	rotated, err := r.RotateDue()
+	rotated, err := r.RotateDue(context.Background())
 	if err == nil || !strings.Contains(err.Error(), `key "broken"`) {
 		t.Errorf("RotateDue error = %v, want the broken key's trouble", err)
 	}
-	if !slices.Contains(rotated, "good") {
-		t.Errorf("RotateDue rotated %v, want good among them despite the broken key", rotated)
+	k, _ := r.Snapshot().Key("good")
+	if !slices.ContainsFunc(rotated, func(rot keyring.Rotation) bool {
+		return rot.Key == "good" && rot.Version.Number == 2 && rot.Version.Kid == k.Versions[1].Kid
+	}) {
+		t.Errorf("RotateDue rotated %+v, want good's version 2 among them despite the broken key", rotated)
+	}
+}
+
+// TestRotateDueLeavesRevokedKeys: a key whose active version was revoked (taken out of service) is
+// not due, however old; a key that is due is rotated once, and not again while its new version is
+// pending; an ended context stops RotateDue before it changes anything.
+func TestRotateDueLeavesRevokedKeys(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	r := openRing(t, keyringtest.NewMemoryStore(), keyring.Options{Now: func() time.Time { return now }})
+	settings := keyring.DefaultSettings()
+	settings.RotationPeriod = keyring.Duration(time.Hour)
+	mustCreate(t, r, "live", settings)
+	mustCreate(t, r, "pulled", settings)
+	if _, err := r.Revoke("pulled", 1); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(2 * time.Hour)
+	if err := r.Refresh(); err != nil { // a snapshot is due as of when it was taken
+		t.Fatal(err)
+	}
+	if !r.Snapshot().RotationDue() {
+		t.Fatal("RotationDue = false with live due")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if rotated, err := r.RotateDue(ctx); len(rotated) != 0 || !errors.Is(err, context.Canceled) {
+		t.Fatalf("RotateDue(ended context) = %v, %v", rotated, err)
+	}
+	rotated, err := r.RotateDue(context.Background())
+	if err != nil || len(rotated) != 1 || rotated[0].Key != "live" {
+		t.Fatalf("RotateDue = %+v, %v; want live alone", rotated, err)
+	}
+	if r.Snapshot().RotationDue() {
+		t.Error("RotationDue = true right after the rotation")
+	}
+	if again, err := r.RotateDue(context.Background()); err != nil || len(again) != 0 {
+		t.Errorf("second RotateDue = %+v, %v", again, err)
 	}
 }
 

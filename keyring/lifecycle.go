@@ -1,6 +1,7 @@
 package keyring
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -58,7 +59,7 @@ func (r *Ring) update(name string, fn func(cur *Meta, now time.Time) (*Meta, []b
 	refreshErr := r.refreshLocked()
 	k := r.snap.Load().keys[name]
 	if k == nil || k.meta.Revision != next.Revision {
-		return nil, fmt.Errorf("keyring: %q written, but the refresh after it failed: %w", name, refreshErr)
+		return nil, fmt.Errorf("keyring: %q %w, but the refresh after it failed: %w", name, errWritten, refreshErr)
 	}
 	return k, nil
 }
@@ -214,18 +215,35 @@ func (r *Ring) Destroy(name string, n int) (*Key, error) {
 	})
 }
 
+// Rotation is a version RotateDue added.
+type Rotation struct {
+	Key     string
+	Version Version
+}
+
 // RotateDue staged-rotates every key whose active version is older than its rotation period and that
 // has no pending version. Each key is re-checked under its lock, so processes running it at the same
-// time (on one machine or several) rotate each due key exactly once. It returns the keys it rotated.
-func (r *Ring) RotateDue() ([]string, error) {
-	var rotated []string
+// time (on one machine or several) rotate each due key exactly once. It returns the versions it added,
+// a rotation whose record was written counted even if what followed failed; it stops between keys once
+// ctx ends.
+func (r *Ring) RotateDue(ctx context.Context) ([]Rotation, error) {
+	var rotated []Rotation
 	var errs []error
 	// One key's trouble must not stop the others' rotations: each key is read again under its lock.
 	if err := r.Refresh(); err != nil {
 		errs = append(errs, err)
 	}
-	for _, name := range r.Snapshot().Names() {
-		did := false
+	snap := r.Snapshot()
+	for _, name := range snap.Names() {
+		if err := ctx.Err(); err != nil {
+			errs = append(errs, err)
+			break
+		}
+		// Only keys due by the fresh view take their locks in the token.
+		if k, _ := snap.Key(name); !k.meta.due(snap.at) {
+			continue
+		}
+		var added *Version
 		_, err := r.update(name, func(cur *Meta, now time.Time) (*Meta, []byte, error) {
 			if err := mustExist(name, cur); err != nil {
 				return nil, nil, err
@@ -238,21 +256,28 @@ func (r *Ring) RotateDue() ([]string, error) {
 				return nil, nil, err
 			}
 			cur.Versions = append(cur.Versions, v)
-			did = true
+			added = &v
 			return cur, v.ID, nil
 		})
 		switch {
 		case errors.Is(err, errNotDue):
+		case added != nil && (err == nil || errors.Is(err, errWritten)):
+			rotated = append(rotated, Rotation{Key: name, Version: *added})
+			if err != nil {
+				errs = append(errs, err)
+			}
 		case err != nil:
 			errs = append(errs, err)
-		case did:
-			rotated = append(rotated, name)
 		}
 	}
 	return rotated, errors.Join(errs...)
 }
 
 var errNotDue = errors.New("keyring: not due")
+
+// errWritten is in the error of a change whose record was written though the refresh after it failed:
+// the change happened.
+var errWritten = errors.New("written")
 
 // RotationDue reports whether RotateDue would rotate a key of the snapshot, as of the moment it was
 // taken, so that a process checking often takes keys' locks in the token only when one is due.
@@ -279,7 +304,9 @@ func (m *Meta) due(now time.Time) bool {
 			active = &m.Versions[i]
 		}
 	}
-	return active == nil || !now.Before(active.ActivateAt.Add(m.RotationPeriod.D()))
+	// A key without an active version has had it revoked: it stays out of service until an
+	// administrator rotates it.
+	return active != nil && !now.Before(active.ActivateAt.Add(m.RotationPeriod.D()))
 }
 
 // DestroyedVersion is a version DestroyExpired destroyed, with its key's name.

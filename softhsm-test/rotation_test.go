@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -339,7 +340,8 @@ func TestRotateDueConcurrently(t *testing.T) {
 	counts := map[string]int{}
 	for _, out := range outs {
 		for _, line := range strings.Split(out, "\n") {
-			if name, ok := strings.CutPrefix(line, "rotated "); ok {
+			if rest, ok := strings.CutPrefix(line, "rotated "); ok {
+				name, _, _ := strings.Cut(rest, " ")
 				counts[name]++
 			}
 		}
@@ -590,47 +592,60 @@ func waitOpens(t *testing.T, pid int, path string) {
 }
 
 // TestAutoRotate: with auto_rotate, two daemons on one token rotate each key whose rotation period has
-// passed, at their refreshes, with no command or timer, and each rotation happens once: every version
-// beyond the first is in exactly one of the two audit trails as a rotate_due event. A key without a
-// rotation period is left alone.
+// passed, at their refreshes, with no command or timer, and each rotation happens once and on time:
+// every version beyond the first is created no earlier than its predecessor's activation plus the
+// period, and is in exactly one of the two audit trails as a rotate_due event with its kid. A key
+// without a rotation period is left alone.
 func TestAutoRotate(t *testing.T) {
+	const period = 3 * time.Second
 	keys := map[string]string{"es256": "ES256", "ed": "EdDSA"}
 	in := startInstance(t, instanceOptions{keys: keys, edit: func(cfg string) string { return shortPeriods(cfg) + "auto_rotate: true\n" },
-		keyFlags: []string{"--prepublish", "2s", "--grace", "5s", "--rotation-period", "3s"}})
+		keyFlags: []string{"--prepublish", "2s", "--grace", "5s", "--rotation-period", period.String()}})
 	if out, err := signerd(t, nil, "keys", "create", "--config", in.cfgPath, "--name", "manual", "--alg", "ES256"); err != nil {
 		t.Fatalf("create manual: %v\n%s", err, out)
 	}
 	_, stopB := in.second(t)
 
-	versions := func() map[string]int {
+	type version struct {
+		kid                string
+		created, activates time.Time
+	}
+	versions := func() map[string][]version {
 		list, err := signerd(t, nil, "keys", "list", "--config", in.cfgPath)
 		if err != nil {
 			t.Fatalf("keys list: %v\n%s", err, list)
 		}
-		n := map[string]int{}
+		out := map[string][]version{}
 		for _, line := range strings.Split(list, "\n")[1:] {
-			if f := strings.Fields(line); len(f) > 0 {
-				n[f[0]]++
+			f := strings.Fields(line) // KEY ALG VERSION STATE KID CREATED ACTIVATES EXPIRES
+			if len(f) < 8 {
+				continue
 			}
+			created, err1 := time.Parse(time.RFC3339, f[5])
+			activates, err2 := time.Parse(time.RFC3339, f[6])
+			if err1 != nil || err2 != nil {
+				t.Fatalf("keys list line %q: %v %v", line, err1, err2)
+			}
+			out[f[0]] = append(out[f[0]], version{kid: f[4], created: created, activates: activates})
 		}
-		return n
+		return out
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		n := versions()
-		if n["es256"] >= 2 && n["ed"] >= 2 {
+		v := versions()
+		if len(v["es256"]) >= 2 && len(v["ed"]) >= 2 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no automatic rotation within 30s: versions %v\n%s", n, in.stderr)
+			t.Fatalf("no automatic rotation within 30s: versions %v\n%s", v, in.stderr)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
 	// Stopped, the daemons rotate no more and their trails are complete.
 	stopB()
 	in.stop()
-	n := versions()
-	events := map[string]int{}
+	got := versions()
+	events := map[string][]string{} // key -> kids of its rotate_due events
 	for _, trail := range []string{"audit.log", "audit-second.log"} {
 		b, err := os.ReadFile(filepath.Join(in.dir, trail))
 		if err != nil {
@@ -640,22 +655,33 @@ func TestAutoRotate(t *testing.T) {
 			if line == "" {
 				continue
 			}
-			var ev struct{ Op, Key, Outcome string }
+			var ev struct{ Op, Key, Kid, Outcome string }
 			if err := json.Unmarshal([]byte(line), &ev); err != nil {
 				t.Fatalf("%s: %v", trail, err)
 			}
 			if ev.Op == "rotate_due" && ev.Outcome == "ok" {
-				events[ev.Key]++
+				events[ev.Key] = append(events[ev.Key], ev.Kid)
 			}
 		}
 	}
 	for name := range keys {
-		if events[name] != n[name]-1 {
-			t.Errorf("key %s: %d versions, %d rotate_due events in the two trails; want one event per new version", name, n[name], events[name])
+		vs := got[name]
+		var want []string
+		for i := 1; i < len(vs); i++ {
+			want = append(want, vs[i].kid)
+			// Times in the list are whole seconds.
+			if earliest := vs[i-1].activates.Add(period - time.Second); vs[i].created.Before(earliest) {
+				t.Errorf("key %s: version %d created %v, before version %d's activation + period (%v)", name, i+1, vs[i].created, i, earliest)
+			}
+		}
+		slices.Sort(want)
+		slices.Sort(events[name])
+		if !slices.Equal(events[name], want) {
+			t.Errorf("key %s: rotate_due events for kids %v in the two trails; want one for each new version %v", name, events[name], want)
 		}
 	}
-	if n["manual"] != 1 || events["manual"] != 0 {
-		t.Errorf("key without a rotation period: %d versions, %d rotations", n["manual"], events["manual"])
+	if len(got["manual"]) != 1 || len(events["manual"]) != 0 {
+		t.Errorf("key without a rotation period: %d versions, %d rotations", len(got["manual"]), len(events["manual"]))
 	}
 	// The daemon that lost a key's lock to the other found it no longer due: no error.
 	if strings.Contains(in.stderr.String(), "scheduled rotation failed") {

@@ -54,18 +54,23 @@ func Listen(path string, refused func(uid uint32, err error)) (*Listener, error)
 	if err := CheckPath(path); err != nil {
 		return nil, err
 	}
+	self := uint32(os.Getuid())
+	if owner, _ := ownerOf(filepath.Dir(path)); owner != 0 && owner != self {
+		return nil, fmt.Errorf("unseal socket: directory %s belongs to uid %d: want one of root's or this user's (uid %d)", filepath.Dir(path), owner, self)
+	}
 	if err := removeStale(path); err != nil {
 		return nil, err
 	}
-	// The mode is set at bind (a chmod after it would leave a moment with the umask's mode). The umask is
-	// the process's: nothing else creates files while a daemon starts sealed.
-	old := syscall.Umask(0o177)
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	syscall.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("unseal socket: %w", err)
 	}
-	self := uint32(os.Getuid())
+	// Until this chmod the socket has the umask's mode; the directory (no one else may write to it, and
+	// systemd's RuntimeDirectory is 0700) and the peer uid check keep others out meanwhile.
+	if err := os.Chmod(path, 0o600); err != nil {
+		_ = l.Close()
+		return nil, fmt.Errorf("unseal socket: %w", err)
+	}
 	if refused == nil {
 		refused = func(uint32, error) {}
 	}
@@ -98,6 +103,19 @@ func checkDir(path string) error {
 		return fmt.Errorf("unseal socket: directory %s is writable by its group or others (mode %v): use one only signerd's user can write, such as systemd's RuntimeDirectory", dir, fi.Mode().Perm())
 	}
 	return nil
+}
+
+// ownerOf returns the uid owning the file at path (not following a final symbolic link).
+func ownerOf(path string) (uint32, error) {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return 0, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, fmt.Errorf("%s: no owner", path)
+	}
+	return st.Uid, nil
 }
 
 // removeStale removes a socket at path that nobody listens on.
@@ -143,9 +161,9 @@ func (r *Request) Reply(msg string, err error) {
 	if err != nil {
 		line = "error " + err.Error()
 	}
-	line = strings.ReplaceAll(line, "\n", " ")
+	line = strings.NewReplacer("\n", " ", "\r", " ").Replace(line)
 	if len(line) > maxAnswer {
-		line = line[:maxAnswer-3] + "..."
+		line = strings.ToValidUTF8(line[:maxAnswer-3], "") + "..."
 	}
 	_ = r.conn.SetWriteDeadline(time.Now().Add(readTimeout))
 	_, _ = io.WriteString(r.conn, line+"\n")
@@ -247,21 +265,29 @@ func (e answerError) Error() string      { return string(e) }
 func (answerError) Is(target error) bool { return target == ErrRefused }
 
 // CheckSocket reports whether path is a socket a PIN may be sent to: a socket, in a directory as
-// CheckPath wants. An administrator's client checks it before asking for the PIN.
-func CheckSocket(path string) error {
+// CheckPath wants that belongs to root or to the socket's owner. It returns the socket's owner. An
+// administrator's client checks it before asking for the PIN.
+func CheckSocket(path string) (owner uint32, err error) {
 	if err := CheckPath(path); err != nil {
-		return err
+		return 0, err
 	}
 	fi, err := os.Lstat(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("unseal socket: no %s: is signerd running, and still sealed?", path)
+		return 0, fmt.Errorf("unseal socket: no %s: is signerd running, and still sealed?", path)
 	case err != nil:
-		return fmt.Errorf("unseal socket: %w", err)
+		return 0, fmt.Errorf("unseal socket: %w", err)
 	case fi.Mode().Type() != fs.ModeSocket:
-		return fmt.Errorf("unseal socket: %s is not a socket", path)
+		return 0, fmt.Errorf("unseal socket: %s is not a socket", path)
 	}
-	return nil
+	if owner, err = ownerOf(path); err != nil {
+		return 0, fmt.Errorf("unseal socket: %w", err)
+	}
+	dir := filepath.Dir(path)
+	if dirOwner, err := ownerOf(dir); err != nil || (dirOwner != 0 && dirOwner != owner) {
+		return 0, fmt.Errorf("unseal socket: directory %s belongs neither to root nor to the socket's owner (uid %d)", dir, owner)
+	}
+	return owner, nil
 }
 
 // Send gives pin to the daemon listening at path (which must pass CheckSocket) and returns its answer:
@@ -276,15 +302,21 @@ func Send(ctx context.Context, path, pin string) (string, error) {
 	case strings.ContainsAny(pin, "\r\n"):
 		return "", errors.New("the PIN contains a line break")
 	}
-	if err := CheckSocket(path); err != nil {
+	owner, err := CheckSocket(path)
+	if err != nil {
 		return "", err
 	}
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", path)
+	conn, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
 		return "", fmt.Errorf("unseal socket: %w", err)
 	}
+	c := conn.(*net.UnixConn)
 	defer c.Close()
+	// The process listening is the socket's owner (or root), not one that took its place.
+	if peer, err := peerUID(c); err != nil || (peer != 0 && peer != owner) {
+		return "", fmt.Errorf("unseal socket: the process listening on %s is not the socket's owner (uid %d); not sending the PIN", path, owner)
+	}
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
 	defer stop()
 	// A daemon that turns this peer away answers and closes without reading: the write may fail, and

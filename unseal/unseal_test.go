@@ -185,8 +185,37 @@ func TestUnsafePaths(t *testing.T) {
 			t.Errorf("CheckPath(%.20q) = %v, want %q", path, err, want)
 		}
 	}
-	if err := CheckSocket(filepath.Join(dir, "none.sock")); err == nil || !strings.Contains(err.Error(), "still sealed?") {
+	if _, err := CheckSocket(filepath.Join(dir, "none.sock")); err == nil || !strings.Contains(err.Error(), "still sealed?") {
 		t.Errorf("CheckSocket(missing) = %v", err)
+	}
+}
+
+// A directory that belongs to another user could be that user's to rebind the socket in: the daemon
+// wants root's or its own, the client root's or the socket owner's.
+func TestOtherUsersDirectory(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to give a directory to another user")
+	}
+	const nobody = 65534
+	dir := filepath.Join(t.TempDir(), "theirs")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "unseal.sock")
+	if _, err := Listen(path, nil); err == nil || !strings.Contains(err.Error(), "belongs to uid 65534") {
+		t.Fatalf("Listen in another user's directory = %v", err)
+	}
+	// A root-owned socket there (as if bound by a daemon that did not check): the client refuses it.
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if _, err := Send(ctxT(t), path, "1234"); err == nil || !strings.Contains(err.Error(), "belongs neither to root nor to the socket's owner") {
+		t.Fatalf("Send into another user's directory = %v", err)
 	}
 }
 

@@ -151,9 +151,10 @@ func cmdKeys(ctx context.Context, args []string, stdout io.Writer) error {
 			if *name != "" || *emergency {
 				return fmt.Errorf("%w: --due rotates every due key; it takes no --name or --emergency", errUsage)
 			}
-			rotated, err := ring.RotateDue()
-			for _, n := range rotated {
-				fmt.Fprintf(stdout, "rotated %s\n", n)
+			rotated, err := ring.RotateDue(ctx)
+			for _, rot := range rotated {
+				fmt.Fprintf(stdout, "rotated %s to version %d, kid %s (staged: signs from %s)\n", rot.Key, rot.Version.Number,
+					rot.Version.Kid, rot.Version.ActivateAt.Format(time.RFC3339))
 			}
 			if err != nil {
 				return err

@@ -86,6 +86,18 @@ type daemon struct {
 	clientCAs atomic.Pointer[x509.CertPool]
 	// started is the configuration the daemon started with: what a reload cannot change stays as it.
 	started *config.Config
+	// rotation is the auto_rotate round under way, if any (the run loop's alone); rotateAfter holds
+	// the next round back after one failed.
+	rotation    *rotationRound
+	rotateAfter time.Time
+}
+
+// rotationRound is one auto_rotate round, running beside the run loop: generating key pairs can take
+// seconds, during which health checks, reloads and a stop must not wait.
+type rotationRound struct {
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the round has ended; err is then its outcome
+	err    error
 }
 
 // startDaemon opens the token, loads the keys, checks the policy against them and starts listening.
@@ -421,6 +433,11 @@ func (d *daemon) run(ctx context.Context, refresh time.Duration, hup <-chan os.S
 	healthT := time.NewTicker(healthInterval)
 	defer healthT.Stop()
 	for {
+		// A stop comes first, even when other cases are ready too (select picks among those at random).
+		if ctx.Err() != nil {
+			d.stop()
+			return nil
+		}
 		select {
 		case <-ctx.Done():
 			d.stop()
@@ -508,8 +525,8 @@ func (d *daemon) refresh(transition *time.Timer) {
 	if err := d.ring.Refresh(); err != nil {
 		d.log.Error("key refresh failed; keeping the previous view", "err", err)
 	}
-	if d.started.AutoRotate && d.ring.Snapshot().RotationDue() {
-		d.rotateDue()
+	if d.started.AutoRotate {
+		d.startRotation()
 	}
 	destroyed, err := d.ring.DestroyExpired()
 	for _, v := range destroyed {
@@ -523,22 +540,68 @@ func (d *daemon) refresh(transition *time.Timer) {
 	d.scheduleTransition(transition)
 }
 
-// rotateDue staged-rotates every key whose rotation period has passed. Other daemons on the token may
-// be doing the same: each key is rotated once, by whichever gets its lock first.
-func (d *daemon) rotateDue() {
-	rotated, err := d.ring.RotateDue()
-	snap := d.ring.Snapshot()
-	for _, name := range rotated {
-		ev := audit.Event{Identity: "signerd", Op: opRotateDue, Key: name, Outcome: audit.OutcomeOK, Reason: "rotation period passed"}
-		if k, ok := snap.Key(name); ok && len(k.Versions) > 0 {
-			v := k.Versions[len(k.Versions)-1]
-			ev.Kid, ev.Alg = v.Kid, string(k.Alg)
-			d.log.Info("rotated key: its rotation period passed", "key", name, "version", v.Number, "kid", v.Kid, "activates", v.ActivateAt)
+// rotationBackoff holds auto_rotate back after a round that failed, so that a token in trouble is not
+// asked again for key pairs and locks at every refresh.
+const rotationBackoff = 5 * time.Minute
+
+// startRotation starts an auto_rotate round if a key is due by the fresh view, none is under way, the
+// last failure's back-off has passed and the audit trail can record it.
+func (d *daemon) startRotation() {
+	if r := d.rotation; r != nil {
+		select {
+		case <-r.done:
+		default:
+			return // one round at a time
+		}
+		d.rotation = nil
+		if r.err != nil {
+			d.rotateAfter = time.Now().Add(rotationBackoff)
+			d.log.Error("scheduled rotation failed; retrying later", "err", r.err, "in", rotationBackoff)
+		}
+	}
+	if time.Now().Before(d.rotateAfter) || d.audit.Err() != nil || !d.ring.Snapshot().RotationDue() {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &rotationRound{cancel: cancel, done: make(chan struct{})}
+	d.rotation = r
+	go func() {
+		defer close(r.done)
+		r.err = d.rotateDue(ctx)
+	}()
+}
+
+// rotateDue staged-rotates every key whose rotation period has passed, auditing each new version.
+// Other daemons on the token may be doing the same: each key is rotated once, by whichever gets its
+// lock first. It stops between keys once ctx ends.
+func (d *daemon) rotateDue(ctx context.Context) error {
+	rotated, err := d.ring.RotateDue(ctx)
+	for _, rot := range rotated {
+		v := rot.Version
+		d.log.Info("rotated key: its rotation period passed", "key", rot.Key, "version", v.Number, "kid", v.Kid, "activates", v.ActivateAt)
+		ev := audit.Event{Identity: "signerd", Op: opRotateDue, Key: rot.Key, Kid: v.Kid, Outcome: audit.OutcomeOK,
+			Reason: fmt.Sprintf("rotation period passed; version %d signs from %s", v.Number, v.ActivateAt.Format(time.RFC3339))}
+		if k, ok := d.ring.Snapshot().Key(rot.Key); ok {
+			ev.Alg = string(k.Alg)
 		}
 		d.audit.Record(ev)
 	}
-	if err != nil {
-		d.log.Error("scheduled rotation failed", "err", err)
+	return err
+}
+
+// stopRotation ends an auto_rotate round under way: it stops before the next key, and is waited for
+// (a key pair being generated) at most wait. It reports whether the round ended.
+func (d *daemon) stopRotation(wait time.Duration) bool {
+	r := d.rotation
+	if r == nil {
+		return true
+	}
+	r.cancel()
+	select {
+	case <-r.done:
+		return true
+	case <-time.After(wait):
+		return false
 	}
 }
 
@@ -560,6 +623,9 @@ func (d *daemon) scheduleTransition(t *time.Timer) {
 // stopTimeout (then hard), so that the whole stop stays inside systemd's TimeoutStopSec.
 func (d *daemon) stop() {
 	d.setHealth(false)
+	if d.rotation != nil {
+		d.rotation.cancel() // no new key after the one being generated, if any
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
 	done := make(chan struct{})
@@ -585,6 +651,11 @@ func (d *daemon) stop() {
 			d.release(false)
 			return
 		}
+	}
+	if !d.stopRotation(stopTimeout) {
+		d.log.Error("a scheduled rotation is still inside the token after the stop timeouts; exiting without closing the token")
+		d.release(false)
+		return
 	}
 	d.close()
 }

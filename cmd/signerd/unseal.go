@@ -39,7 +39,7 @@ func cmdUnseal(ctx context.Context, args []string, stdin *os.File, stdout, stder
 		*socket = cfg.HSM.UnsealSocket
 	}
 	// Nothing is asked of the administrator before the socket is known to be there and safe.
-	if err := unseal.CheckSocket(*socket); err != nil {
+	if _, err := unseal.CheckSocket(*socket); err != nil {
 		return err
 	}
 	pin, err := readPIN(ctx, stdin, stderr, "PIN for the token of the signerd at "+*socket+": ")
