@@ -522,11 +522,23 @@ const (
 // refresh re-reads the keys from the token, rotates those due (with auto_rotate), destroys versions
 // past their grace (unless their key keeps them), and schedules the next transition.
 func (d *daemon) refresh(transition *time.Timer) {
-	if err := d.ring.Refresh(); err != nil {
+	// A rotation round holds the ring for as long as a key pair takes to generate, and publishes a
+	// fresh view after each key itself: the loop does not wait for it, and leaves destroying expired
+	// versions (which needs the ring too) to a refresh after the round.
+	rotating := d.rotating()
+	refresh := d.ring.Refresh
+	if rotating {
+		refresh = d.ring.TryRefresh
+	}
+	if err := refresh(); err != nil {
 		d.log.Error("key refresh failed; keeping the previous view", "err", err)
 	}
 	if d.started.AutoRotate {
 		d.startRotation()
+	}
+	if rotating {
+		d.scheduleTransition(transition)
+		return
 	}
 	destroyed, err := d.ring.DestroyExpired()
 	for _, v := range destroyed {
@@ -543,6 +555,19 @@ func (d *daemon) refresh(transition *time.Timer) {
 // rotationBackoff holds auto_rotate back after a round that failed, so that a token in trouble is not
 // asked again for key pairs and locks at every refresh.
 const rotationBackoff = 5 * time.Minute
+
+// rotating reports whether an auto_rotate round is under way.
+func (d *daemon) rotating() bool {
+	if d.rotation == nil {
+		return false
+	}
+	select {
+	case <-d.rotation.done:
+		return false
+	default:
+		return true
+	}
+}
 
 // startRotation starts an auto_rotate round if a key is due by the fresh view, none is under way, the
 // last failure's back-off has passed and the audit trail can record it.
