@@ -47,16 +47,17 @@ type Listener struct {
 	refused func(uid uint32, err error)
 }
 
-// Listen creates the socket at path, mode 0600, in a directory that only its owner may write to (see
-// CheckPath). A socket left there by a process that is gone is replaced; one that a process still
-// listens on is an error (another daemon is waiting), and so is any other file.
+// Listen creates the socket at path, mode 0600, in a directory as checkPath wants that belongs to root
+// or to this process's user. A socket left there by a process that is gone is replaced; one that a
+// process still listens on is an error (another daemon is waiting), and so is any other file.
 func Listen(path string, refused func(uid uint32, err error)) (*Listener, error) {
-	if err := CheckPath(path); err != nil {
+	dirOwner, err := checkPath(path)
+	if err != nil {
 		return nil, err
 	}
 	self := uint32(os.Getuid())
-	if owner, _ := ownerOf(filepath.Dir(path)); owner != 0 && owner != self {
-		return nil, fmt.Errorf("unseal socket: directory %s belongs to uid %d: want one of root's or this user's (uid %d)", filepath.Dir(path), owner, self)
+	if dirOwner != 0 && dirOwner != self {
+		return nil, fmt.Errorf("unseal socket: directory %s belongs to uid %d: want one of root's or this user's (uid %d)", filepath.Dir(path), dirOwner, self)
 	}
 	if err := removeStale(path); err != nil {
 		return nil, err
@@ -77,43 +78,35 @@ func Listen(path string, refused func(uid uint32, err error)) (*Listener, error)
 	return &Listener{l: l, path: path, allowed: func(uid uint32) bool { return uid == 0 || uid == self }, refused: refused}, nil
 }
 
-// CheckPath reports whether path can be an unseal socket: absolute, short enough for a socket address,
+// checkPath reports whether path can be an unseal socket: absolute, short enough for a socket address,
 // in a directory that is no symbolic link and that neither its group nor others may write to (in a
-// shared directory such as /tmp another user could bind the path first and collect the PIN).
-func CheckPath(path string) error {
+// shared directory such as /tmp another user could bind the path first and collect the PIN). It returns
+// the directory's owner, for the caller to check against whom it trusts.
+func checkPath(path string) (dirOwner uint32, err error) {
 	switch {
 	case !filepath.IsAbs(path):
-		return fmt.Errorf("unseal socket: %q: want an absolute path", path)
+		return 0, fmt.Errorf("unseal socket: %q: want an absolute path", path)
 	case len(path) > MaxPath:
-		return fmt.Errorf("unseal socket: %s: longer than the %d bytes a socket address holds", path, MaxPath)
+		return 0, fmt.Errorf("unseal socket: %s: longer than the %d bytes a socket address holds", path, MaxPath)
 	}
-	return checkDir(path)
-}
-
-// checkDir checks the directory of path as CheckPath says.
-func checkDir(path string) error {
 	dir := filepath.Dir(path)
 	fi, err := os.Lstat(dir)
 	switch {
 	case err != nil:
-		return fmt.Errorf("unseal socket: %w", err)
+		return 0, fmt.Errorf("unseal socket: %w", err)
 	case !fi.IsDir():
-		return fmt.Errorf("unseal socket: %s is not a directory (a symbolic link is refused)", dir)
+		return 0, fmt.Errorf("unseal socket: %s is not a directory (a symbolic link is refused)", dir)
 	case fi.Mode().Perm()&0o022 != 0:
-		return fmt.Errorf("unseal socket: directory %s is writable by its group or others (mode %v): use one only signerd's user can write, such as systemd's RuntimeDirectory", dir, fi.Mode().Perm())
+		return 0, fmt.Errorf("unseal socket: directory %s is writable by its group or others (mode %v): use one only signerd's user can write, such as systemd's RuntimeDirectory", dir, fi.Mode().Perm())
 	}
-	return nil
+	return ownerOf(fi)
 }
 
-// ownerOf returns the uid owning the file at path (not following a final symbolic link).
-func ownerOf(path string) (uint32, error) {
-	fi, err := os.Lstat(path)
-	if err != nil {
-		return 0, err
-	}
+// ownerOf returns the uid owning the file fi describes.
+func ownerOf(fi fs.FileInfo) (uint32, error) {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
-		return 0, fmt.Errorf("%s: no owner", path)
+		return 0, fmt.Errorf("unseal socket: %s: no owner", fi.Name())
 	}
 	return st.Uid, nil
 }
@@ -143,9 +136,6 @@ func removeStale(path string) error {
 	}
 	return nil
 }
-
-// Path is the socket's path.
-func (l *Listener) Path() string { return l.path }
 
 // Request is a PIN an administrator sent. Exactly one Reply answers it.
 type Request struct {
@@ -220,11 +210,8 @@ func (l *Listener) read(ctx context.Context, c *net.UnixConn) (*Request, error) 
 		return r, errors.New("no PIN received (want the PIN and a newline, at most 256 bytes)")
 	}
 	pin := strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
-	switch {
-	case pin == "":
-		return r, errors.New("empty PIN")
-	case len(pin) > MaxPIN:
-		return r, fmt.Errorf("PIN longer than %d bytes", MaxPIN)
+	if err := CheckPIN(pin); err != nil {
+		return r, err
 	}
 	r.PIN = pin
 	return r, nil
@@ -265,10 +252,11 @@ func (e answerError) Error() string      { return string(e) }
 func (answerError) Is(target error) bool { return target == ErrRefused }
 
 // CheckSocket reports whether path is a socket a PIN may be sent to: a socket, in a directory as
-// CheckPath wants that belongs to root or to the socket's owner. It returns the socket's owner. An
+// checkPath wants that belongs to root or to the socket's owner. It returns the socket's owner. An
 // administrator's client checks it before asking for the PIN.
 func CheckSocket(path string) (owner uint32, err error) {
-	if err := CheckPath(path); err != nil {
+	dirOwner, err := checkPath(path)
+	if err != nil {
 		return 0, err
 	}
 	fi, err := os.Lstat(path)
@@ -280,27 +268,34 @@ func CheckSocket(path string) (owner uint32, err error) {
 	case fi.Mode().Type() != fs.ModeSocket:
 		return 0, fmt.Errorf("unseal socket: %s is not a socket", path)
 	}
-	if owner, err = ownerOf(path); err != nil {
-		return 0, fmt.Errorf("unseal socket: %w", err)
+	if owner, err = ownerOf(fi); err != nil {
+		return 0, err
 	}
-	dir := filepath.Dir(path)
-	if dirOwner, err := ownerOf(dir); err != nil || (dirOwner != 0 && dirOwner != owner) {
-		return 0, fmt.Errorf("unseal socket: directory %s belongs neither to root nor to the socket's owner (uid %d)", dir, owner)
+	if dirOwner != 0 && dirOwner != owner {
+		return 0, fmt.Errorf("unseal socket: directory %s belongs neither to root nor to the socket's owner (uid %d)", filepath.Dir(path), owner)
 	}
 	return owner, nil
+}
+
+// CheckPIN reports whether pin can travel to a daemon: not empty, at most MaxPIN bytes, one line.
+func CheckPIN(pin string) error {
+	switch {
+	case pin == "":
+		return errors.New("empty PIN")
+	case len(pin) > MaxPIN:
+		return fmt.Errorf("PIN longer than %d bytes", MaxPIN)
+	case strings.ContainsAny(pin, "\r\n"):
+		return errors.New("the PIN contains a line break")
+	}
+	return nil
 }
 
 // Send gives pin to the daemon listening at path (which must pass CheckSocket) and returns its answer:
 // the message of an "ok", or the daemon's reason as an error that is ErrRefused. The daemon answers
 // once it has logged in and started, or failed to, so ctx should allow for loading the keys.
 func Send(ctx context.Context, path, pin string) (string, error) {
-	switch {
-	case pin == "":
-		return "", errors.New("empty PIN")
-	case len(pin) > MaxPIN:
-		return "", fmt.Errorf("PIN longer than %d bytes", MaxPIN)
-	case strings.ContainsAny(pin, "\r\n"):
-		return "", errors.New("the PIN contains a line break")
+	if err := CheckPIN(pin); err != nil {
+		return "", err
 	}
 	owner, err := CheckSocket(path)
 	if err != nil {

@@ -97,9 +97,7 @@ func readPIN(ctx context.Context, stdin *os.File, stderr io.Writer, prompt strin
 			return "", fmt.Errorf("read the PIN: %w", r.err)
 		case r.pin == "":
 			return "", errors.New("no PIN given (type it at the prompt, or give it as the first line of standard input)")
-		case len(r.pin) > unseal.MaxPIN:
-			return "", fmt.Errorf("PIN longer than %d bytes", unseal.MaxPIN)
 		}
-		return r.pin, nil
+		return r.pin, unseal.CheckPIN(r.pin)
 	}
 }
