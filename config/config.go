@@ -227,15 +227,15 @@ func (c *Config) Validate() error {
 		add("hsm", "set pin_file or pin_env, not both")
 	}
 	switch {
-	case c.HSM.UnsealSocket != "" && (c.HSM.File != "" || c.HSM.Env != "" || u.PINSource != ""):
-		add("hsm.unseal_socket", "a sealed start takes the PIN from an administrator: set no pin_file, pin_env or pin-source with it")
-	case c.HSM.UnsealSocket != "" && !filepath.IsAbs(c.HSM.UnsealSocket):
-		add("hsm.unseal_socket", "%q: want an absolute path", c.HSM.UnsealSocket)
-	case len(c.HSM.UnsealSocket) > unseal.MaxPath:
+	case c.HSM.UnsealSocket != "":
+		if c.HSM.File != "" || c.HSM.Env != "" || u.PINSource != "" {
+			add("hsm.unseal_socket", "a sealed start takes the PIN from an administrator: set no pin_file, pin_env or pin-source with it")
+		}
 		// Its directory is checked when the daemon starts: systemd's RuntimeDirectory is there only
 		// while the daemon runs, and `signerd keys` reads this config while it does not.
-		add("hsm.unseal_socket", "%d bytes, a socket address holds at most %d", len(c.HSM.UnsealSocket), unseal.MaxPath)
-	case c.HSM.UnsealSocket != "":
+		if err := unseal.ValidPath(c.HSM.UnsealSocket); err != nil {
+			add("hsm.unseal_socket", "%v", err)
+		}
 	case c.HSM.File == "" && c.HSM.Env == "" && u.PINSource == "":
 		add("hsm", "pin_file or pin_env (or unseal_socket, for a sealed start) is required (the PIN itself never goes in the config)")
 	}

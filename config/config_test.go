@@ -103,7 +103,7 @@ func TestParseErrors(t *testing.T) {
 		{"unseal socket path too long", func(s string) string {
 			return withoutPINFile(s) + "  unseal_socket: /" + strings.Repeat("d", 110) + "\n"
 		},
-			[]string{"hsm.unseal_socket: 111 bytes, a socket address holds at most 107"}},
+			[]string{"hsm.unseal_socket: /ddd", "longer than the 107 bytes a socket address holds"}},
 		{"one session", func(s string) string { return strings.Replace(s, "hsm:\n", "hsm:\n  max_sessions: 1\n", 1) }, []string{"hsm.max_sessions"}},
 	}
 	for _, tc := range tests {

@@ -25,8 +25,8 @@ import (
 // MaxPIN bounds a PIN on the wire; PKCS#11 PINs are far shorter.
 const MaxPIN = 256
 
-// MaxPath bounds the socket's path: a Unix socket address holds 107 bytes and a terminating NUL.
-const MaxPath = 107
+// maxPath bounds the socket's path: a Unix socket address holds 107 bytes and a terminating NUL.
+const maxPath = 107
 
 // readTimeout bounds how long a client may take to send its PIN once connected.
 const readTimeout = 10 * time.Second
@@ -78,16 +78,25 @@ func Listen(path string, refused func(uid uint32, err error)) (*Listener, error)
 	return &Listener{l: l, path: path, allowed: func(uid uint32) bool { return uid == 0 || uid == self }, refused: refused}, nil
 }
 
+// ValidPath reports whether path has the form of an unseal socket's: absolute, and short enough for a
+// socket address. (Its directory is checkPath's, when the socket is made or used.)
+func ValidPath(path string) error {
+	switch {
+	case !filepath.IsAbs(path):
+		return fmt.Errorf("%q: want an absolute path", path)
+	case len(path) > maxPath:
+		return fmt.Errorf("%s: longer than the %d bytes a socket address holds", path, maxPath)
+	}
+	return nil
+}
+
 // checkPath reports whether path can be an unseal socket: absolute, short enough for a socket address,
 // in a directory that is no symbolic link and that neither its group nor others may write to (in a
 // shared directory such as /tmp another user could bind the path first and collect the PIN). It returns
 // the directory's owner, for the caller to check against whom it trusts.
 func checkPath(path string) (dirOwner uint32, err error) {
-	switch {
-	case !filepath.IsAbs(path):
-		return 0, fmt.Errorf("unseal socket: %q: want an absolute path", path)
-	case len(path) > MaxPath:
-		return 0, fmt.Errorf("unseal socket: %s: longer than the %d bytes a socket address holds", path, MaxPath)
+	if err := ValidPath(path); err != nil {
+		return 0, fmt.Errorf("unseal socket: %w", err)
 	}
 	dir := filepath.Dir(path)
 	fi, err := os.Lstat(dir)

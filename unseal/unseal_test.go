@@ -186,7 +186,7 @@ func TestUnsafePaths(t *testing.T) {
 	}
 	_, err = Listen(filepath.Join(link, "unseal.sock"), nil)
 	mustFail(t, "Listen under a symbolic link", err, "symbolic link")
-	for path, want := range map[string]string{"relative.sock": "absolute", "/" + strings.Repeat("d", MaxPath): "longer than"} {
+	for path, want := range map[string]string{"relative.sock": "absolute", "/" + strings.Repeat("d", maxPath): "longer than"} {
 		_, err := checkPath(path)
 		mustFail(t, fmt.Sprintf("checkPath(%.20q)", path), err, want)
 	}
