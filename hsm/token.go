@@ -231,6 +231,9 @@ func describeOpenError(cfg Config, err error) error {
 	return fmt.Errorf("hsm: open token %s with module %s: %w", selector(cfg), cfg.Module, err)
 }
 
+// Selector names the token c selects, as its errors do: `label "x"`, `serial "y"` or `slot 3`.
+func (c Config) Selector() string { return selector(c) }
+
 func selector(cfg Config) string {
 	switch {
 	case cfg.TokenLabel != "":

@@ -35,7 +35,7 @@ func openRing(ctx context.Context, cfgPath string, exclusive bool) (*keyring.Rin
 	hcfg, err := cfg.HSMConfig()
 	if errors.Is(err, config.ErrSealed) {
 		// No PIN is kept for a sealed daemon: the administrator running this command gives it.
-		hcfg.PIN, err = readPIN(ctx, os.Stdin, os.Stderr, fmt.Sprintf("PIN for token %s: ", tokenName(hcfg)))
+		hcfg.PIN, err = readPIN(ctx, os.Stdin, os.Stderr, "PIN for token "+hcfg.Selector()+": ")
 	}
 	if err != nil {
 		return nil, nil, nil, err
@@ -64,19 +64,6 @@ func openRing(ctx context.Context, cfgPath string, exclusive bool) (*keyring.Rin
 		return nil, nil, nil, err
 	}
 	return ring, cfg, func() { _ = tok.Close(); release() }, nil
-}
-
-// tokenName names the token hcfg selects, for a prompt.
-func tokenName(hcfg hsm.Config) string {
-	switch {
-	case hcfg.TokenLabel != "":
-		return fmt.Sprintf("%q", hcfg.TokenLabel)
-	case hcfg.TokenSerial != "":
-		return "with serial " + hcfg.TokenSerial
-	case hcfg.Slot != nil:
-		return fmt.Sprintf("in slot %d", *hcfg.Slot)
-	}
-	return ""
 }
 
 // checkSettings applies the same rule as the daemon's KeyAdmin: prepublish at least the JWKS max-age,

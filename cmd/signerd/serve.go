@@ -572,12 +572,10 @@ func (d *daemon) rotating() bool {
 // startRotation starts an auto_rotate round if a key is due by the fresh view, none is under way, the
 // last failure's back-off has passed and the audit trail can record it.
 func (d *daemon) startRotation() {
-	if r := d.rotation; r != nil {
-		select {
-		case <-r.done:
-		default:
-			return // one round at a time
-		}
+	if d.rotating() {
+		return // one round at a time
+	}
+	if r := d.rotation; r != nil { // ended: its outcome
 		d.rotation = nil
 		if r.err != nil {
 			d.rotateAfter = time.Now().Add(rotationBackoff)
@@ -614,16 +612,14 @@ func (d *daemon) rotateDue(ctx context.Context) error {
 	return err
 }
 
-// stopRotation ends an auto_rotate round under way: it stops before the next key, and is waited for
-// (a key pair being generated) at most wait. It reports whether the round ended.
-func (d *daemon) stopRotation(wait time.Duration) bool {
-	r := d.rotation
-	if r == nil {
+// waitRotation waits at most wait for an auto_rotate round that stop cancelled (it stops before its
+// next key; a key pair being generated is finished) and reports whether the round has ended.
+func (d *daemon) waitRotation(wait time.Duration) bool {
+	if d.rotation == nil {
 		return true
 	}
-	r.cancel()
 	select {
-	case <-r.done:
+	case <-d.rotation.done:
 		return true
 	case <-time.After(wait):
 		return false
@@ -677,7 +673,7 @@ func (d *daemon) stop() {
 			return
 		}
 	}
-	if !d.stopRotation(stopTimeout) {
+	if !d.waitRotation(stopTimeout) {
 		d.log.Error("a scheduled rotation is still inside the token after the stop timeouts; exiting without closing the token")
 		d.release(false)
 		return
