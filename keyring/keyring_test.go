@@ -290,8 +290,8 @@ func TestRotateDueGoesOnPastTrouble(t *testing.T) {
 		t.Errorf("RotateDue error = %v, want the broken key's trouble", err)
 	}
 	k, _ := r.Snapshot().Key("good")
-	if !slices.ContainsFunc(rotated, func(rot keyring.Rotation) bool {
-		return rot.Key == "good" && rot.Version.Number == 2 && rot.Version.Kid == k.Versions[1].Kid
+	if !slices.ContainsFunc(rotated, func(rot keyring.KeyVersion) bool {
+		return rot.Key == "good" && rot.Number == 2 && rot.Kid == k.Versions[1].Kid
 	}) {
 		t.Errorf("RotateDue rotated %+v, want good's version 2 among them despite the broken key", rotated)
 	}

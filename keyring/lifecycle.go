@@ -215,19 +215,13 @@ func (r *Ring) Destroy(name string, n int) (*Key, error) {
 	})
 }
 
-// Rotation is a version RotateDue added.
-type Rotation struct {
-	Key     string
-	Version Version
-}
-
 // RotateDue staged-rotates every key whose active version is older than its rotation period and that
 // has no pending version. Each key is re-checked under its lock, so processes running it at the same
 // time (on one machine or several) rotate each due key exactly once. It returns the versions it added,
 // a rotation whose record was written counted even if what followed failed; it stops between keys once
 // ctx ends.
-func (r *Ring) RotateDue(ctx context.Context) ([]Rotation, error) {
-	var rotated []Rotation
+func (r *Ring) RotateDue(ctx context.Context) ([]KeyVersion, error) {
+	var rotated []KeyVersion
 	var errs []error
 	// One key's trouble must not stop the others' rotations: each key is read again under its lock.
 	if err := r.Refresh(); err != nil {
@@ -262,7 +256,7 @@ func (r *Ring) RotateDue(ctx context.Context) ([]Rotation, error) {
 		switch {
 		case errors.Is(err, errNotDue):
 		case added != nil && (err == nil || errors.Is(err, errWritten)):
-			rotated = append(rotated, Rotation{Key: name, Version: *added})
+			rotated = append(rotated, KeyVersion{Key: name, Version: *added})
 			if err != nil {
 				errs = append(errs, err)
 			}
@@ -309,16 +303,16 @@ func (m *Meta) due(now time.Time) bool {
 	return active != nil && !now.Before(active.ActivateAt.Add(m.RotationPeriod.D()))
 }
 
-// DestroyedVersion is a version DestroyExpired destroyed, with its key's name.
-type DestroyedVersion struct {
+// KeyVersion is a version with its key's name: one RotateDue added or DestroyExpired destroyed.
+type KeyVersion struct {
 	Key string
 	Version
 }
 
 // DestroyExpired destroys the key pairs of every version past its grace period, except in keys that
 // keep retired versions. A running daemon calls it after each refresh; it returns what it destroyed.
-func (r *Ring) DestroyExpired() ([]DestroyedVersion, error) {
-	var done []DestroyedVersion
+func (r *Ring) DestroyExpired() ([]KeyVersion, error) {
+	var done []KeyVersion
 	var errs []error
 	for _, name := range r.Snapshot().Names() {
 		k, _ := r.Snapshot().Key(name)
@@ -338,7 +332,7 @@ func (r *Ring) DestroyExpired() ([]DestroyedVersion, error) {
 					return nil, nil, fmt.Errorf("keyring: destroy %q version %d: %w", name, i+1, err)
 				}
 				cur.Versions[i].DestroyedAt = &now
-				done = append(done, DestroyedVersion{Key: name, Version: cur.Versions[i]})
+				done = append(done, KeyVersion{Key: name, Version: cur.Versions[i]})
 				n++
 			}
 			if n == 0 {

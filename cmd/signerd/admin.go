@@ -140,8 +140,8 @@ func cmdKeys(ctx context.Context, args []string, stdout io.Writer) error {
 			}
 			rotated, err := ring.RotateDue(ctx)
 			for _, rot := range rotated {
-				fmt.Fprintf(stdout, "rotated %s to version %d, kid %s (staged: signs from %s)\n", rot.Key, rot.Version.Number,
-					rot.Version.Kid, rot.Version.ActivateAt.Format(time.RFC3339))
+				fmt.Fprintf(stdout, "rotated %s to version %d, kid %s (staged: signs from %s)\n", rot.Key, rot.Number, rot.Kid,
+					rot.ActivateAt.Format(time.RFC3339))
 			}
 			if err != nil {
 				return err

@@ -599,12 +599,11 @@ func (d *daemon) startRotation() {
 // lock first. It stops between keys once ctx ends.
 func (d *daemon) rotateDue(ctx context.Context) error {
 	rotated, err := d.ring.RotateDue(ctx)
-	for _, rot := range rotated {
-		v := rot.Version
-		d.log.Info("rotated key: its rotation period passed", "key", rot.Key, "version", v.Number, "kid", v.Kid, "activates", v.ActivateAt)
-		ev := audit.Event{Identity: "signerd", Op: opRotateDue, Key: rot.Key, Kid: v.Kid, Outcome: audit.OutcomeOK,
+	for _, v := range rotated {
+		d.log.Info("rotated key: its rotation period passed", "key", v.Key, "version", v.Number, "kid", v.Kid, "activates", v.ActivateAt)
+		ev := audit.Event{Identity: "signerd", Op: opRotateDue, Key: v.Key, Kid: v.Kid, Outcome: audit.OutcomeOK,
 			Reason: fmt.Sprintf("rotation period passed; version %d signs from %s", v.Number, v.ActivateAt.Format(time.RFC3339))}
-		if k, ok := d.ring.Snapshot().Key(rot.Key); ok {
+		if k, ok := d.ring.Snapshot().Key(v.Key); ok {
 			ev.Alg = string(k.Alg)
 		}
 		d.audit.Record(ev)
