@@ -146,3 +146,6 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	return d.run(ctx, cfg.RefreshInterval, hup)
 }
+
+// errUsage marks a command-line mistake: main prints usage and exits 2.
+var errUsage = errors.New("usage")

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/signerd/signerd/config"
+	"github.com/signerd/signerd/hsm"
 	"github.com/signerd/signerd/unseal"
 )
 
@@ -101,3 +102,46 @@ func readPIN(ctx context.Context, stdin *os.File, stderr io.Writer, prompt strin
 		return r.pin, unseal.CheckPIN(r.pin)
 	}
 }
+
+// unsealToken opens the token with a PIN an administrator sends to the unseal socket at path. A wrong
+// PIN is answered and another awaited; any other failure to open the token is answered and ends the
+// start. It returns the answer to the request that opened the token, for startDaemon to give once it
+// has started or failed to. The PIN stays in memory only (the token keeps it to log in again after a
+// reset).
+func (d *daemon) unsealToken(ctx context.Context, path string, hcfg hsm.Config) (*hsm.Token, func(string, error), error) {
+	l, err := unseal.Listen(path, func(uid uint32, err error) {
+		d.log.Warn("unseal attempt refused", "uid", uid, "err", err)
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("hsm.unseal_socket: %w", err)
+	}
+	defer l.Close()
+	d.log.Info("sealed: waiting for an administrator to send the token PIN", "socket", path,
+		"command", "signerd unseal --socket "+path)
+	for {
+		r, err := l.Next(ctx)
+		if err != nil {
+			return nil, nil, fmt.Errorf("sealed: %w", err)
+		}
+		hcfg.PIN = r.PIN
+		tok, err := hsm.Open(hcfg)
+		if err == nil {
+			d.log.Info("unsealed: logged in to the token", "uid", r.UID)
+			return tok, r.Reply, nil
+		}
+		if !errors.Is(err, hsm.ErrWrongPIN) {
+			r.Reply("", err)
+			return nil, nil, err
+		}
+		d.log.Warn("unseal: wrong PIN; still sealed", "uid", r.UID, "err", err)
+		// Guesses wait, and so does the token's count of wrong PINs towards its lockout.
+		select {
+		case <-time.After(wrongPINDelay):
+		case <-ctx.Done():
+		}
+		r.Reply("", err)
+	}
+}
+
+// wrongPINDelay is how long a sealed daemon waits before it answers a wrong PIN and takes another.
+const wrongPINDelay = time.Second
