@@ -48,7 +48,7 @@ type rotationServer struct {
 	svc, signer, admin context.Context
 }
 
-func newRotationServer(t *testing.T, clk *clock) *rotationServer {
+func newRotationServer(t testing.TB, clk *clock) *rotationServer {
 	t.Helper()
 	store := keyringtest.NewMemoryStore()
 	ring, err := keyring.Open(store, keyring.Options{Now: clk.Now})
@@ -78,7 +78,7 @@ func newRotationServer(t *testing.T, clk *clock) *rotationServer {
 		admin:  context.WithValue(context.Background(), identityKey{}, "ops")}
 }
 
-func (r *rotationServer) token(t *testing.T, ttl time.Duration) (string, string) {
+func (r *rotationServer) token(t testing.TB, ttl time.Duration) (string, string) {
 	t.Helper()
 	resp, err := r.SignJWT(r.svc, &signerv1.SignJWTRequest{Key: "k", ClaimsJson: `{"sub":"x"}`, TtlSeconds: int64(ttl / time.Second)})
 	if err != nil {
