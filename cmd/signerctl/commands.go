@@ -133,10 +133,12 @@ func verifyFlags(fs *flag.FlagSet) func(*cli, []string) error {
 	var (
 		key, signature, kid string
 		in                  inputFlags
+		asJSON              bool
 	)
 	fs.StringVar(&key, "key", "", "`name` of the signerd key (required)")
 	fs.StringVar(&signature, "signature", "", "the signature in `base64` (standard or URL alphabet, padded or not; required)")
 	fs.StringVar(&kid, "kid", "", "verify with this `kid` only, instead of every published version")
+	fs.BoolVar(&asJSON, "json", false, `print {"valid": true, "kid": KID} or {"valid": false} instead of a line (exit status as without it)`)
 	in.define(fs)
 	return func(cl *cli, args []string) error {
 		if err := needKey(key, args); err != nil {
@@ -169,9 +171,21 @@ func verifyFlags(fs *flag.FlagSet) func(*cli, []string) error {
 		if err != nil {
 			return err
 		}
+		if asJSON {
+			out := struct {
+				Valid bool   `json:"valid"`
+				Kid   string `json:"kid,omitempty"`
+			}{resp.GetValid(), resp.GetKid()}
+			if err := writeJSON(cl.stdout, out); err != nil {
+				return err
+			}
+		}
 		if !resp.GetValid() {
 			fmt.Fprintln(cl.stderr, "invalid signature")
 			return errInvalid
+		}
+		if asJSON {
+			return nil
 		}
 		return writeLine(cl.stdout, "valid kid="+resp.GetKid())
 	}
@@ -239,8 +253,12 @@ func jwtSignFlags(fs *flag.FlagSet) func(*cli, []string) error {
 }
 
 func jwtVerifyFlags(fs *flag.FlagSet) func(*cli, []string) error {
-	var audience string
+	var (
+		audience string
+		asJSON   bool
+	)
 	fs.StringVar(&audience, "audience", "", "require this `aud` value in the token")
+	fs.BoolVar(&asJSON, "json", false, "print a JSON object with claims, kid and key instead of the claims alone")
 	return func(cl *cli, args []string) error {
 		var token string
 		switch len(args) {
@@ -264,6 +282,13 @@ func jwtVerifyFlags(fs *flag.FlagSet) func(*cli, []string) error {
 		})
 		if err != nil {
 			return err
+		}
+		if asJSON {
+			return writeJSON(cl.stdout, struct {
+				Claims json.RawMessage `json:"claims"`
+				Kid    string          `json:"kid"`
+				Key    string          `json:"key"`
+			}{json.RawMessage(resp.GetClaimsJson()), resp.GetKid(), resp.GetKey()})
 		}
 		return writeLine(cl.stdout, resp.GetClaimsJson())
 	}

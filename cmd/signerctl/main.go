@@ -83,9 +83,9 @@ type command struct {
 func commands() []command {
 	return []command{
 		{name: "sign", summary: "sign a digest or a message", synopsis: "--key NAME [--digest HEX | --message-file FILE | < MESSAGE] [--format der|jose] [--json]", flags: signFlags},
-		{name: "verify", summary: "verify a signature", synopsis: "--key NAME --signature BASE64 [--kid KID] [--digest HEX | --message-file FILE | < MESSAGE] [--format der|jose]", flags: verifyFlags},
+		{name: "verify", summary: "verify a signature", synopsis: "--key NAME --signature BASE64 [--kid KID] [--digest HEX | --message-file FILE | < MESSAGE] [--format der|jose] [--json]", flags: verifyFlags},
 		{name: "jwt sign", summary: "have signerd issue a JWT", synopsis: "--key NAME [--claims JSON | --claims-file FILE | < CLAIMS] [--ttl DURATION] [--json]", flags: jwtSignFlags},
-		{name: "jwt verify", summary: "verify a JWT and print its claims", synopsis: "[--audience AUD] [TOKEN | < TOKEN]", flags: jwtVerifyFlags},
+		{name: "jwt verify", summary: "verify a JWT and print its claims", synopsis: "[--audience AUD] [--json] [TOKEN | < TOKEN]", flags: jwtVerifyFlags},
 		{name: "pubkey", summary: "print a key's public key", synopsis: "--key NAME [--kid KID] [--jwk]", flags: pubkeyFlags},
 		{name: "keys", summary: "list the keys you may use", synopsis: "[--all] [--json]", flags: keysFlags},
 		{name: "keys list", summary: "list the keys you may use; with --all, every key and version (admin)", synopsis: "[--all] [--json]", flags: keysFlags},

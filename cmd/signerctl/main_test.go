@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -175,6 +176,15 @@ func TestSignJSON(t *testing.T) {
 	if r := signerctl(t, "hello", "verify", "--key", "es256", "--signature", urlSig, "--kid", kid); r.code != exitOK {
 		t.Errorf("signerctl verify (base64url signature) = exit %d, stderr %q, want exit 0", r.code, r.stderr)
 	}
+	// verify --json: an object on stdout either way; the exit status still tells valid from invalid.
+	want := fmt.Sprintf("{\n  \"valid\": true,\n  \"kid\": %q\n}\n", kid)
+	if r := signerctl(t, "hello", "verify", "--key", "es256", "--signature", got.Signature, "--json"); r.code != exitOK || r.stdout != want {
+		t.Errorf("signerctl verify --json = exit %d, stdout %q, stderr %q, want exit 0, %q", r.code, r.stdout, r.stderr, want)
+	}
+	want = "{\n  \"valid\": false\n}\n"
+	if r := signerctl(t, "other", "verify", "--key", "es256", "--signature", got.Signature, "--json"); r.code != exitFailure || r.stdout != want {
+		t.Errorf("signerctl verify --json (other message) = exit %d, stdout %q, stderr %q, want exit 1, %q", r.code, r.stdout, r.stderr, want)
+	}
 }
 
 func TestJWTRoundTrip(t *testing.T) {
@@ -203,6 +213,15 @@ func TestJWTRoundTrip(t *testing.T) {
 	// The token as an argument, and claims from standard input, with JSON output.
 	if got := mustRun(t, "", "jwt", "verify", strings.TrimSpace(token)); got != out {
 		t.Errorf("signerctl jwt verify TOKEN = %q, want %q", got, out)
+	}
+	var verified struct {
+		Claims map[string]any `json:"claims"`
+		Kid    string         `json:"kid"`
+		Key    string         `json:"key"`
+	}
+	if js := mustRun(t, token, "jwt", "verify", "--json"); json.Unmarshal([]byte(js), &verified) != nil ||
+		verified.Claims["sub"] != "x" || verified.Kid != kid || verified.Key != "es256" {
+		t.Errorf("signerctl jwt verify --json = %q, want claims with sub x, kid %q, key es256", js, kid)
 	}
 	js := mustRun(t, `{"sub":"y"}`, "jwt", "sign", "--key", "es256", "--json")
 	var signed struct {
