@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -243,8 +245,8 @@ func (s *Server) verifySignature(tok string, ev *audit.Event) (*verified, error)
 	if len(parts) != 3 {
 		return nil, invalidToken("not a compact JWS (want three dot-separated parts, got %d)", len(parts))
 	}
-	var hdr jwtHeader
-	if err := decodeStrict(parts[0], &hdr); err != nil {
+	hdr, err := decodeHeader(parts[0])
+	if err != nil {
 		return nil, invalidToken("header: %v", err)
 	}
 	ev.Kid, ev.Alg = hdr.Kid, hdr.Alg
@@ -308,22 +310,36 @@ func claimsReason(err error) string {
 	return err.Error()
 }
 
-// decodeStrict decodes one base64url JSON object into v, refusing unknown fields (a "crit", "jku", "x5u"
-// or any header signerd does not write is refused rather than ignored).
-func decodeStrict(part string, v any) error {
+// decodeHeader decodes a JWS header, refusing any member other than the alg, kid and typ signerd writes
+// (a "crit", "jku", "x5u" or any header signerd does not write is refused rather than ignored). Member
+// names are matched exactly (RFC 7515 section 4: they are case-sensitive), which encoding/json's struct
+// decoding does not do: it would take "ALG" for "alg", where every other verifier sees no alg.
+func decodeHeader(part string) (jwtHeader, error) {
+	var hdr jwtHeader
 	b, err := b64Strict.DecodeString(part)
 	if err != nil {
-		return errors.New("not base64url")
+		return hdr, errors.New("not base64url")
 	}
+	var members map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("not signerd's JSON header: %v", err)
+	if err := dec.Decode(&members); err != nil || members == nil {
+		return hdr, errors.New("not a JSON object")
 	}
 	if !atEnd(dec) {
-		return errors.New("trailing data")
+		return hdr, errors.New("trailing data")
 	}
-	return nil
+	fields := map[string]*string{"alg": &hdr.Alg, "kid": &hdr.Kid, "typ": &hdr.Typ}
+	for _, name := range slices.Sorted(maps.Keys(members)) {
+		raw, field := members[name], fields[name]
+		ok := field != nil
+		if !ok {
+			return hdr, fmt.Errorf("member %q is not one signerd writes", name)
+		}
+		if err := json.Unmarshal(raw, field); err != nil {
+			return hdr, fmt.Errorf("member %q is not a string", name)
+		}
+	}
+	return hdr, nil
 }
 
 // atEnd reports whether dec has nothing left but white space. (Decoder.More is false before a stray

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -42,6 +43,49 @@ func TestVerifyJWTOneSpelling(t *testing.T) {
 		_, err := r.VerifyJWT(r.svc, &signerv1.VerifyJWTRequest{Token: bad})
 		if st := status.Convert(err); st.Code() != codes.Unauthenticated || !strings.HasPrefix(st.Message(), "invalid token: ") {
 			t.Errorf("VerifyJWT(%s) = %v, want Unauthenticated invalid token", name, err)
+		}
+	}
+}
+
+// TestVerifyJWTHeaderMembers: a header holds alg, kid and typ under exactly those names (RFC 7515
+// member names are case-sensitive) and as strings, and nothing else; each variant is signed by the key
+// itself, so only the header check can refuse it. golang-jwt sees no alg in {"ALG": ...}, and neither
+// may signerd.
+func TestVerifyJWTHeaderMembers(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	r := newRotationServer(t, clk)
+	if _, err := r.ring.Create("k", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
+		t.Fatal(err)
+	}
+	k, _ := r.ring.Snapshot().Key("k")
+	now := clk.Now().Unix()
+	payload := fmt.Sprintf(`{"sub":"x","iat":%d,"nbf":%d,"exp":%d}`, now, now, now+60)
+	sign := func(header string) string {
+		input := b64.EncodeToString([]byte(header)) + "." + b64.EncodeToString([]byte(payload))
+		sig, err := jose.NewSigningMethod(jose.ES256).Sign(input, k.Active.Signer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return input + "." + b64.EncodeToString(sig)
+	}
+	kid := k.Active.Kid
+	if _, err := r.VerifyJWT(r.svc, &signerv1.VerifyJWTRequest{Token: sign(`{"alg":"ES256","kid":"` + kid + `","typ":"JWT"}`)}); err != nil {
+		t.Fatalf("VerifyJWT(signerd's header) = %v", err)
+	}
+	for header, reason := range map[string]string{
+		`{"ALG":"ES256","KID":"` + kid + `","TYP":"JWT"}`:          `member "ALG" is not one signerd writes`,
+		`{"alg":"ES256","Kid":"` + kid + `"}`:                      `member "Kid" is not one signerd writes`,
+		`{"alg":"ES256","kid":"` + kid + `","crit":["exp"]}`:       `member "crit" is not one signerd writes`,
+		`{"alg":"ES256","kid":"` + kid + `","typ":1}`:              `member "typ" is not a string`,
+		`{"alg":["ES256"],"kid":"` + kid + `"}`:                    `member "alg" is not a string`,
+		`{"alg":"ES256","kid":"` + kid + `"} {}`:                   `trailing data`,
+		`["ES256"]`:                                                `not a JSON object`,
+		`{"alg":"ES256"}`:                                          `header has no kid`,
+		`{"alg":"ES256","kid":"` + kid + `","kid":"` + kid + `x"}`: `unknown kid`,
+	} {
+		_, err := r.VerifyJWT(r.svc, &signerv1.VerifyJWTRequest{Token: sign(header)})
+		if st := status.Convert(err); st.Code() != codes.Unauthenticated || !strings.Contains(st.Message(), reason) {
+			t.Errorf("VerifyJWT(header %s) = %v, want Unauthenticated with %q", header, err, reason)
 		}
 	}
 }
