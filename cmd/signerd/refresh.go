@@ -33,7 +33,7 @@ func (d *daemon) refresh(transition *time.Timer) {
 		refresh = d.ring.TryRefresh
 	}
 	if err := refresh(); err != nil {
-		d.log.Error("key refresh failed; keeping the previous view", "err", err)
+		d.log.Error("key refresh failed", "err", err)
 	}
 	if d.started.AutoRotate {
 		d.startRotation()

@@ -8,19 +8,20 @@ import (
 	"github.com/signerd/signerd/server/authz"
 )
 
-// reload re-reads the config file, the TLS material, the policy and the keys. Everything is validated
-// first; on any error the old state stays.
+// reload re-reads the keys, the config file, the TLS material and the policy. The configuration is
+// validated whole first; on any error in it the old configuration stays. The keys are refreshed first,
+// so that the policy is checked against the token's keys as they are now, but a key's trouble does not
+// hold the configuration back: a renewed certificate or a withdrawn grant must not wait for an unrelated
+// key (one whose key pair is missing, say) to be repaired. The refresh publishes what it could load,
+// as the refresh loop does.
 func (d *daemon) reload() {
+	if err := d.ring.Refresh(); err != nil {
+		d.log.Error("reload: key refresh failed", "err", err)
+	}
 	if d.cfgPath == "" {
-		if err := d.ring.Refresh(); err != nil {
-			d.log.Error("reload: key refresh failed", "err", err)
-		}
 		return
 	}
 	cfg, err := config.Load(d.cfgPath)
-	if err == nil {
-		err = d.ring.Refresh()
-	}
 	var policy *authz.Authorizer
 	if err == nil {
 		policy, err = authz.Compile(cfg.Policy, d.ring.Snapshot().Exists)
