@@ -32,6 +32,10 @@ const (
 )
 
 // adminServer implements signer.v1.KeyAdmin for identities the policy marks as admins.
+//
+// Like signing, every key change is refused while the audit trail cannot be written (auditStart): a
+// change with no record of who made it is what the trail exists to prevent. An administrator who must
+// revoke a version then does it with 'signerd keys revoke' on the token, whose output is the record.
 type adminServer struct {
 	signerv1.UnimplementedKeyAdminServer
 	s *Server
@@ -74,6 +78,9 @@ func (a *adminServer) createKey(ctx context.Context, req *signerv1.CreateKeyRequ
 	}
 	settings, err := a.s.settings(req.GetName(), req.GetSettings())
 	if err != nil {
+		return nil, err
+	}
+	if err := a.s.auditStart(ev); err != nil {
 		return nil, err
 	}
 	k, err := a.s.manager.Create(req.GetName(), alg, int(req.GetRsaBits()), settings)
@@ -124,6 +131,9 @@ func (a *adminServer) rotateKey(ctx context.Context, req *signerv1.RotateKeyRequ
 	if err := checkKeyName(req.GetKey()); err != nil {
 		return nil, err
 	}
+	if err := a.s.auditStart(ev); err != nil {
+		return nil, err
+	}
 	k, v, err := a.s.manager.Rotate(req.GetKey(), req.GetEmergency())
 	if err != nil {
 		return nil, err
@@ -168,7 +178,9 @@ func (a *adminServer) change(ctx context.Context, key string, n uint32, ev *audi
 		if cur, ok := a.s.keys.Snapshot().Key(key); ok && int(n) <= len(cur.Versions) {
 			ev.Kid = cur.Versions[n-1].Kid
 		}
-		k, err = op(key, int(n))
+		if err = a.s.auditStart(ev); err == nil {
+			k, err = op(key, int(n))
+		}
 	}
 	if err = a.s.record(ev, err); err != nil {
 		return nil, err

@@ -25,7 +25,8 @@ type brokenDisk struct{}
 func (brokenDisk) Write([]byte) (int, error) { return 0, errors.New("no space left on device") }
 
 // TestAuditFailureStopsSigning: when the audit trail cannot be written, signerd refuses to sign
-// (UNAVAILABLE) rather than hand out unaudited signatures, from the first signature on.
+// (UNAVAILABLE) rather than hand out unaudited signatures, from the first signature on, and refuses
+// every key change through KeyAdmin, which leaves the token as it was.
 func TestAuditFailureStopsSigning(t *testing.T) {
 	clk := &clock{t: time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)}
 	r := newRotationServer(t, clk)
@@ -43,6 +44,41 @@ func TestAuditFailureStopsSigning(t *testing.T) {
 	}
 	if _, err := r.SignJWT(r.svc, &signerv1.SignJWTRequest{Key: "k", ClaimsJson: `{}`}); status.Code(err) != codes.Unavailable {
 		t.Errorf("SignJWT with a broken audit trail = %v, want Unavailable", err)
+	}
+
+	a := &adminServer{s: r.Server}
+	changes := map[string]func() error{
+		"CreateKey": func() error {
+			_, err := a.CreateKey(r.admin, &signerv1.CreateKeyRequest{Name: "n", Alg: "ES256"})
+			return err
+		},
+		"RotateKey": func() error {
+			_, err := a.RotateKey(r.admin, &signerv1.RotateKeyRequest{Key: "r"})
+			return err
+		},
+		"RotateKey emergency": func() error {
+			_, err := a.RotateKey(r.admin, &signerv1.RotateKeyRequest{Key: "r", Emergency: true})
+			return err
+		},
+		"RevokeVersion": func() error {
+			_, err := a.RevokeVersion(r.admin, &signerv1.RevokeVersionRequest{Key: "r", Version: 1})
+			return err
+		},
+		"DestroyVersion": func() error {
+			_, err := a.DestroyVersion(r.admin, &signerv1.DestroyVersionRequest{Key: "r", Version: 1})
+			return err
+		},
+	}
+	for name, change := range changes {
+		if err := change(); status.Code(err) != codes.Unavailable {
+			t.Errorf("%s with a broken audit trail = %v, want Unavailable", name, err)
+		}
+	}
+	snap := r.ring.Snapshot()
+	k, _ := snap.Key("r")
+	if snap.Exists("n") || len(k.Versions) != 1 || k.Versions[0].State != keyring.Active {
+		t.Errorf("after refused key changes: key n exists %v, key r has %d versions, version 1 %s; want no n, r's one version active",
+			snap.Exists("n"), len(k.Versions), k.Versions[0].State)
 	}
 }
 

@@ -138,13 +138,14 @@ func (s *Server) signWith(ctx context.Context, v *keyring.LoadedVersion, in []by
 	return v.Signer.Sign(rand.Reader, in, v.Key.Alg.SignerOpts())
 }
 
-// auditStart records that a signature is about to be made and writes the line out before the token is
-// asked. If the audit trail cannot be written, nothing is signed: no signature leaves signerd unaudited.
+// auditStart records that a signature or a key change is about to be made and writes the line out
+// before the token is asked. If the audit trail cannot be written, nothing is signed or changed: no
+// signature leaves signerd, and no key changes through it, unaudited.
 func (s *Server) auditStart(ev *audit.Event) error {
 	start := *ev
 	start.Outcome = audit.OutcomeStarted
 	if err := s.audit.RecordNow(start); err != nil {
-		s.log.Error("audit trail unwritable; refusing to sign", "err", err)
+		s.log.Error("audit trail unwritable; refusing the operation", "op", ev.Op, "err", err)
 		return &apiError{code: codes.Unavailable, msg: "audit trail unavailable"}
 	}
 	return nil
