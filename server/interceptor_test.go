@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,7 +17,11 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/signerd/signerd/audit"
 	"github.com/signerd/signerd/devca"
+	"github.com/signerd/signerd/jose"
+	"github.com/signerd/signerd/keyring"
+	signerv1 "github.com/signerd/signerd/proto/signer/v1"
 )
 
 // TestPanicIsAnInternalError: a handler that panics answers INTERNAL, and the request is counted with
@@ -81,5 +87,86 @@ func TestIdleLimitersSwept(t *testing.T) {
 	r.sweepLimiters()
 	if r.allowRate("busy") {
 		t.Error("busy allowed again after a sweep: its used-up limiter was dropped")
+	}
+}
+
+// TestInterceptorRefusalsAudited: a request the interceptor refuses before its handler runs (over the
+// caller's rate limit, or on a connection whose client certificate has expired since the handshake)
+// is in the audit trail with the caller, the operation and the key, once per caller and code in each
+// second, so that a caller cannot grow the trail at the rate of its refused requests.
+func TestInterceptorRefusalsAudited(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	r := newRotationServer(t, clk)
+	var out syncBuffer
+	r.audit = audit.New(&out)
+	if _, err := r.ring.Create("r", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := devca.New("test CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Issue(devca.Request{CommonName: "signer", Client: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := peer.NewContext(context.Background(), &peer.Peer{AuthInfo: credentials.TLSInfo{
+		State: tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{leaf.Cert, ca.Cert}}}}})
+	req := &signerv1.SignRequest{Key: "r", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}
+	call := func() error {
+		_, err := r.UnaryInterceptor()(ctx, req, &grpc.UnaryServerInfo{FullMethod: signerv1.Signer_Sign_FullMethodName},
+			func(ctx context.Context, req any) (any, error) { return r.Sign(ctx, req.(*signerv1.SignRequest)) })
+		return err
+	}
+	// refusals returns the trail's lines with code, checking each names the caller, op and key.
+	refusals := func(code codes.Code, outcome string) int {
+		t.Helper()
+		if err := r.audit.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for line := range strings.Lines(out.String()) {
+			var e audit.Event
+			if err := json.Unmarshal([]byte(line), &e); err != nil {
+				t.Fatal(err)
+			}
+			if e.Code != code.String() {
+				continue
+			}
+			n++
+			if e.Identity != "signer" || e.Op != "sign" || e.Key != "r" || e.Outcome != outcome {
+				t.Errorf("refusal line %s: want identity signer, op sign, key r, outcome %s", line, outcome)
+			}
+		}
+		return n
+	}
+
+	r.rate, r.burst = 1e-9, 1 // one request, then refused
+	if err := call(); err != nil {
+		t.Fatalf("first Sign = %v", err)
+	}
+	for range 3 {
+		if err := call(); status.Code(err) != codes.ResourceExhausted {
+			t.Fatalf("Sign over the rate limit = %v, want ResourceExhausted", err)
+		}
+	}
+	if n := refusals(codes.ResourceExhausted, audit.OutcomeError); n != 1 {
+		t.Errorf("3 rate-limited Signs in one second left %d audit lines, want 1", n)
+	}
+	clk.Set(clk.Now().Add(time.Second))
+	if err := call(); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("Sign over the rate limit = %v, want ResourceExhausted", err)
+	}
+	if n := refusals(codes.ResourceExhausted, audit.OutcomeError); n != 2 {
+		t.Errorf("a rate-limited Sign a second later left %d audit lines in all, want 2", n)
+	}
+
+	r.rate = 0
+	clk.Set(leaf.Cert.NotAfter.Add(time.Minute))
+	if err := call(); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("Sign after the certificate expired = %v, want Unauthenticated", err)
+	}
+	if n := refusals(codes.Unauthenticated, audit.OutcomeDenied); n != 1 {
+		t.Errorf("a Sign refused for an expired certificate left %d audit lines, want 1", n)
 	}
 }

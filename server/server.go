@@ -89,6 +89,7 @@ type Server struct {
 	limiters sync.Map // identity -> *rate.Limiter
 	// newLimiters counts the limiters made, so that every sweepEvery-th one sweeps the idle ones out.
 	newLimiters atomic.Int64
+	refusals    refusalSampler
 }
 
 // New validates cfg and builds a Server.
@@ -145,8 +146,8 @@ func identity(ctx context.Context) string {
 	return id
 }
 
-// UnaryInterceptor authenticates the caller, applies its rate limit, recovers panics, and makes sure every
-// error leaving a handler is a gRPC status. Health and reflection calls pass through unauthenticated
+// UnaryInterceptor authenticates the caller, applies its rate limit (auditing the requests it refuses,
+// see refusalSampler), recovers panics, and makes sure every error leaving a handler is a gRPC status. Health and reflection calls pass through unauthenticated
 // identity checks, as they carry no key operation.
 func (s *Server) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
@@ -160,11 +161,13 @@ func (s *Server) UnaryInterceptor() grpc.UnaryServerInterceptor {
 			}
 		}()
 		id, err := s.peerIdentity(ctx)
-		if err != nil {
-			return nil, toStatus(s.log, err)
+		if err == nil && !s.allowRate(id) {
+			err = &apiError{code: codes.ResourceExhausted, msg: "rate limit exceeded for " + id}
 		}
-		if !s.allowRate(id) {
-			return nil, toStatus(s.log, &apiError{code: codes.ResourceExhausted, msg: "rate limit exceeded for " + id})
+		if err != nil {
+			err = toStatus(s.log, err)
+			s.auditRefusal(id, info.FullMethod, req, err)
+			return nil, err
 		}
 		resp, err = handler(context.WithValue(ctx, identityKey{}, id), req)
 		return resp, toStatus(s.log, err)
@@ -183,7 +186,8 @@ func (s *Server) StreamInterceptor() grpc.StreamServerInterceptor {
 
 // peerIdentity reads the identity from the verified client certificate chain of the connection. The
 // chain was verified at the handshake, but a connection can outlive a certificate: each request checks
-// again that every certificate of the chain is within its validity period.
+// again that every certificate of the chain is within its validity period. A chain out of its period
+// is refused with the identity it names, for the audit trail.
 func (s *Server) peerIdentity(ctx context.Context) (string, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
@@ -203,7 +207,7 @@ func (s *Server) peerIdentity(ctx context.Context) (string, error) {
 			return id, nil
 		}
 	}
-	return "", unauthenticated("client certificate chain expired or not yet valid; reconnect with a current certificate")
+	return id, unauthenticated("client certificate chain expired or not yet valid; reconnect with a current certificate")
 }
 
 // chainValidAt reports whether every certificate of chain is within its validity period at now.
