@@ -30,7 +30,7 @@ var methodOps = map[string]string{
 // refusalSampler lets through the first refusal of each caller and status code in each second. A caller
 // whose requests the interceptor refuses (over its rate limit, or on a connection that outlived its
 // certificate) is in the audit trail, but cannot make the trail grow with the rate of its requests:
-// the refusals not written are counted in signerd_requests_total only.
+// the refusals not written are counted in signerd_grpc_requests_total only.
 type refusalSampler struct {
 	mu     sync.Mutex
 	second int64
