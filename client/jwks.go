@@ -262,21 +262,19 @@ func freshFor(h http.Header) time.Duration {
 // parseJWKS decodes a JWK Set and keeps the keys a verifier may use: signature keys with a kid, a
 // supported alg, and a public key that suits the alg. Other keys are skipped rather than fail the set,
 // so that one key this client does not understand does not hide the others. A kid that appears twice is
-// ambiguous, and neither key is used.
+// ambiguous, and neither key is used, whatever the other one is (a key this client skips included).
 func parseJWKS(body []byte) (map[string]jwksKey, error) {
 	var set jose.JWKS
 	if err := json.Unmarshal(body, &set); err != nil {
 		return nil, fmt.Errorf("decode JWKS: %w", err)
 	}
-	keys := make(map[string]jwksKey, len(set.Keys))
-	dup := map[string]bool{}
+	kids := make(map[string]int, len(set.Keys))
 	for _, jwk := range set.Keys {
-		if jwk.Kid == "" || (jwk.Use != "" && jwk.Use != "sig") {
-			continue
-		}
-		if _, seen := keys[jwk.Kid]; seen || dup[jwk.Kid] {
-			delete(keys, jwk.Kid)
-			dup[jwk.Kid] = true
+		kids[jwk.Kid]++
+	}
+	keys := make(map[string]jwksKey, len(set.Keys))
+	for _, jwk := range set.Keys {
+		if jwk.Kid == "" || kids[jwk.Kid] > 1 || (jwk.Use != "" && jwk.Use != "sig") {
 			continue
 		}
 		alg, err := jose.ParseAlgorithm(jwk.Alg)

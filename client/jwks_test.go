@@ -312,6 +312,32 @@ func TestJWKSKeyfuncAlgConfusion(t *testing.T) {
 	}
 }
 
+// TestParseJWKSDuplicateKid: a kid that appears twice in a set is never usable, in either order, and
+// also when the other key with it is one this client skips (another use, an HMAC alg); a set with one
+// of each keeps the key.
+func TestParseJWKSDuplicateKid(t *testing.T) {
+	good := newTestKey(t, jose.ES256).jwk
+	enc, hs, other := good, good, newTestKey(t, jose.ES256).jwk
+	enc.Use, hs.Alg, other.Kid = "enc", "HS256", good.Kid
+	for name, set := range map[string][]jose.JWK{
+		"enc first": {enc, good}, "enc second": {good, enc}, "HS256 first": {hs, good},
+		"two keys": {good, other}, "twice the same": {good, good},
+	} {
+		body, _ := json.Marshal(jose.JWKS{Keys: set})
+		keys, err := parseJWKS(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := keys[good.Kid]; ok {
+			t.Errorf("%s: kid %s appears twice in the set, but parseJWKS made it usable", name, good.Kid)
+		}
+	}
+	body, _ := json.Marshal(jose.JWKS{Keys: []jose.JWK{good}})
+	if keys, err := parseJWKS(body); err != nil || len(keys) != 1 {
+		t.Errorf("parseJWKS(one key) = %d keys, %v; want 1", len(keys), err)
+	}
+}
+
 func TestJWKSKeyfuncFetchErrors(t *testing.T) {
 	k := newTestKey(t, jose.ES256)
 	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
