@@ -68,8 +68,9 @@ type HSM struct {
 	MaxSessions     int           `yaml:"max_sessions"`
 	PoolWaitTimeout time.Duration `yaml:"pool_wait_timeout"`
 	// LockFile serialises object-store work among the processes of this machine that use the token
-	// (the daemon and the rotation timer's command must name the same file); a file in the temporary
-	// directory when empty, which units with PrivateTmp= do not share.
+	// (the daemon and the rotation timer's command must name the same file). When empty, a file in a
+	// directory private to the user ($XDG_RUNTIME_DIR/signerd, else /tmp/signerd-UID), which other users
+	// and units with PrivateTmp= do not share.
 	LockFile string `yaml:"lock_file"`
 	// SessionCopies (default true) lets keys sign through session copies made inside the token, which
 	// SoftHSM signs with in a third less CPU; false signs with the token objects themselves.

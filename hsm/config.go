@@ -41,7 +41,8 @@ type Config struct {
 	// PoolWaitTimeout bounds how long an operation waits for a free session.
 	PoolWaitTimeout time.Duration
 	// LockFile is the file that serialises object-store work among local processes using the token
-	// (see localLock); one per module and token in the temporary directory when empty.
+	// (see localLock); when empty, one per module and token in a directory private to this user (see
+	// lockDir), which only this user's processes share.
 	LockFile string
 	// NoSessionCopies makes signers use the token objects themselves instead of session copies of them
 	// (see Token.Find), for tokens where session objects are scarce or unwanted.

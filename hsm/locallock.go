@@ -3,7 +3,9 @@ package hsm
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -33,17 +35,58 @@ type localLock struct {
 	held atomic.Bool
 }
 
-// defaultLockFile is the lock file for a token selector when the configuration names none: one per
-// module and token, in the temporary directory.
-func defaultLockFile(cfg Config) string {
+// lockFile returns the lock file of the token cfg selects: cfg.LockFile, or when it is empty one per
+// module and token in this user's private lock directory (lockDir).
+func lockFile(cfg Config) (string, error) {
+	if cfg.LockFile != "" {
+		return cfg.LockFile, nil
+	}
+	dir, err := lockDir()
+	if err != nil {
+		return "", err
+	}
 	sum := sha256.Sum256([]byte(cfg.Module + "\x00" + selector(cfg)))
-	return filepath.Join(os.TempDir(), "signerd-token-"+hex.EncodeToString(sum[:8])+".lock")
+	return filepath.Join(dir, "token-"+hex.EncodeToString(sum[:8])+".lock"), nil
 }
 
+// lockDir returns, creating it if needed, the directory of default lock files: $XDG_RUNTIME_DIR/signerd,
+// else signerd-UID in the temporary directory. It must be a directory (not a link) of this user's that
+// no one else may enter: in a shared directory such as /tmp, another user could create the lock file
+// first and hold it, and every token operation here would wait on them for ever.
+func lockDir() (string, error) {
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("signerd-%d", os.Geteuid()))
+	if rt := os.Getenv("XDG_RUNTIME_DIR"); filepath.IsAbs(rt) {
+		dir = filepath.Join(rt, "signerd")
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return "", fmt.Errorf("hsm: lock directory: %w", err)
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return "", fmt.Errorf("hsm: lock directory: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return "", fmt.Errorf("hsm: lock directory %s is not a directory; set hsm.lock_file", dir)
+	case !ok || int(st.Uid) != os.Geteuid():
+		return "", fmt.Errorf("hsm: lock directory %s belongs to another user; set hsm.lock_file", dir)
+	case fi.Mode().Perm()&0o077 != 0:
+		return "", fmt.Errorf("hsm: lock directory %s is open to other users (mode %v); set hsm.lock_file", dir, fi.Mode().Perm())
+	}
+	return dir, nil
+}
+
+// openLocalLock opens (creating it if needed) the lock file at path, which must be a regular file: a
+// symbolic link there is refused rather than followed.
 func openLocalLock(path string) (*localLock, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("hsm: lock file: %w", err)
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		_ = f.Close()
+		return nil, fmt.Errorf("hsm: lock file %s: not a regular file", path)
 	}
 	return &localLock{f: f}, nil
 }
@@ -150,10 +193,11 @@ type ExclusiveLock struct{ l *localLock }
 
 // AcquireExclusive waits for and takes the local lock of the token cfg selects.
 func AcquireExclusive(cfg Config) (*ExclusiveLock, error) {
-	if cfg.LockFile == "" {
-		cfg.LockFile = defaultLockFile(cfg)
+	path, err := lockFile(cfg)
+	if err != nil {
+		return nil, err
 	}
-	l, err := openLocalLock(cfg.LockFile)
+	l, err := openLocalLock(path)
 	if err != nil {
 		return nil, err
 	}

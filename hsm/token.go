@@ -67,13 +67,13 @@ func Open(cfg Config) (*Token, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("hsm: config: %w", err)
 	}
-	if cfg.LockFile == "" {
-		cfg.LockFile = defaultLockFile(cfg)
-	}
 	t := &Token{cfg: cfg}
 	if cfg.Exclusive == nil {
-		var err error
-		if t.local, err = openLocalLock(cfg.LockFile); err != nil {
+		path, err := lockFile(cfg)
+		if err != nil {
+			return nil, err
+		}
+		if t.local, err = openLocalLock(path); err != nil {
 			return nil, err
 		}
 	}

@@ -168,7 +168,10 @@ func devSetup(dir, addr, httpAddr string) (string, error) {
 	if err := ensureDevToken(pinFile, soPINFile); err != nil {
 		return "", err
 	}
-	if err := ensureDevKeys(pin); err != nil {
+	// The token's lock file lives with the token, so that dev instances of other users (whose tokens
+	// have the same label) never share one.
+	lockFile := filepath.Join(dir, "token.lock")
+	if err := ensureDevKeys(pin, lockFile); err != nil {
 		return "", err
 	}
 	if err := issueDevCerts(dir); err != nil {
@@ -185,6 +188,7 @@ hsm:
   module: %q
   token_label: %q
   pin_file: %q
+  lock_file: %q
   max_sessions: 8
   pool_wait_timeout: 5s
 policy:
@@ -200,7 +204,7 @@ refresh_interval: 10s
 audit:
   file: %q
 `, addr, filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem"), filepath.Join(dir, "ca.pem"),
-		hsm.DefaultModule, devToken, pinFile, devAdmin, devClient, httpAddr, filepath.Join(dir, "audit.log"))
+		hsm.DefaultModule, devToken, pinFile, lockFile, devAdmin, devClient, httpAddr, filepath.Join(dir, "audit.log"))
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return "", err
 	}
@@ -231,9 +235,9 @@ func ensureDevToken(pinFile, soPINFile string) error {
 }
 
 // ensureDevKeys creates whichever dev keys the token lacks.
-func ensureDevKeys(pin string) error {
+func ensureDevKeys(pin, lockFile string) error {
 	tok, err := hsm.Open(hsm.Config{Module: hsm.DefaultModule, TokenLabel: devToken, PIN: pin,
-		MaxSessions: 4, PoolWaitTimeout: 10 * time.Second})
+		MaxSessions: 4, PoolWaitTimeout: 10 * time.Second, LockFile: lockFile})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,90 @@
+package hsm
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// TestDefaultLockFileIsPrivate: without a configured lock file, the token's lock file is in a directory
+// of this user's that no one else may enter ($XDG_RUNTIME_DIR/signerd, else signerd-UID in the
+// temporary directory), so that another user cannot create it first and hold it. A directory there
+// that is another user's, open to others or not a directory is refused with an error saying to set
+// hsm.lock_file, rather than used; a lock file that is a symbolic link is refused, not followed.
+func TestDefaultLockFileIsPrivate(t *testing.T) {
+	cfg := Config{Module: DefaultModule, TokenLabel: "t"}
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	t.Setenv("XDG_RUNTIME_DIR", "")
+	path, err := lockFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(tmp, "signerd-"+strconv.Itoa(os.Geteuid()))
+	if filepath.Dir(path) != dir {
+		t.Errorf("lockFile = %s, want a file in %s", path, dir)
+	}
+	if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 {
+		t.Errorf("lock directory %s: %v, %v; want a directory of mode 0700", dir, fi, err)
+	}
+	l, err := openLocalLock(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.close()
+
+	runtime := t.TempDir()
+	t.Setenv("XDG_RUNTIME_DIR", runtime)
+	if path, err := lockFile(cfg); err != nil || filepath.Dir(path) != filepath.Join(runtime, "signerd") {
+		t.Errorf("lockFile with XDG_RUNTIME_DIR = %s, %v; want a file in %s/signerd", path, err, runtime)
+	}
+	t.Setenv("XDG_RUNTIME_DIR", "")
+
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lockFile(cfg); err == nil || !strings.Contains(err.Error(), "open to other users") || !strings.Contains(err.Error(), "hsm.lock_file") {
+		t.Errorf("lockFile (directory mode 0755) = %v, want an error: open to other users; set hsm.lock_file", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 {
+		if err := os.Chown(dir, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := lockFile(cfg); err == nil || !strings.Contains(err.Error(), "belongs to another user") {
+			t.Errorf("lockFile (directory of uid 65534) = %v, want an error: belongs to another user", err)
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(t.TempDir(), dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lockFile(cfg); err == nil || !strings.Contains(err.Error(), "not a directory") {
+		t.Errorf("lockFile (a symbolic link in place of the directory) = %v, want an error: not a directory", err)
+	}
+
+	target, link := filepath.Join(tmp, "target"), filepath.Join(tmp, "link.lock")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := openLocalLock(link); err == nil {
+		l.close()
+		t.Errorf("openLocalLock(symbolic link) = nil error, want it refused")
+	}
+	if _, err := os.Lstat(target); err == nil {
+		t.Errorf("openLocalLock(symbolic link) created the link's target %s", target)
+	}
+	if l, err := openLocalLock(tmp); err == nil || !strings.Contains(err.Error(), "not a regular file") && !strings.Contains(err.Error(), syscall.EISDIR.Error()) {
+		if l != nil {
+			l.close()
+		}
+		t.Errorf("openLocalLock(a directory) = %v, want it refused", err)
+	}
+}
