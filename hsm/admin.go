@@ -128,8 +128,8 @@ func ListSlots(module string) ([]SlotInfo, error) {
 // tokens are selected by label.
 func InitToken(module, label, soPIN, userPIN string) (string, error) {
 	switch {
-	case label == "" || len(label) > 32:
-		return "", fmt.Errorf("hsm: init token: label %q: want 1 to 32 bytes", label)
+	case label == "" || len(label) > MaxTokenLabel:
+		return "", fmt.Errorf("hsm: init token: label %q: want 1 to %d bytes", label, MaxTokenLabel)
 	case soPIN == "":
 		return "", fmt.Errorf("hsm: init token: %w: SO PIN", ErrNoPIN)
 	case userPIN == "":

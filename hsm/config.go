@@ -3,8 +3,10 @@ package hsm
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -21,12 +23,16 @@ const (
 	DefaultPoolWaitTimeout = 5 * time.Second
 )
 
+// MaxTokenLabel is the size of CK_TOKEN_INFO's label field, in bytes: a longer label can never match
+// a token.
+const MaxTokenLabel = 32
+
 // Config says which module and token to open and how to log in. Exactly one of TokenLabel,
 // TokenSerial and Slot selects the token (a PKCS#11 URI is parsed into these by ParseURI).
 type Config struct {
 	// Module is the path of the PKCS#11 shared library.
 	Module string
-	// TokenLabel selects the token by label (at most 32 bytes).
+	// TokenLabel selects the token by label (at most MaxTokenLabel bytes).
 	TokenLabel string
 	// TokenSerial selects the token by serial number.
 	TokenSerial string
@@ -75,8 +81,8 @@ func (c *Config) validate() error {
 	n := 0
 	if c.TokenLabel != "" {
 		n++
-		if len(c.TokenLabel) > 32 {
-			errs = append(errs, fmt.Errorf("token label %q: longer than 32 bytes, can never match", c.TokenLabel))
+		if len(c.TokenLabel) > MaxTokenLabel {
+			errs = append(errs, fmt.Errorf("token label %q: longer than %d bytes, can never match", c.TokenLabel, MaxTokenLabel))
 		}
 	}
 	if c.TokenSerial != "" {
@@ -106,8 +112,25 @@ type PINSource struct {
 	// variable, where systemd's LoadCredential= puts credentials, so that one config serves every unit.
 	// Surrounding whitespace is trimmed.
 	File string `yaml:"pin_file"`
-	// Env names an environment variable holding the PIN.
+	// Env names an environment variable holding the PIN ([A-Za-z_][A-Za-z0-9_]*, see ValidEnvName).
 	Env string `yaml:"pin_env"`
+}
+
+// ValidEnvName reports whether name is a portable environment variable name, [A-Za-z_][A-Za-z0-9_]*.
+// A name that is not one is never quoted back in an error: it may be a PIN written in the wrong place.
+func ValidEnvName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i, r := range name {
+		switch {
+		case r == '_', 'A' <= r && r <= 'Z', 'a' <= r && r <= 'z':
+		case '0' <= r && r <= '9' && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // credentialsVar is the variable systemd sets for units with LoadCredential=.
@@ -124,6 +147,21 @@ func (s PINSource) NeedsCredentials() bool {
 	return strings.Contains(s.File, credentialsVar) && os.Getenv("CREDENTIALS_DIRECTORY") == ""
 }
 
+// InCredentials reports whether File lies in systemd's credentials directory (${CREDENTIALS_DIRECTORY},
+// set): a directory the service manager made for the unit alone, whose files it makes readable by the
+// unit's user with an ACL (their mode then shows the ACL mask in its group bits, 0440).
+func (s PINSource) InCredentials() bool {
+	dir := os.Getenv("CREDENTIALS_DIRECTORY")
+	if s.File == "" || dir == "" {
+		return false
+	}
+	if strings.Contains(s.File, credentialsVar) {
+		return true
+	}
+	rel, err := filepath.Rel(dir, s.Path())
+	return err == nil && filepath.IsLocal(rel)
+}
+
 // ErrNoPIN is returned when a PINSource names no source or its source is empty.
 var ErrNoPIN = errors.New("hsm: no PIN")
 
@@ -131,22 +169,40 @@ var ErrNoPIN = errors.New("hsm: no PIN")
 // length or with characters the token never accepts); a locked PIN is another error.
 var ErrWrongPIN = errors.New("wrong PIN")
 
-// Read returns the PIN. Its errors name the source, never the PIN.
+// Read returns the PIN. Its errors name the source, never the PIN; but not a File whose path is relative
+// nor an Env that is not a variable name (see ValidEnvName): neither passed a config's checks, and either
+// may be the PIN itself, written where its source belongs.
 func (s PINSource) Read() (string, error) {
 	switch {
 	case s.File != "" && s.Env != "":
 		return "", errors.New("hsm: PIN source: set pin_file or pin_env, not both")
 	case s.File != "":
-		b, err := os.ReadFile(s.Path())
+		path := s.Path()
+		named := filepath.IsAbs(path)
+		b, err := os.ReadFile(path)
 		if err != nil {
-			return "", fmt.Errorf("hsm: read PIN file: %w", err)
+			var pe *fs.PathError
+			switch {
+			case named:
+				return "", fmt.Errorf("hsm: read PIN file: %w", err)
+			case errors.As(err, &pe):
+				// The os error holds the path: only its cause is kept.
+				return "", fmt.Errorf("hsm: read PIN file (relative path, not shown): %s: %w", pe.Op, pe.Err)
+			}
+			return "", errors.New("hsm: read PIN file (relative path, not shown): failed")
 		}
 		pin := strings.TrimSpace(string(b))
-		if pin == "" {
-			return "", fmt.Errorf("%w: file %s is empty", ErrNoPIN, s.Path())
+		switch {
+		case pin == "" && named:
+			return "", fmt.Errorf("%w: file %s is empty", ErrNoPIN, path)
+		case pin == "":
+			return "", fmt.Errorf("%w: PIN file (relative path, not shown) is empty", ErrNoPIN)
 		}
 		return pin, nil
 	case s.Env != "":
+		if !ValidEnvName(s.Env) {
+			return "", errors.New("hsm: PIN source: not an environment variable name ([A-Za-z_][A-Za-z0-9_]*; not shown, in case it is the PIN)")
+		}
 		pin := strings.TrimSpace(os.Getenv(s.Env))
 		if pin == "" {
 			return "", fmt.Errorf("%w: environment variable %s is unset or empty", ErrNoPIN, s.Env)
@@ -210,7 +266,7 @@ func ParseURI(s string) (URI, error) {
 			case "slot-id":
 				n, err := strconv.ParseUint(val, 10, 0)
 				if err != nil {
-					return u, fmt.Errorf("hsm: PKCS#11 URI: slot-id %q: not a number", val)
+					return u, errors.New("hsm: PKCS#11 URI: slot-id: not a number")
 				}
 				slot := uint(n)
 				u.Slot = &slot

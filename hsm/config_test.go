@@ -1,7 +1,9 @@
 package hsm
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,6 +31,7 @@ func TestParseURI(t *testing.T) {
 		"pkcs11:serial=",
 		"pkcs11:token=a;pin-value:1234",
 		"pkcs11:token=x?pin-value=12%G34",
+		"pkcs11:slot-id=1234-5678",
 	} {
 		if _, err := ParseURI(bad); err == nil {
 			t.Errorf("ParseURI(%q) = nil error, want one", bad)
@@ -72,14 +75,56 @@ func TestPINSource(t *testing.T) {
 		{PINSource{}, "", true},
 		{PINSource{File: file, Env: "SIGNERD_TEST_PIN"}, "", true},
 		{PINSource{File: filepath.Join(dir, "missing")}, "", true},
+		// A PIN where its source belongs: not a file here, not a variable name.
+		{PINSource{File: "82639174"}, "", true},
+		{PINSource{Env: "82639174"}, "", true},
+		{PINSource{Env: "s3cret-pin"}, "", true},
 	}
 	for _, tc := range tests {
 		got, err := tc.src.Read()
 		if (err != nil) != tc.wantErr || got != tc.want {
 			t.Errorf("%+v.Read() = %q, %v; want %q, error %v", tc.src, got, err, tc.want, tc.wantErr)
 		}
-		if err != nil && strings.Contains(err.Error(), "s3cret") {
-			t.Errorf("%+v.Read() error contains the PIN", tc.src)
+		if err != nil && (strings.Contains(err.Error(), "s3cret") || strings.Contains(err.Error(), "82639174")) {
+			t.Errorf("%+v.Read() = %v: contains the PIN", tc.src, err)
+		}
+	}
+}
+
+// TestPINFileErrors: Read's errors name a PIN file given by an absolute path, which a config checked,
+// and never one given by a relative path, which may be the PIN; both keep the os error's cause.
+func TestPINFileErrors(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	if err := os.WriteFile("blank", nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		file  string
+		named bool
+		is    error
+	}{
+		{filepath.Join(dir, "missing"), true, fs.ErrNotExist},
+		{"missing", false, fs.ErrNotExist},
+		{"82639174", false, fs.ErrNotExist},
+		{filepath.Join(dir, "blank"), true, ErrNoPIN},
+		{"blank", false, ErrNoPIN},
+	} {
+		_, err := PINSource{File: tc.file}.Read()
+		switch {
+		case !errors.Is(err, tc.is):
+			t.Errorf("Read(%q) = %v, want %v", tc.file, err, tc.is)
+		case strings.Contains(err.Error(), tc.file) != tc.named:
+			t.Errorf("Read(%q) = %v, want the path named: %v", tc.file, err, tc.named)
+		}
+	}
+}
+
+func TestValidEnvName(t *testing.T) {
+	for name, want := range map[string]bool{"PIN": true, "_": true, "signerd_pin_2": true, "_9": true,
+		"": false, "9PIN": false, "82639174": false, "PIN-2": false, "PIN 2": false, "PÍN": false, "$PIN": false} {
+		if got := ValidEnvName(name); got != want {
+			t.Errorf("ValidEnvName(%q) = %v, want %v", name, got, want)
 		}
 	}
 }
