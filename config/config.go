@@ -219,13 +219,23 @@ func (c *Config) Validate() error {
 		case u.PINSource != "" && (c.HSM.File != "" || c.HSM.Env != ""):
 			add("hsm.uri", "set pin-source in the uri or pin_file/pin_env, not both")
 		}
+		if len(u.Token) > hsm.MaxTokenLabel {
+			// Not quoted: the uri's values never are (see hsm.ParseURI).
+			add("hsm.uri", "token=: %d bytes, longer than a token label (%d bytes): it can never match", len(u.Token), hsm.MaxTokenLabel)
+		}
 	} else {
 		if countSet(c.HSM.TokenLabel != "", c.HSM.TokenSerial != "", c.HSM.Slot != nil) != 1 {
 			add("hsm", "exactly one of token_label, token_serial, slot (or uri) must select the token")
 		}
 	}
+	if len(c.HSM.TokenLabel) > hsm.MaxTokenLabel {
+		add("hsm.token_label", "%d bytes, longer than a token label (%d bytes): it can never match", len(c.HSM.TokenLabel), hsm.MaxTokenLabel)
+	}
 	if c.HSM.File != "" && c.HSM.Env != "" {
 		add("hsm", "set pin_file or pin_env, not both")
+	}
+	if c.HSM.Env != "" && !hsm.ValidEnvName(c.HSM.Env) {
+		add("hsm.pin_env", "not an environment variable name ([A-Za-z_][A-Za-z0-9_]*; not shown, in case it is the PIN)")
 	}
 	switch {
 	case c.HSM.UnsealSocket != "":
@@ -240,18 +250,28 @@ func (c *Config) Validate() error {
 	case c.HSM.File == "" && c.HSM.Env == "" && u.PINSource == "":
 		add("hsm", "pin_file or pin_env (or unseal_socket, for a sealed start) is required (the PIN itself never goes in the config)")
 	}
+	// The PIN file in effect, pin_file or the uri's pin-source, passes the same checks. A value that is
+	// not an absolute path is never quoted back: it may be the PIN, written where its file belongs.
+	pin, pinField := c.HSM.pinSource(u)
 	switch {
-	case c.HSM.File == "":
-	case c.HSM.NeedsCredentials():
-		add("hsm.pin_file", "%s uses ${CREDENTIALS_DIRECTORY}, which only systemd sets (LoadCredential=): "+
-			"run this as a unit, e.g. systemd-run --pty -p User=signerd -p LoadCredential=pin:FILE ..., or use a config with the PIN file's path", c.HSM.File)
-	case !filepath.IsAbs(c.HSM.Path()):
-		add("hsm.pin_file", "%q: want an absolute path", c.HSM.Path())
+	case pin.File == "":
+	case pin.NeedsCredentials():
+		add(pinField, "uses ${CREDENTIALS_DIRECTORY}, which only systemd sets (LoadCredential=): "+
+			"run this as a unit, e.g. systemd-run --pty -p User=signerd -p LoadCredential=pin:FILE ..., or use a config with the PIN file's path")
+	case !filepath.IsAbs(pin.Path()):
+		add(pinField, "want an absolute path (not shown, in case it is the PIN)")
 	default:
-		if fi, err := os.Stat(c.HSM.Path()); err != nil {
-			add("hsm.pin_file", "%v", err)
-		} else if !fi.Mode().IsRegular() {
-			add("hsm.pin_file", "%s is not a regular file", c.HSM.Path())
+		path := pin.Path()
+		fi, err := os.Stat(path)
+		switch {
+		case err != nil:
+			add(pinField, "%v", err)
+		case !fi.Mode().IsRegular():
+			add(pinField, "%s is not a regular file", path)
+		// systemd's credentials are its own: it lets the unit's user read them with an ACL, whose mask
+		// then shows as the mode's group bits (0440) though no group may read them.
+		case fi.Mode().Perm()&0o077 != 0 && !pin.InCredentials():
+			add(pinField, "%s by group or others (mode %04o); want 0600 or 0400", groupOthers(fi.Mode()), fi.Mode().Perm())
 		}
 	}
 	if c.HSM.LockFile != "" {
@@ -324,6 +344,23 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// pinSource returns the PIN source in effect, given u, the parsed hsm.uri: pin_file or pin_env, else
+// the uri's pin-source; and the field that gave its file, to prefix errors about it.
+func (h *HSM) pinSource(u hsm.URI) (src hsm.PINSource, field string) {
+	if h.File == "" && h.Env == "" && u.PINSource != "" {
+		return hsm.PINSource{File: u.PINSource}, "hsm.uri: pin-source"
+	}
+	return h.PINSource, "hsm.pin_file"
+}
+
+// groupOthers says what group and others may do with a file of mode m, beyond nothing.
+func groupOthers(m os.FileMode) string {
+	if m&0o044 != 0 {
+		return "readable"
+	}
+	return "writable or executable"
+}
+
 // countSet counts the true values.
 func countSet(set ...bool) int {
 	n := 0
@@ -342,18 +379,15 @@ func (c *Config) HSMConfig() (hsm.Config, error) {
 	out := hsm.Config{Module: h.Module, TokenLabel: h.TokenLabel, TokenSerial: h.TokenSerial, Slot: h.Slot,
 		MaxSessions: h.MaxSessions, PoolWaitTimeout: h.PoolWaitTimeout, LockFile: h.LockFile,
 		NoSessionCopies: h.SessionCopies != nil && !*h.SessionCopies}
-	src := h.PINSource
+	var u hsm.URI
 	if h.URI != "" {
-		u, err := hsm.ParseURI(h.URI)
-		if err != nil {
+		var err error
+		if u, err = hsm.ParseURI(h.URI); err != nil {
 			return out, fmt.Errorf("hsm.uri: %w", err)
 		}
 		out.TokenLabel, out.TokenSerial, out.Slot = u.Token, u.Serial, u.Slot
 		if u.ModulePath != "" {
 			out.Module = u.ModulePath
-		}
-		if src.File == "" && src.Env == "" {
-			src.File = u.PINSource
 		}
 	}
 	if out.Module == "" {
@@ -362,9 +396,10 @@ func (c *Config) HSMConfig() (hsm.Config, error) {
 	if c.Sealed() {
 		return out, ErrSealed
 	}
+	src, _ := h.pinSource(u)
 	pin, err := src.Read()
 	if err != nil {
-		return out, fmt.Errorf("hsm: %w", err)
+		return out, err // its errors say "hsm: ..."
 	}
 	out.PIN = pin
 	return out, nil

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/signerd/signerd/hsm"
 )
 
 func validConfig(t *testing.T) string {
@@ -105,6 +107,37 @@ func TestParseErrors(t *testing.T) {
 		},
 			[]string{"hsm.unseal_socket: /ddd", "longer than the 107 bytes a socket address holds"}},
 		{"one session", func(s string) string { return strings.Replace(s, "hsm:\n", "hsm:\n  max_sessions: 1\n", 1) }, []string{"hsm.max_sessions"}},
+		// A PIN written where its file or variable belongs is never quoted back.
+		{"PIN as pin_file", func(s string) string { return withoutPINFile(s) + "  pin_file: 82639174\n" },
+			[]string{"hsm.pin_file: want an absolute path"}},
+		{"PIN as pin_env", func(s string) string { return withoutPINFile(s) + "  pin_env: 82639174\n" },
+			[]string{"hsm.pin_env: not an environment variable name"}},
+		{"PIN as pin-source", func(s string) string {
+			return strings.Replace(withoutPINFile(s), "  token_label: signerd\n", "", 1) + "  uri: \"pkcs11:token=signerd?pin-source=918273645\"\n"
+		}, []string{"hsm.uri: pin-source: want an absolute path"}},
+		{"relative pin-source", func(s string) string {
+			return strings.Replace(withoutPINFile(s), "  token_label: signerd\n", "", 1) + "  uri: \"pkcs11:token=signerd?pin-source=file:pin.txt\"\n"
+		}, []string{"hsm.uri: pin-source: want an absolute path"}},
+		{"missing pin-source", func(s string) string {
+			return strings.Replace(withoutPINFile(s), "  token_label: signerd\n", "", 1) +
+				"  uri: \"pkcs11:token=signerd?pin-source=file:" + configDir(s) + "/missing\"\n"
+		}, []string{"hsm.uri: pin-source: stat " + "/", "/missing: no such file or directory"}},
+		{"pin-source not a regular file", func(s string) string {
+			return strings.Replace(withoutPINFile(s), "  token_label: signerd\n", "", 1) +
+				"  uri: \"pkcs11:token=signerd?pin-source=file:" + configDir(s) + "\"\n"
+		}, []string{"hsm.uri: pin-source: /", "is not a regular file"}},
+		{"pin-source outside systemd", func(s string) string {
+			return strings.Replace(withoutPINFile(s), "  token_label: signerd\n", "", 1) +
+				"  uri: \"pkcs11:token=signerd?pin-source=file:${CREDENTIALS_DIRECTORY}/pin\"\n"
+		}, []string{"hsm.uri: pin-source: uses ${CREDENTIALS_DIRECTORY}, which only systemd sets"}},
+		{"missing pin_file", func(s string) string { return strings.Replace(s, "/pin\n", "/missing\n", 1) },
+			[]string{"hsm.pin_file: stat /", "/missing: no such file or directory"}},
+		{"token label too long", func(s string) string {
+			return strings.Replace(s, "  token_label: signerd\n", "  token_label: "+strings.Repeat("t", 33)+"\n", 1)
+		}, []string{"hsm.token_label: 33 bytes, longer than a token label (32 bytes)"}},
+		{"uri token too long", func(s string) string {
+			return strings.Replace(s, "  token_label: signerd\n", "  uri: \"pkcs11:token="+strings.Repeat("t", 33)+"\"\n", 1)
+		}, []string{"hsm.uri: token=: 33 bytes, longer than a token label (32 bytes)"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -117,11 +150,20 @@ func TestParseErrors(t *testing.T) {
 					t.Errorf("Parse(%s) = %q, want it to mention %q", tc.name, err, w)
 				}
 			}
-			if strings.Contains(err.Error(), "1234") && tc.name != "nested unknown field" {
-				t.Errorf("Parse(%s) error repeats a PIN: %q", tc.name, err)
+			for _, pin := range []string{"1234", "82639174", "918273645", "pin.txt"} {
+				if strings.Contains(err.Error(), pin) && tc.name != "nested unknown field" {
+					t.Errorf("Parse(%s) error repeats a PIN: %q", tc.name, err)
+				}
 			}
 		})
 	}
+}
+
+// configDir returns the directory validConfig wrote its files in.
+func configDir(s string) string {
+	_, rest, _ := strings.Cut(s, "pin_file: ")
+	line, _, _ := strings.Cut(rest, "\n")
+	return filepath.Dir(line)
 }
 
 // withoutPINFile removes the pin_file line of the hsm section and moves the section to the end, so
@@ -149,6 +191,81 @@ func TestHSMConfigSealed(t *testing.T) {
 	h, err := c.HSMConfig()
 	if !errors.Is(err, ErrSealed) || h.PIN != "" || h.TokenLabel != "signerd" || h.Module == "" || h.MaxSessions == 0 {
 		t.Fatalf("HSMConfig = %+v, %v", h, err)
+	}
+}
+
+// TestPINFileMode: a PIN file that group or others may open is refused, whether pin_file or the uri's
+// pin-source names it, except in systemd's credentials directory, which systemd guards (with an ACL
+// whose mask shows as group bits).
+func TestPINFileMode(t *testing.T) {
+	for _, tc := range []struct {
+		mode       os.FileMode
+		uri, creds bool
+		want       string // "" for no error
+	}{
+		{0o600, false, false, ""},
+		{0o400, false, false, ""},
+		{0o400, true, false, ""},
+		{0o644, false, false, "hsm.pin_file: readable by group or others (mode 0644); want 0600 or 0400"},
+		{0o640, false, false, "hsm.pin_file: readable by group or others (mode 0640); want 0600 or 0400"},
+		{0o604, false, false, "hsm.pin_file: readable by group or others (mode 0604); want 0600 or 0400"},
+		{0o620, false, false, "hsm.pin_file: writable or executable by group or others (mode 0620); want 0600 or 0400"},
+		{0o644, true, false, "hsm.uri: pin-source: readable by group or others (mode 0644); want 0600 or 0400"},
+		{0o440, false, true, ""},
+		{0o440, true, true, ""},
+	} {
+		s := validConfig(t)
+		dir := configDir(s)
+		pinFile := filepath.Join(dir, "pin")
+		if err := os.Chmod(pinFile, tc.mode); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("CREDENTIALS_DIRECTORY", "")
+		if tc.creds {
+			t.Setenv("CREDENTIALS_DIRECTORY", dir)
+			pinFile = "${CREDENTIALS_DIRECTORY}/pin"
+		}
+		s = strings.Replace(withoutPINFile(s), "  token_label: signerd\n", "", 1)
+		if tc.uri {
+			s += "  uri: \"pkcs11:token=signerd?pin-source=file:" + pinFile + "\"\n"
+		} else {
+			s += "  token_label: signerd\n  pin_file: " + pinFile + "\n"
+		}
+		_, err := Parse([]byte(s))
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("mode %04o, uri %v, credentials %v: Parse = %v, want no error", tc.mode, tc.uri, tc.creds, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("mode %04o, uri %v, credentials %v: Parse = %v, want an error with %q", tc.mode, tc.uri, tc.creds, err, tc.want)
+		}
+	}
+}
+
+// TestHSMConfigPINErrors: the PIN source's errors reach the caller once prefixed, and never with a PIN
+// given where its source belongs, even from a Config that was not validated.
+func TestHSMConfigPINErrors(t *testing.T) {
+	t.Chdir(t.TempDir())
+	for _, tc := range []struct {
+		hsm        HSM
+		want, leak string
+	}{
+		{HSM{TokenLabel: "signerd", PINSource: hsm.PINSource{Env: "SIGNERD_TEST_UNSET"}},
+			"hsm: no PIN: environment variable SIGNERD_TEST_UNSET is unset or empty", ""},
+		{HSM{TokenLabel: "signerd", PINSource: hsm.PINSource{Env: "82639174"}}, "not an environment variable name", "82639174"},
+		{HSM{TokenLabel: "signerd", PINSource: hsm.PINSource{File: "82639174"}}, "no such file or directory", "82639174"},
+		{HSM{URI: "pkcs11:token=signerd?pin-source=918273645"}, "no such file or directory", "918273645"},
+		{HSM{URI: "pkcs11:token=signerd?pin-source=file:918273645"}, "no such file or directory", "918273645"},
+	} {
+		c := Config{HSM: tc.hsm}
+		_, err := c.HSMConfig()
+		switch {
+		case err == nil || !strings.Contains(err.Error(), tc.want):
+			t.Errorf("HSMConfig(%+v) = %v, want an error with %q", tc.hsm, err, tc.want)
+		case strings.Contains(err.Error(), "hsm: hsm:"):
+			t.Errorf("HSMConfig(%+v) = %v: doubled prefix", tc.hsm, err)
+		case tc.leak != "" && strings.Contains(err.Error(), tc.leak):
+			t.Errorf("HSMConfig(%+v) = %v: repeats the PIN", tc.hsm, err)
+		}
 	}
 }
 
