@@ -116,15 +116,17 @@ func (s *Server) signJWT(ctx context.Context, req *signerv1.SignJWTRequest, ev *
 }
 
 // signJWS signs a JWS signing input with version v in the JOSE form (raw r||s for ECDSA, PSS salt = hash
-// length), inside the in-flight bound.
+// length), inside the in-flight bound. Like signWith, it writes the started line before it takes a
+// signing slot, so that no slot is held while the line is written out, and a request whose deadline
+// passed meanwhile gives up in acquire rather than reach the token.
 func (s *Server) signJWS(ctx context.Context, v *keyring.LoadedVersion, signingInput string, ev *audit.Event) ([]byte, error) {
+	if err := s.auditStart(ev); err != nil {
+		return nil, err
+	}
 	if err := s.acquire(ctx); err != nil {
 		return nil, err
 	}
 	defer s.release()
-	if err := s.auditStart(ev); err != nil {
-		return nil, err
-	}
 	return jose.NewSigningMethod(v.Key.Alg).Sign(signingInput, v.Signer)
 }
 
