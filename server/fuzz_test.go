@@ -1,8 +1,13 @@
 package server
 
 import (
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
+	"math/big"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -159,5 +164,73 @@ func FuzzVerifyJWTSigned(f *testing.F) {
 			t.Fatal(err)
 		}
 		z.checkVerifyJWT(t, input+"."+base64.RawURLEncoding.EncodeToString(sig), aud)
+	})
+}
+
+// FuzzSignVerify feeds Sign and Verify arbitrary key names, inputs, formats and signatures on an ES256
+// key r. Each answers with a caller's status (never INTERNAL or UNKNOWN); a signature Sign returns
+// verifies with crypto/ecdsa in the format asked for; and Verify calls a signature valid only if
+// crypto/ecdsa does, strict DER or 64-byte r||s, so that no second encoding of one signature passes.
+func FuzzSignVerify(f *testing.F) {
+	z := newRotationServer(f, &clock{t: time.Unix(1_800_000_000, 0)})
+	if _, err := z.ring.Create("r", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
+		f.Fatal(err)
+	}
+	k, _ := z.ring.Snapshot().Key("r")
+	pub := k.Active.Public.(*ecdsa.PublicKey)
+	digest := sha256.Sum256([]byte("m"))
+	der, err := ecdsa.SignASN1(rand.Reader, k.Active.Signer.(*ecdsa.PrivateKey), digest[:])
+	if err != nil {
+		f.Fatal(err)
+	}
+	raw, err := jose.DERToRaw(der, 32)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add("r", []byte("m"), false, int32(0), der)
+	f.Add("r", digest[:], true, int32(1), der)
+	f.Add("r", []byte("m"), false, int32(2), raw)
+	f.Add("r", digest[:31], true, int32(2), append(raw, 0))
+	f.Add("x", []byte{}, false, int32(7), []byte{0x30, 0x00})
+	callerCodes := []codes.Code{codes.InvalidArgument, codes.PermissionDenied, codes.NotFound}
+	f.Fuzz(func(t *testing.T, key string, input []byte, isDigest bool, format int32, sig []byte) {
+		want := input
+		if !isDigest {
+			sum := sha256.Sum256(input)
+			want = sum[:]
+		}
+		sreq := &signerv1.SignRequest{Key: key, Format: signerv1.SignatureFormat(format)}
+		vreq := &signerv1.VerifyRequest{Key: key, Signature: sig, Format: signerv1.SignatureFormat(format)}
+		if isDigest {
+			sreq.Input, vreq.Input = &signerv1.SignRequest_Digest{Digest: input}, &signerv1.VerifyRequest_Digest{Digest: input}
+		} else {
+			sreq.Input, vreq.Input = &signerv1.SignRequest_Message{Message: input}, &signerv1.VerifyRequest_Message{Message: input}
+		}
+		joseForm := signerv1.SignatureFormat(format) == signerv1.SignatureFormat_SIGNATURE_FORMAT_JOSE
+		ecdsaValid := func(sig []byte) bool {
+			if !joseForm {
+				return ecdsa.VerifyASN1(pub, want, sig)
+			}
+			if len(sig) != 64 {
+				return false
+			}
+			return ecdsa.Verify(pub, want, new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:]))
+		}
+		resp, err := z.Sign(z.signer, sreq)
+		switch {
+		case err != nil && !slices.Contains(callerCodes, status.Code(err)):
+			t.Fatalf("Sign(%q, %d input bytes, digest %v, format %d) = %v, want a caller's status", key, len(input), isDigest, format, err)
+		case err == nil && !ecdsaValid(resp.GetSignature()):
+			t.Fatalf("Sign(%q, format %d) returned a signature crypto/ecdsa refuses: %x", key, format, resp.GetSignature())
+		}
+		vresp, err := z.Verify(z.signer, vreq)
+		switch {
+		case err != nil && !slices.Contains(callerCodes, status.Code(err)):
+			t.Fatalf("Verify(%q, %d input bytes, digest %v, format %d, sig %x) = %v, want a caller's status", key, len(input), isDigest, format, sig, err)
+		case err == nil && vresp.GetValid() && !ecdsaValid(sig):
+			t.Fatalf("Verify(%q, format %d) called %x valid, which crypto/ecdsa refuses", key, format, sig)
+		case err == nil && !vresp.GetValid() && ecdsaValid(sig) && key == "r":
+			t.Fatalf("Verify(%q, format %d) called %x invalid, which crypto/ecdsa accepts", key, format, sig)
+		}
 	})
 }
