@@ -215,3 +215,25 @@ func TestOpenContinuesChain(t *testing.T) {
 		}
 	}
 }
+
+// TestInvalidUTF8Verifies: a trail whose events held invalid UTF-8 (written as U+FFFD) verifies as
+// written, and the caller's event is left as it was.
+func TestInvalidUTF8Verifies(t *testing.T) {
+	var buf bytes.Buffer
+	l := New(&buf)
+	claims := &Claims{Sub: "s\xff", Aud: []string{"a", "\xfe"}}
+	l.Record(Event{Identity: "svc\xc3", Op: "sign_jwt", Outcome: OutcomeError, Reason: "bad input \xff", Claims: claims})
+	l.Record(Event{Identity: "svc", Op: "sign", Outcome: OutcomeOK})
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := Verify(bytes.NewReader(buf.Bytes())); n != 2 || err != nil {
+		t.Errorf("Verify(trail with invalid UTF-8 in its events) = %d, %v; want 2, nil", n, err)
+	}
+	if !strings.Contains(buf.String(), "\"identity\":\"svc\uFFFD\"") {
+		t.Errorf("trail = %s, want the invalid byte written as U+FFFD", buf.String())
+	}
+	if claims.Sub != "s\xff" || claims.Aud[1] != "\xfe" {
+		t.Errorf("Record changed the caller's claims to %+v", claims)
+	}
+}
