@@ -166,7 +166,7 @@ func TestUnsafePaths(t *testing.T) {
 	if err := os.Mkdir(shared, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Chmod(shared, 0o1777); err != nil { // as /tmp
+	if err := os.Chmod(shared, os.ModeSticky|0o777); err != nil { // as /tmp
 		t.Fatal(err)
 	}
 	path := filepath.Join(shared, "unseal.sock")
@@ -219,6 +219,71 @@ func TestOtherUsersDirectory(t *testing.T) {
 	defer l.Close()
 	_, err = Send(ctxT(t), path, "1234")
 	mustFail(t, "Send into another user's directory", err, "belongs neither to root nor to the socket's owner")
+}
+
+// TestSharedAncestors: a private directory is no safer than the directories above it. In a directory
+// others may write to (not sticky), any directory could be replaced; in a sticky one such as /tmp, one
+// that someone else made first (mallory's /tmp/signerd, 0700, with mallory's socket in it) passes every
+// check of its own, so the entry below a sticky directory must be root's or this user's.
+func TestSharedAncestors(t *testing.T) {
+	base := t.TempDir()
+	mkdir := func(path string, mode os.FileMode) string {
+		t.Helper()
+		if err := os.Mkdir(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, mode); err != nil { // past the umask, and the sticky bit
+			t.Fatal(err)
+		}
+		return path
+	}
+	sticky := mkdir(filepath.Join(base, "tmp"), os.ModeSticky|0o777)
+	open := mkdir(filepath.Join(base, "open"), 0o777)
+	group := mkdir(filepath.Join(base, "group"), 0o775)
+
+	// This user's directory in a sticky one: nobody else can replace it.
+	l, err := Listen(filepath.Join(mkdir(filepath.Join(sticky, "mine"), 0o700), "unseal.sock"), nil)
+	if err != nil {
+		t.Fatalf("Listen in this user's private directory under a sticky one = %v", err)
+	}
+	_ = l.Close()
+	for _, parent := range []string{open, group} {
+		path := filepath.Join(mkdir(filepath.Join(parent, "signerd"), 0o700), "unseal.sock")
+		_, err := Listen(path, nil)
+		mustFail(t, "Listen below "+parent, err, "which its group or others may write to")
+		_, err = CheckSocket(path)
+		mustFail(t, "CheckSocket below "+parent, err, "which its group or others may write to")
+	}
+	// Through a symbolic link to a directory below an open one: checked as resolved too.
+	link := filepath.Join(base, "link")
+	if err := os.Symlink(filepath.Join(open, "signerd"), link); err != nil {
+		t.Fatal(err)
+	}
+	mkdir(filepath.Join(open, "signerd", "sub"), 0o700)
+	_, err = Listen(filepath.Join(link, "sub", "unseal.sock"), nil)
+	mustFail(t, "Listen below a link into an open directory", err, "which its group or others may write to")
+
+	if os.Getuid() != 0 {
+		t.Skip("the rest needs root, to give a directory and a socket to another user")
+	}
+	const mallory = 65534
+	dir := mkdir(filepath.Join(sticky, "signerd"), 0o700)
+	if err := os.Chown(dir, mallory, mallory); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "unseal.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := os.Chown(path, mallory, mallory); err != nil {
+		t.Fatal(err)
+	}
+	_, err = CheckSocket(path)
+	mustFail(t, "CheckSocket of mallory's socket in mallory's directory in a sticky one", err, "neither root's nor this user's")
+	_, err = Send(ctxT(t), path, "s3cret-pin")
+	mustFail(t, "Send to mallory's socket", err, "neither root's nor this user's")
 }
 
 func TestStaleAndLiveSockets(t *testing.T) {
