@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"fmt"
+	"math/big"
 
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -53,7 +54,8 @@ func (m *SigningMethod) Algorithm() Algorithm {
 // the crypto.Signer convention, an ECDSA signer must return ASN.1 DER, which
 // Sign converts to the fixed-width r||s of RFC 7518 §3.4. The output is
 // parsed as DER even when it is exactly as long as r||s, so a signer that
-// returns raw r||s fails rather than being guessed at. An RSA signature shorter than the modulus,
+// returns raw r||s fails rather than being guessed at. ECDSA signatures are given
+// in low-S form (s at most n/2, see [lowS]). An RSA signature shorter than the modulus,
 // which some tokens return when its leading bytes are zero, is left-padded
 // to the modulus size (RFC 8017 I2OSP) so that verifiers accept it.
 //
@@ -79,10 +81,12 @@ func (m *SigningMethod) Sign(signingString string, key any) ([]byte, error) {
 	}
 	switch pub := pub.(type) {
 	case *ecdsa.PublicKey:
-		raw, err := DERToRaw(sig, CurveSize(pub.Curve))
+		size := CurveSize(pub.Curve)
+		raw, err := DERToRaw(sig, size)
 		if err != nil {
 			return nil, fmt.Errorf("jose: sign %s: signer did not return a DER ECDSA signature: %w", a, err)
 		}
+		lowS(raw[size:], pub.Curve.Params().N)
 		return raw, nil
 	case *rsa.PublicKey:
 		k := pub.Size()
@@ -134,6 +138,19 @@ func (m *SigningMethod) Verify(signingString string, sig []byte, key any) error 
 		return fmt.Errorf("%w: %w", jwt.ErrSignatureInvalid, err)
 	}
 	return nil
+}
+
+// lowS replaces the fixed-width s of an ECDSA signature by n-s when s is above
+// n/2. (r, s) and (r, n-s) are both valid signatures of the same digest, and
+// anyone can make one from the other, so every token has an ECDSA twin that
+// verifies; signing in one of the two forms makes every token signerd issues
+// canonical, for verifiers that insist on low S. Verify accepts both, as RFC
+// 7518 does.
+func lowS(s []byte, n *big.Int) {
+	v := new(big.Int).SetBytes(s)
+	if v.Cmp(new(big.Int).Rsh(n, 1)) > 0 {
+		v.Sub(n, v).FillBytes(s)
+	}
 }
 
 // checkKey maps key problems to golang-jwt's sentinels: the wrong type of key

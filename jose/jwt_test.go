@@ -198,6 +198,9 @@ func TestSigningMethodES256Many(t *testing.T) {
 		if sig[0] == 0 || sig[32] == 0 {
 			short++
 		}
+		if new(big.Int).SetBytes(sig[32:]).Cmp(halfOrder(ES256)) > 0 {
+			t.Errorf("ES256 signature #%d %x: s above n/2, want low-S", i, sig)
+		}
 		if err := m.Verify(signingString, sig, pub); err != nil {
 			t.Errorf("ES256.Verify(token #%d, sig %x) = %v, want nil", i, sig, err)
 		}
@@ -209,6 +212,54 @@ func TestSigningMethodES256Many(t *testing.T) {
 	// P(no short value in 2000 signatures) = (127/128)^2000 ≈ 1.6e-7.
 	if short == 0 {
 		t.Errorf("no short r or s in %d ES256 signatures; the padding path went untested", n)
+	}
+}
+
+func halfOrder(a Algorithm) *big.Int { return new(big.Int).Rsh(a.Curve().Params().N, 1) }
+
+// TestSigningMethodLowS: every ECDSA signature Sign returns has s at most n/2, whichever of the twins
+// (r, s) and (r, n-s) the signer made, and the other twin still verifies (RFC 7518 allows both).
+func TestSigningMethodLowS(t *testing.T) {
+	for _, alg := range []Algorithm{ES256, ES384, ES512} {
+		key := testSigner(t, alg).(*ecdsa.PrivateKey)
+		size := CurveSize(alg.Curve())
+		n := alg.Curve().Params().N
+		m := NewSigningMethod(alg)
+		high := 0
+		for i := range 64 {
+			input := fmt.Sprintf("header.%d", i)
+			// What the signer made, before Sign normalised it.
+			der, err := key.Sign(rand.Reader, alg.Digest([]byte(input)), alg.SignerOpts())
+			if err != nil {
+				t.Fatal(err)
+			}
+			made, err := DERToRaw(der, size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if new(big.Int).SetBytes(made[size:]).Cmp(halfOrder(alg)) > 0 {
+				high++
+			}
+			sig, err := m.Sign(input, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := new(big.Int).SetBytes(sig[size:])
+			if s.Cmp(halfOrder(alg)) > 0 {
+				t.Fatalf("%s: Sign(%q) s = %x, above n/2", alg, input, s)
+			}
+			twin := bytes.Clone(sig)
+			new(big.Int).Sub(n, s).FillBytes(twin[size:])
+			for _, v := range [][]byte{sig, twin} {
+				if err := m.Verify(input, v, &key.PublicKey); err != nil {
+					t.Errorf("%s: Verify(%q, %x) = %v, want nil", alg, input, v, err)
+				}
+			}
+		}
+		// P(none of 64 signer signatures high) = 2^-64.
+		if high == 0 {
+			t.Errorf("%s: no signature the signer made had a high s; the normalisation went untested", alg)
+		}
 	}
 }
 

@@ -239,7 +239,11 @@ func (s *Server) verifyJWT(ctx context.Context, req *signerv1.VerifyJWTRequest, 
 // version its kid names. Its errors are the caller's: the token is invalid.
 func (s *Server) verifySignature(tok string, ev *audit.Event) (*verified, error) {
 	// The decoder skips CR and LF even when strict: refuse them, and anything else outside the alphabet,
-	// so that one token has one spelling (the verified-token cache is keyed by it).
+	// so that one token has one spelling (the verified-token cache is keyed by it). One signature can
+	// still have two: an ES* token's (r, n-s) twin verifies too, and anyone holding the token can make
+	// it. signerd signs in low-S form (jose.SigningMethod) but accepts both, as RFC 7518 does and as
+	// tokens signed before it did need; a twin is just one more cache entry. A token's text is therefore
+	// no unique name for it: deny lists go by jti.
 	if i := strings.IndexFunc(tok, func(r rune) bool { return !isJWSChar(r) }); i >= 0 {
 		return nil, invalidToken("not a compact JWS (character %q at offset %d)", tok[i], i)
 	}
