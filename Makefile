@@ -5,7 +5,7 @@ BIN       := bin
 DEV_DIR   ?= .signerd-dev
 export SIGNERD_REQUIRE_SOFTHSM ?= 1
 
-.PHONY: all build run test test-short bench lint vet fmt-check staticcheck proto proto-check tidy-check check clean
+.PHONY: all build run test bench lint vet fmt-check staticcheck proto proto-check clean
 
 all: build
 

@@ -5,11 +5,13 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/big"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,6 +29,7 @@ import (
 	"github.com/signerd/signerd/client"
 	"github.com/signerd/signerd/jose"
 	signerv1 "github.com/signerd/signerd/proto/signer/v1"
+	softhsmtest "github.com/signerd/signerd/softhsm-test"
 )
 
 var b64 = base64.RawURLEncoding
@@ -146,12 +149,13 @@ func sigBytes(t *testing.T, tok string) []byte {
 }
 
 // TestManyES256Tokens mints 10,000 ES256 tokens through the HSM and checks that every one verifies
-// with golang-jwt, including those whose r or s is shorter than 32 bytes.
+// with golang-jwt, including those whose r or s is shorter than 32 bytes, and is in low-S form.
 func TestManyES256Tokens(t *testing.T) {
 	in := startInstance(t, instanceOptions{keys: map[string]string{"es256": "ES256"}})
 	c := in.dial(t, in.svc)
 	_, pub := publicKey(t, c, "es256")
 	const n = 10000
+	halfN := new(big.Int).Rsh(elliptic.P256().Params().N, 1)
 	var short, bad atomic.Int64
 	var wg sync.WaitGroup
 	work := make(chan int)
@@ -166,10 +170,17 @@ func TestManyES256Tokens(t *testing.T) {
 					bad.Add(1)
 					continue
 				}
-				sig := sigBytes(t, resp.GetToken())
-				if len(sig) != 64 {
+				// Not sigBytes: t.Fatal must not be called off the test's goroutine.
+				tok := resp.GetToken()
+				sig, err := b64.DecodeString(tok[strings.LastIndex(tok, ".")+1:])
+				if err != nil || len(sig) != 64 {
+					t.Errorf("token %s: signature of %d bytes (%v), want 64", tok, len(sig), err)
 					bad.Add(1)
 					continue
+				}
+				if new(big.Int).SetBytes(sig[32:]).Cmp(halfN) > 0 {
+					t.Errorf("token %s: s above n/2, want low-S", tok)
+					bad.Add(1)
 				}
 				if sig[0] == 0 || sig[32] == 0 {
 					short.Add(1)
@@ -479,18 +490,23 @@ func samePublic(a, b crypto.PublicKey) bool {
 }
 
 // TestJOSEInterop verifies SignJWT tokens of every algorithm with an independent JOSE implementation:
-// the npm "jose" package, fetching the JWKS over HTTPS. It needs node and npm (present on the CI image)
-// and the npm registry.
+// the npm "jose" package, fetching the JWKS over HTTPS. It needs node and npm (the machine's, or
+// Debian's, which .ci/run installs where there are none) and the npm registry. Where SoftHSM is
+// required (make test, CI), it is required too: it fails rather than skips without them.
 func TestJOSEInterop(t *testing.T) {
+	skip := t.Skipf
+	if os.Getenv(softhsmtest.RequireEnv) == "1" {
+		skip = t.Fatalf
+	}
 	if _, err := exec.LookPath("npm"); err != nil {
-		t.Skip("node/npm not installed")
+		skip("node/npm not installed: %v", err)
 	}
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	npm := exec.CommandContext(ctx, "npm", "install", "--no-audit", "--no-fund", "--silent", "--prefix", dir, "jose@5")
 	if out, err := npm.CombinedOutput(); err != nil {
-		t.Skipf("npm install jose failed (registry unreachable?): %v\n%s", err, out)
+		skip("npm install jose failed (registry unreachable?): %v\n%s", err, out)
 	}
 	in := startInstance(t, instanceOptions{})
 	c := in.dial(t, in.svc)
