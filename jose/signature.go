@@ -52,7 +52,9 @@ func DERToRaw(der []byte, size int) ([]byte, error) {
 	var sig ecdsaSignature
 	rest, err := asn1.Unmarshal(der, &sig)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformedSignature, err)
+		// Not encoding/asn1's words: they name Go types ("tags don't match (16 vs {class:0 ...})
+		// ecdsaSignature @2"), and they reach callers in gRPC statuses.
+		return nil, fmt.Errorf("%w: not a DER SEQUENCE of two INTEGERs", ErrMalformedSignature)
 	}
 	if len(rest) != 0 {
 		return nil, fmt.Errorf("%w: %d bytes of trailing data after DER", ErrMalformedSignature, len(rest))

@@ -254,6 +254,11 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
+	// The caller is told what is wrong in words of the API, not of Go's encoding/asn1.
+	_, err = c.Verify(ctxT(t), ver("es256", []byte{0x30, 0x01}, 0))
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, "not a DER SEQUENCE of two INTEGERs") || strings.Contains(msg, "asn1") {
+		t.Errorf("Verify(malformed DER) message = %q, want it to say the signature is not a DER SEQUENCE of two INTEGERs, without asn1's words", msg)
+	}
 	// After all of that the daemon still signs, verifies and reports SERVING.
 	resp, err := c.Sign(ctxT(t), msg("rs256", []byte("still alive")))
 	if err != nil {
