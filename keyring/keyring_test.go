@@ -2,6 +2,7 @@ package keyring_test
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"slices"
 	"strings"
@@ -424,5 +425,62 @@ func TestClockStepsBack(t *testing.T) {
 	}
 	if k.Active == nil || k.Active.Number != 1 {
 		t.Errorf("key created while the clock steps back: active version %v, want version 1", k.Active)
+	}
+}
+
+// lapsedLockStore is a store whose key lock lapses while a key pair is generated: another process
+// (duringGenerate) changes the key meanwhile, and the release reports the loss, as hsm's does.
+type lapsedLockStore struct {
+	*keyringtest.MemoryStore
+	duringGenerate func()
+	generated      [][]byte
+}
+
+func (s *lapsedLockStore) Lock(string) (func() error, error) {
+	return func() error { return errors.New("hsm: lock lost to another process") }, nil
+}
+
+func (s *lapsedLockStore) Generate(alg jose.Algorithm, bits int, label string) ([]byte, crypto.Signer, error) {
+	if f := s.duringGenerate; f != nil {
+		s.duringGenerate = nil
+		f()
+	}
+	id, signer, err := s.MemoryStore.Generate(alg, bits, label)
+	s.generated = append(s.generated, id)
+	return id, signer, err
+}
+
+// TestChangeUnderLapsedLock: a change whose key lock lapsed, while another process revoked the key's
+// version, is not written over the revocation: it fails with ErrLocked (retry), and the key pair it
+// generated is destroyed again.
+func TestChangeUnderLapsedLock(t *testing.T) {
+	mem := keyringtest.NewMemoryStore()
+	other := openRing(t, mem, keyring.Options{})
+	mustCreate(t, other, "k", keyring.DefaultSettings())
+	lapsed := &lapsedLockStore{MemoryStore: mem}
+	r := openRing(t, lapsed, keyring.Options{})
+	lapsed.duringGenerate = func() {
+		if _, err := other.Revoke("k", 1); err != nil {
+			t.Errorf("Revoke by the other process = %v", err)
+		}
+	}
+	if _, _, err := r.Rotate("k", false); !errors.Is(err, keyring.ErrLocked) {
+		t.Errorf("Rotate while another process revoked the key = %v, want ErrLocked", err)
+	}
+	if err := other.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	k, _ := other.Snapshot().Key("k")
+	if len(k.Versions) != 1 || k.Versions[0].State != keyring.Revoked {
+		t.Errorf("after the refused rotation k has %d versions, version 1 %s; want the one, revoked", len(k.Versions), k.Versions[0].State)
+	}
+	for _, id := range lapsed.generated {
+		if _, err := mem.Load(jose.ES256, 0, id); err == nil {
+			t.Errorf("the key pair %x generated for the refused rotation is still in the token", id)
+		}
+	}
+	// With nothing in its way, the same ring's next change is written.
+	if _, _, err := r.Rotate("k", false); err != nil {
+		t.Errorf("Rotate after the conflict = %v", err)
 	}
 }

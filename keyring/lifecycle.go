@@ -38,13 +38,24 @@ func (r *Ring) update(name string, fn func(cur *Meta, now time.Time) (*Meta, []b
 	if cur == nil && r.snap.Load().Exists(name) {
 		return nil, fmt.Errorf("keyring: %q is loaded but its record is missing from the token's listing; not changing it", name)
 	}
+	read := revision(cur) // fn may change cur itself
 	next, generated, err := fn(cur, r.clock().UTC())
 	if err != nil {
 		return nil, err
 	}
-	next.Revision = 1
-	if cur != nil {
-		next.Revision = cur.Revision + 1
+	next.Revision = read + 1
+	// The token-wide lock lapses if its renewals fail for longer than its time to live (a token slow
+	// to generate a key pair, say), and another process may then have changed the key. PKCS#11 has no
+	// compare-and-swap: reading the record again just before the write is the nearest thing, so that a
+	// change made meanwhile (a revocation) is not silently written over.
+	if again, err := r.readMeta(name); err != nil || revision(again) != read {
+		if generated != nil {
+			_ = r.store.Destroy(generated)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %q changed while this change was being made (its lock had lapsed); nothing written, retry", ErrLocked, name)
 	}
 	if err := r.write(next); err != nil {
 		if generated != nil {
@@ -62,6 +73,14 @@ func (r *Ring) update(name string, fn func(cur *Meta, now time.Time) (*Meta, []b
 		return nil, fmt.Errorf("keyring: %q %w, but the refresh after it failed: %w", name, errWritten, refreshErr)
 	}
 	return k, nil
+}
+
+// revision is m's revision, zero for no record.
+func revision(m *Meta) uint64 {
+	if m == nil {
+		return 0
+	}
+	return m.Revision
 }
 
 // readMeta reads key name's newest record from the store; nil if there is none.
