@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"syscall"
 )
 
@@ -32,7 +31,31 @@ type localLock struct {
 	readers int
 	// held is set while this process holds the lock for a whole change (Token.Exclusive): the calls
 	// the change makes then run without locking again. Such changes are serialised by the key ring.
-	held atomic.Bool
+	// Any other call of this process made meanwhile runs inside the change's lock too, so the change's
+	// release waits for them (inside counts them): the file lock must not go while one still works.
+	hmu    sync.Mutex // guards held and inside
+	held   bool
+	inside int
+	left   *sync.Cond // on hmu; signalled when inside drops to zero
+}
+
+// enterHeld reports whether a change holds the lock, counting the caller in if so: it then runs inside
+// the change's lock, and calls leaveHeld when done.
+func (l *localLock) enterHeld() bool {
+	l.hmu.Lock()
+	defer l.hmu.Unlock()
+	if l.held {
+		l.inside++
+	}
+	return l.held
+}
+
+func (l *localLock) leaveHeld() {
+	l.hmu.Lock()
+	defer l.hmu.Unlock()
+	if l.inside--; l.inside == 0 {
+		l.left.Broadcast()
+	}
 }
 
 // lockFile returns the lock file of the token cfg selects: cfg.LockFile, or when it is empty one per
@@ -88,7 +111,9 @@ func openLocalLock(path string) (*localLock, error) {
 		_ = f.Close()
 		return nil, fmt.Errorf("hsm: lock file %s: not a regular file", path)
 	}
-	return &localLock{f: f}, nil
+	l := &localLock{f: f}
+	l.left = sync.NewCond(&l.hmu)
+	return l, nil
 }
 
 // flock applies how to the lock file; the caller holds rw. Once the file is closed (the token was
@@ -106,7 +131,11 @@ func (l *localLock) flock(how int) {
 
 // read runs f holding the lock shared. A nil lock (the process holds an ExclusiveLock) just runs f.
 func (l *localLock) read(f func() error) error {
-	if l == nil || l.held.Load() {
+	if l == nil {
+		return f()
+	}
+	if l.enterHeld() {
+		defer l.leaveHeld()
 		return f()
 	}
 	l.rw.RLock()
@@ -129,7 +158,11 @@ func (l *localLock) read(f func() error) error {
 
 // write runs f holding the lock exclusively.
 func (l *localLock) write(f func() error) error {
-	if l == nil || l.held.Load() {
+	if l == nil {
+		return f()
+	}
+	if l.enterHeld() {
+		defer l.leaveHeld()
 		return f()
 	}
 	var err error
@@ -163,9 +196,16 @@ func (t *Token) Exclusive() func() {
 	}
 	l.rw.Lock()
 	l.flock(syscall.LOCK_EX)
-	l.held.Store(true)
+	l.hmu.Lock()
+	l.held = true
+	l.hmu.Unlock()
 	return func() {
-		l.held.Store(false)
+		l.hmu.Lock()
+		l.held = false
+		for l.inside > 0 {
+			l.left.Wait()
+		}
+		l.hmu.Unlock()
 		l.flock(syscall.LOCK_UN)
 		l.rw.Unlock()
 	}

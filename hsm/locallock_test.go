@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // TestDefaultLockFileIsPrivate: without a configured lock file, the token's lock file is in a directory
@@ -86,5 +87,51 @@ func TestDefaultLockFileIsPrivate(t *testing.T) {
 			l.close()
 		}
 		t.Errorf("openLocalLock(a directory) = %v, want it refused", err)
+	}
+}
+
+// TestCallDuringChangeKeepsLock: a call of this process that starts while a change holds the local
+// lock (a signer finding its key again after a reconnect, say) runs inside the change's lock, and the
+// change's release waits for it: another process cannot take the lock while it still works.
+func TestCallDuringChangeKeepsLock(t *testing.T) {
+	tk := newTestToken(t, "held-race")
+	release := tk.Exclusive()
+	started, proceed, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = tk.local.read(func() error {
+			close(started)
+			<-proceed
+			return nil
+		})
+	}()
+	<-started
+	released := make(chan struct{})
+	go func() {
+		release() // the change ends while the read still runs
+		close(released)
+	}()
+	path, err := lockFile(tk.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := openLocalLock(path) // another process's open file description
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.close()
+	select {
+	case <-released:
+		t.Error("the change's release returned while a read it let run without locking was still running")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if err := syscall.Flock(int(other.f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
+		t.Error("another process took the token's lock while a read of this process was still running on the token")
+	}
+	close(proceed)
+	<-done
+	<-released
+	if err := syscall.Flock(int(other.f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Errorf("after the read and the change ended, another process cannot take the lock: %v", err)
 	}
 }
