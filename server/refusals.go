@@ -15,6 +15,7 @@ import (
 // handler runs (which names its own). Other methods (health, reflection) are audited by their full name.
 var methodOps = map[string]string{
 	signerv1.Signer_Sign_FullMethodName:             string(authz.OpSign),
+	signerv1.Signer_SignStream_FullMethodName:       string(authz.OpSign),
 	signerv1.Signer_Verify_FullMethodName:           string(authz.OpVerify),
 	signerv1.Signer_GetPublicKey_FullMethodName:     string(authz.OpPublicKey),
 	signerv1.Signer_ListKeys_FullMethodName:         opListKeys,

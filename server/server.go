@@ -146,35 +146,55 @@ func identity(ctx context.Context) string {
 	return id
 }
 
-// UnaryInterceptor authenticates the caller, applies its rate limit (auditing the requests it refuses,
-// see refusalSampler), recovers panics, and makes sure every error leaving a handler is a gRPC status. Health and reflection calls pass through unauthenticated
-// identity checks, as they carry no key operation.
+// UnaryInterceptor authenticates the caller and applies its rate limit (admit), recovers panics, and
+// makes sure every error leaving a handler is a gRPC status (guard). Health and reflection calls pass
+// through the same checks, though they carry no key operation.
 func (s *Server) UnaryInterceptor() grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
-		// Deferred first so that it runs last, after a recovered panic has become an error.
-		start := time.Now()
-		defer func() { s.metrics.observe(info.FullMethod, start, err) }()
-		defer func() {
-			if r := recover(); r != nil {
-				s.log.Error("panic in handler", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))
-				resp, err = nil, toStatus(s.log, errors.New("panic"))
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		return s.guard(info.FullMethod, func() (any, error) {
+			ctx, err := s.admit(ctx, info.FullMethod, req)
+			if err != nil {
+				return nil, err
 			}
-		}()
-		id, err := s.peerIdentity(ctx)
-		if err == nil && !s.allowRate(id) {
-			err = &apiError{code: codes.ResourceExhausted, msg: "rate limit exceeded for " + id}
-		}
-		if err != nil {
-			err = toStatus(s.log, err)
-			s.auditRefusal(id, info.FullMethod, req, err)
-			return nil, err
-		}
-		resp, err = handler(context.WithValue(ctx, identityKey{}, id), req)
-		return resp, toStatus(s.log, err)
+			return handler(ctx, req)
+		})
 	}
 }
 
-// StreamInterceptor authenticates streaming calls (server reflection); it has no key operations.
+// guard runs one request of method (a unary call, or one request of a SignStream): a panic becomes
+// INTERNAL, every error a gRPC status, and the request is counted in the metrics with its code.
+func (s *Server) guard(method string, call func() (any, error)) (resp any, err error) {
+	// Deferred first so that it runs last, after a recovered panic has become an error.
+	start := time.Now()
+	defer func() { s.metrics.observe(method, start, err) }()
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("panic in handler", "method", method, "panic", r, "stack", string(debug.Stack()))
+			resp, err = nil, toStatus(s.log, errors.New("panic"))
+		}
+	}()
+	resp, err = call()
+	return resp, toStatus(s.log, err)
+}
+
+// admit authenticates the caller of one request of method from ctx's connection and applies the
+// caller's rate limit. It returns ctx with the caller's identity, or the refusal as a status, which it
+// audits (see refusalSampler).
+func (s *Server) admit(ctx context.Context, method string, req any) (context.Context, error) {
+	id, err := s.peerIdentity(ctx)
+	if err == nil && !s.allowRate(id) {
+		err = &apiError{code: codes.ResourceExhausted, msg: "rate limit exceeded for " + id}
+	}
+	if err != nil {
+		err = toStatus(s.log, err)
+		s.auditRefusal(id, method, req, err)
+		return nil, err
+	}
+	return context.WithValue(ctx, identityKey{}, id), nil
+}
+
+// StreamInterceptor authenticates streaming calls (server reflection, SignStream, which admits each of
+// its requests again).
 func (s *Server) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		if _, err := s.peerIdentity(ss.Context()); err != nil {

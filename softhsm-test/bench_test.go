@@ -13,12 +13,14 @@ import (
 	"testing"
 	"time"
 
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/signerd/signerd/client"
 	"github.com/signerd/signerd/hsm"
 	"github.com/signerd/signerd/hsmstore"
 	"github.com/signerd/signerd/jose"
 	"github.com/signerd/signerd/keyring"
 	signerv1 "github.com/signerd/signerd/proto/signer/v1"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // Each comparison runs its contenders in turn, in benchRounds rounds of benchSlice each (the order
@@ -70,6 +72,17 @@ func BenchmarkSign(b *testing.B) {
 	c, health := signerv1.NewSignerClient(conn), healthpb.NewHealthClient(conn)
 	empty := &healthpb.HealthCheckRequest{Service: "signer.v1.Signer"}
 
+	cl, err := client.Dial(in.addr, client.Options{TLSConfig: in.clientTLS(in.svc)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cl.Close() })
+	stream, err := cl.SignStream(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = stream.Close() })
+
 	tokenObjects, copies := in.openInProcess(b, true), in.openInProcess(b, false)
 	for _, key := range []string{"es256", "rs256"} {
 		k, _ := tokenObjects.Snapshot().Key(key)
@@ -83,8 +96,10 @@ func BenchmarkSign(b *testing.B) {
 					{name: "inprocess", op: func() error { _, err := k.Active.Signer.Sign(rand.Reader, digest, opts); return err }},
 					{name: "inprocess-copies", op: func() error { _, err := kc.Active.Signer.Sign(rand.Reader, digest, opts); return err }},
 					{name: "grpc", op: func() error { _, err := c.Sign(context.Background(), req); return err }},
+					{name: "grpc-stream", op: func() error { _, err := stream.Sign(context.Background(), req); return err }},
 					{name: "empty-rpc", op: func() error { _, err := health.Check(context.Background(), empty); return err }},
-				}, []ratio{{"grpc", "inprocess", "%inprocess"}, {"grpc", "inprocess-copies", "%inprocess-copies"}})
+				}, []ratio{{"grpc", "inprocess", "%inprocess"}, {"grpc", "inprocess-copies", "%inprocess-copies"},
+					{"grpc-stream", "inprocess", "%inprocess-stream"}, {"grpc-stream", "inprocess-copies", "%inprocess-copies-stream"}})
 			})
 		}
 	}

@@ -811,6 +811,204 @@ func (x *SignResponse) GetVersion() uint32 {
 	return 0
 }
 
+type SignStreamRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is echoed in the response; signerd does not interpret it.
+	Id            uint64       `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Request       *SignRequest `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignStreamRequest) Reset() {
+	*x = SignStreamRequest{}
+	mi := &file_signer_v1_signer_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignStreamRequest) ProtoMessage() {}
+
+func (x *SignStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_v1_signer_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignStreamRequest.ProtoReflect.Descriptor instead.
+func (*SignStreamRequest) Descriptor() ([]byte, []int) {
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SignStreamRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SignStreamRequest) GetRequest() *SignRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+type SignStreamResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*SignStreamResponse_Response
+	//	*SignStreamResponse_Error
+	Result        isSignStreamResponse_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignStreamResponse) Reset() {
+	*x = SignStreamResponse{}
+	mi := &file_signer_v1_signer_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignStreamResponse) ProtoMessage() {}
+
+func (x *SignStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_v1_signer_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignStreamResponse.ProtoReflect.Descriptor instead.
+func (*SignStreamResponse) Descriptor() ([]byte, []int) {
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SignStreamResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SignStreamResponse) GetResult() isSignStreamResponse_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *SignStreamResponse) GetResponse() *SignResponse {
+	if x != nil {
+		if x, ok := x.Result.(*SignStreamResponse_Response); ok {
+			return x.Response
+		}
+	}
+	return nil
+}
+
+func (x *SignStreamResponse) GetError() *SignStreamError {
+	if x != nil {
+		if x, ok := x.Result.(*SignStreamResponse_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isSignStreamResponse_Result interface {
+	isSignStreamResponse_Result()
+}
+
+type SignStreamResponse_Response struct {
+	Response *SignResponse `protobuf:"bytes,2,opt,name=response,proto3,oneof"`
+}
+
+type SignStreamResponse_Error struct {
+	// error is the status Sign would have returned for the request.
+	Error *SignStreamError `protobuf:"bytes,3,opt,name=error,proto3,oneof"`
+}
+
+func (*SignStreamResponse_Response) isSignStreamResponse_Result() {}
+
+func (*SignStreamResponse_Error) isSignStreamResponse_Result() {}
+
+// SignStreamError is a request's error status: a gRPC status code and its message.
+type SignStreamError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// code is the google.rpc.Code (grpc codes.Code) value, never 0 (OK).
+	Code          int32  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignStreamError) Reset() {
+	*x = SignStreamError{}
+	mi := &file_signer_v1_signer_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignStreamError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignStreamError) ProtoMessage() {}
+
+func (x *SignStreamError) ProtoReflect() protoreflect.Message {
+	mi := &file_signer_v1_signer_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignStreamError.ProtoReflect.Descriptor instead.
+func (*SignStreamError) Descriptor() ([]byte, []int) {
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SignStreamError) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *SignStreamError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 type VerifyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -830,7 +1028,7 @@ type VerifyRequest struct {
 
 func (x *VerifyRequest) Reset() {
 	*x = VerifyRequest{}
-	mi := &file_signer_v1_signer_proto_msgTypes[11]
+	mi := &file_signer_v1_signer_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -842,7 +1040,7 @@ func (x *VerifyRequest) String() string {
 func (*VerifyRequest) ProtoMessage() {}
 
 func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[11]
+	mi := &file_signer_v1_signer_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -855,7 +1053,7 @@ func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRequest) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{11}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *VerifyRequest) GetKey() string {
@@ -938,7 +1136,7 @@ type VerifyResponse struct {
 
 func (x *VerifyResponse) Reset() {
 	*x = VerifyResponse{}
-	mi := &file_signer_v1_signer_proto_msgTypes[12]
+	mi := &file_signer_v1_signer_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -950,7 +1148,7 @@ func (x *VerifyResponse) String() string {
 func (*VerifyResponse) ProtoMessage() {}
 
 func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[12]
+	mi := &file_signer_v1_signer_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -963,7 +1161,7 @@ func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
 func (*VerifyResponse) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{12}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *VerifyResponse) GetValid() bool {
@@ -991,7 +1189,7 @@ type GetPublicKeyRequest struct {
 
 func (x *GetPublicKeyRequest) Reset() {
 	*x = GetPublicKeyRequest{}
-	mi := &file_signer_v1_signer_proto_msgTypes[13]
+	mi := &file_signer_v1_signer_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1003,7 +1201,7 @@ func (x *GetPublicKeyRequest) String() string {
 func (*GetPublicKeyRequest) ProtoMessage() {}
 
 func (x *GetPublicKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[13]
+	mi := &file_signer_v1_signer_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1016,7 +1214,7 @@ func (x *GetPublicKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPublicKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetPublicKeyRequest) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{13}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetPublicKeyRequest) GetKey() string {
@@ -1048,7 +1246,7 @@ type GetPublicKeyResponse struct {
 
 func (x *GetPublicKeyResponse) Reset() {
 	*x = GetPublicKeyResponse{}
-	mi := &file_signer_v1_signer_proto_msgTypes[14]
+	mi := &file_signer_v1_signer_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +1258,7 @@ func (x *GetPublicKeyResponse) String() string {
 func (*GetPublicKeyResponse) ProtoMessage() {}
 
 func (x *GetPublicKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[14]
+	mi := &file_signer_v1_signer_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1271,7 @@ func (x *GetPublicKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPublicKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetPublicKeyResponse) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{14}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetPublicKeyResponse) GetKid() string {
@@ -1119,7 +1317,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_signer_v1_signer_proto_msgTypes[15]
+	mi := &file_signer_v1_signer_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1131,7 +1329,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[15]
+	mi := &file_signer_v1_signer_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1144,7 +1342,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{15}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{18}
 }
 
 type ListKeysResponse struct {
@@ -1156,7 +1354,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_signer_v1_signer_proto_msgTypes[16]
+	mi := &file_signer_v1_signer_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1168,7 +1366,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[16]
+	mi := &file_signer_v1_signer_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1181,7 +1379,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{16}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListKeysResponse) GetKeys() []*KeyInfo {
@@ -1207,7 +1405,7 @@ type KeyInfo struct {
 
 func (x *KeyInfo) Reset() {
 	*x = KeyInfo{}
-	mi := &file_signer_v1_signer_proto_msgTypes[17]
+	mi := &file_signer_v1_signer_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1219,7 +1417,7 @@ func (x *KeyInfo) String() string {
 func (*KeyInfo) ProtoMessage() {}
 
 func (x *KeyInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[17]
+	mi := &file_signer_v1_signer_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1232,7 +1430,7 @@ func (x *KeyInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyInfo.ProtoReflect.Descriptor instead.
 func (*KeyInfo) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{17}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *KeyInfo) GetName() string {
@@ -1292,7 +1490,7 @@ type VersionInfo struct {
 
 func (x *VersionInfo) Reset() {
 	*x = VersionInfo{}
-	mi := &file_signer_v1_signer_proto_msgTypes[18]
+	mi := &file_signer_v1_signer_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1502,7 @@ func (x *VersionInfo) String() string {
 func (*VersionInfo) ProtoMessage() {}
 
 func (x *VersionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[18]
+	mi := &file_signer_v1_signer_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1515,7 @@ func (x *VersionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionInfo.ProtoReflect.Descriptor instead.
 func (*VersionInfo) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{18}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *VersionInfo) GetVersion() uint32 {
@@ -1397,7 +1595,7 @@ type SignJWTRequest struct {
 
 func (x *SignJWTRequest) Reset() {
 	*x = SignJWTRequest{}
-	mi := &file_signer_v1_signer_proto_msgTypes[19]
+	mi := &file_signer_v1_signer_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1409,7 +1607,7 @@ func (x *SignJWTRequest) String() string {
 func (*SignJWTRequest) ProtoMessage() {}
 
 func (x *SignJWTRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[19]
+	mi := &file_signer_v1_signer_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1422,7 +1620,7 @@ func (x *SignJWTRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTRequest.ProtoReflect.Descriptor instead.
 func (*SignJWTRequest) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{19}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SignJWTRequest) GetKey() string {
@@ -1457,7 +1655,7 @@ type SignJWTResponse struct {
 
 func (x *SignJWTResponse) Reset() {
 	*x = SignJWTResponse{}
-	mi := &file_signer_v1_signer_proto_msgTypes[20]
+	mi := &file_signer_v1_signer_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1469,7 +1667,7 @@ func (x *SignJWTResponse) String() string {
 func (*SignJWTResponse) ProtoMessage() {}
 
 func (x *SignJWTResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[20]
+	mi := &file_signer_v1_signer_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1482,7 +1680,7 @@ func (x *SignJWTResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTResponse.ProtoReflect.Descriptor instead.
 func (*SignJWTResponse) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{20}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SignJWTResponse) GetToken() string {
@@ -1517,7 +1715,7 @@ type VerifyJWTRequest struct {
 
 func (x *VerifyJWTRequest) Reset() {
 	*x = VerifyJWTRequest{}
-	mi := &file_signer_v1_signer_proto_msgTypes[21]
+	mi := &file_signer_v1_signer_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1529,7 +1727,7 @@ func (x *VerifyJWTRequest) String() string {
 func (*VerifyJWTRequest) ProtoMessage() {}
 
 func (x *VerifyJWTRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[21]
+	mi := &file_signer_v1_signer_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1542,7 +1740,7 @@ func (x *VerifyJWTRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyJWTRequest.ProtoReflect.Descriptor instead.
 func (*VerifyJWTRequest) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{21}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *VerifyJWTRequest) GetToken() string {
@@ -1571,7 +1769,7 @@ type VerifyJWTResponse struct {
 
 func (x *VerifyJWTResponse) Reset() {
 	*x = VerifyJWTResponse{}
-	mi := &file_signer_v1_signer_proto_msgTypes[22]
+	mi := &file_signer_v1_signer_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1583,7 +1781,7 @@ func (x *VerifyJWTResponse) String() string {
 func (*VerifyJWTResponse) ProtoMessage() {}
 
 func (x *VerifyJWTResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signer_v1_signer_proto_msgTypes[22]
+	mi := &file_signer_v1_signer_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1596,7 +1794,7 @@ func (x *VerifyJWTResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyJWTResponse.ProtoReflect.Descriptor instead.
 func (*VerifyJWTResponse) Descriptor() ([]byte, []int) {
-	return file_signer_v1_signer_proto_rawDescGZIP(), []int{22}
+	return file_signer_v1_signer_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *VerifyJWTResponse) GetClaimsJson() string {
@@ -1665,7 +1863,18 @@ const file_signer_v1_signer_proto_rawDesc = "" +
 	"\tsignature\x18\x01 \x01(\fR\tsignature\x12\x10\n" +
 	"\x03kid\x18\x02 \x01(\tR\x03kid\x12\x10\n" +
 	"\x03alg\x18\x03 \x01(\tR\x03alg\x12\x18\n" +
-	"\aversion\x18\x04 \x01(\rR\aversion\"\xc4\x01\n" +
+	"\aversion\x18\x04 \x01(\rR\aversion\"U\n" +
+	"\x11SignStreamRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x120\n" +
+	"\arequest\x18\x02 \x01(\v2\x16.signer.v1.SignRequestR\arequest\"\x99\x01\n" +
+	"\x12SignStreamResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x125\n" +
+	"\bresponse\x18\x02 \x01(\v2\x17.signer.v1.SignResponseH\x00R\bresponse\x122\n" +
+	"\x05error\x18\x03 \x01(\v2\x1a.signer.v1.SignStreamErrorH\x00R\x05errorB\b\n" +
+	"\x06result\"?\n" +
+	"\x0fSignStreamError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xc4\x01\n" +
 	"\rVerifyRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
 	"\x06digest\x18\x02 \x01(\fH\x00R\x06digest\x12\x1a\n" +
@@ -1740,14 +1949,16 @@ const file_signer_v1_signer_proto_rawDesc = "" +
 	"\x14VERSION_STATE_ACTIVE\x10\x02\x12\x19\n" +
 	"\x15VERSION_STATE_RETIRED\x10\x03\x12\x1b\n" +
 	"\x17VERSION_STATE_DESTROYED\x10\x04\x12\x19\n" +
-	"\x15VERSION_STATE_REVOKED\x10\x052\xa0\x03\n" +
+	"\x15VERSION_STATE_REVOKED\x10\x052\xef\x03\n" +
 	"\x06Signer\x127\n" +
 	"\x04Sign\x12\x16.signer.v1.SignRequest\x1a\x17.signer.v1.SignResponse\x12=\n" +
 	"\x06Verify\x12\x18.signer.v1.VerifyRequest\x1a\x19.signer.v1.VerifyResponse\x12O\n" +
 	"\fGetPublicKey\x12\x1e.signer.v1.GetPublicKeyRequest\x1a\x1f.signer.v1.GetPublicKeyResponse\x12C\n" +
 	"\bListKeys\x12\x1a.signer.v1.ListKeysRequest\x1a\x1b.signer.v1.ListKeysResponse\x12@\n" +
 	"\aSignJWT\x12\x19.signer.v1.SignJWTRequest\x1a\x1a.signer.v1.SignJWTResponse\x12F\n" +
-	"\tVerifyJWT\x12\x1b.signer.v1.VerifyJWTRequest\x1a\x1c.signer.v1.VerifyJWTResponse2\x8a\x03\n" +
+	"\tVerifyJWT\x12\x1b.signer.v1.VerifyJWTRequest\x1a\x1c.signer.v1.VerifyJWTResponse\x12M\n" +
+	"\n" +
+	"SignStream\x12\x1c.signer.v1.SignStreamRequest\x1a\x1d.signer.v1.SignStreamResponse(\x010\x012\x8a\x03\n" +
 	"\bKeyAdmin\x12F\n" +
 	"\tCreateKey\x12\x1b.signer.v1.CreateKeyRequest\x1a\x1c.signer.v1.CreateKeyResponse\x12F\n" +
 	"\tRotateKey\x12\x1b.signer.v1.RotateKeyRequest\x1a\x1c.signer.v1.RotateKeyResponse\x12R\n" +
@@ -1768,7 +1979,7 @@ func file_signer_v1_signer_proto_rawDescGZIP() []byte {
 }
 
 var file_signer_v1_signer_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_signer_v1_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_signer_v1_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_signer_v1_signer_proto_goTypes = []any{
 	(SignatureFormat)(0),           // 0: signer.v1.SignatureFormat
 	(VersionState)(0),              // 1: signer.v1.VersionState
@@ -1783,71 +1994,79 @@ var file_signer_v1_signer_proto_goTypes = []any{
 	(*DestroyVersionResponse)(nil), // 10: signer.v1.DestroyVersionResponse
 	(*SignRequest)(nil),            // 11: signer.v1.SignRequest
 	(*SignResponse)(nil),           // 12: signer.v1.SignResponse
-	(*VerifyRequest)(nil),          // 13: signer.v1.VerifyRequest
-	(*VerifyResponse)(nil),         // 14: signer.v1.VerifyResponse
-	(*GetPublicKeyRequest)(nil),    // 15: signer.v1.GetPublicKeyRequest
-	(*GetPublicKeyResponse)(nil),   // 16: signer.v1.GetPublicKeyResponse
-	(*ListKeysRequest)(nil),        // 17: signer.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),       // 18: signer.v1.ListKeysResponse
-	(*KeyInfo)(nil),                // 19: signer.v1.KeyInfo
-	(*VersionInfo)(nil),            // 20: signer.v1.VersionInfo
-	(*SignJWTRequest)(nil),         // 21: signer.v1.SignJWTRequest
-	(*SignJWTResponse)(nil),        // 22: signer.v1.SignJWTResponse
-	(*VerifyJWTRequest)(nil),       // 23: signer.v1.VerifyJWTRequest
-	(*VerifyJWTResponse)(nil),      // 24: signer.v1.VerifyJWTResponse
-	(*durationpb.Duration)(nil),    // 25: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 26: google.protobuf.Timestamp
+	(*SignStreamRequest)(nil),      // 13: signer.v1.SignStreamRequest
+	(*SignStreamResponse)(nil),     // 14: signer.v1.SignStreamResponse
+	(*SignStreamError)(nil),        // 15: signer.v1.SignStreamError
+	(*VerifyRequest)(nil),          // 16: signer.v1.VerifyRequest
+	(*VerifyResponse)(nil),         // 17: signer.v1.VerifyResponse
+	(*GetPublicKeyRequest)(nil),    // 18: signer.v1.GetPublicKeyRequest
+	(*GetPublicKeyResponse)(nil),   // 19: signer.v1.GetPublicKeyResponse
+	(*ListKeysRequest)(nil),        // 20: signer.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),       // 21: signer.v1.ListKeysResponse
+	(*KeyInfo)(nil),                // 22: signer.v1.KeyInfo
+	(*VersionInfo)(nil),            // 23: signer.v1.VersionInfo
+	(*SignJWTRequest)(nil),         // 24: signer.v1.SignJWTRequest
+	(*SignJWTResponse)(nil),        // 25: signer.v1.SignJWTResponse
+	(*VerifyJWTRequest)(nil),       // 26: signer.v1.VerifyJWTRequest
+	(*VerifyJWTResponse)(nil),      // 27: signer.v1.VerifyJWTResponse
+	(*durationpb.Duration)(nil),    // 28: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 29: google.protobuf.Timestamp
 }
 var file_signer_v1_signer_proto_depIdxs = []int32{
-	25, // 0: signer.v1.KeySettings.prepublish:type_name -> google.protobuf.Duration
-	25, // 1: signer.v1.KeySettings.grace:type_name -> google.protobuf.Duration
-	25, // 2: signer.v1.KeySettings.rotation_period:type_name -> google.protobuf.Duration
+	28, // 0: signer.v1.KeySettings.prepublish:type_name -> google.protobuf.Duration
+	28, // 1: signer.v1.KeySettings.grace:type_name -> google.protobuf.Duration
+	28, // 2: signer.v1.KeySettings.rotation_period:type_name -> google.protobuf.Duration
 	2,  // 3: signer.v1.CreateKeyRequest.settings:type_name -> signer.v1.KeySettings
-	19, // 4: signer.v1.CreateKeyResponse.key:type_name -> signer.v1.KeyInfo
-	19, // 5: signer.v1.RotateKeyResponse.key:type_name -> signer.v1.KeyInfo
-	20, // 6: signer.v1.RotateKeyResponse.version:type_name -> signer.v1.VersionInfo
-	19, // 7: signer.v1.RevokeVersionResponse.key:type_name -> signer.v1.KeyInfo
-	19, // 8: signer.v1.DestroyVersionResponse.key:type_name -> signer.v1.KeyInfo
+	22, // 4: signer.v1.CreateKeyResponse.key:type_name -> signer.v1.KeyInfo
+	22, // 5: signer.v1.RotateKeyResponse.key:type_name -> signer.v1.KeyInfo
+	23, // 6: signer.v1.RotateKeyResponse.version:type_name -> signer.v1.VersionInfo
+	22, // 7: signer.v1.RevokeVersionResponse.key:type_name -> signer.v1.KeyInfo
+	22, // 8: signer.v1.DestroyVersionResponse.key:type_name -> signer.v1.KeyInfo
 	0,  // 9: signer.v1.SignRequest.format:type_name -> signer.v1.SignatureFormat
-	0,  // 10: signer.v1.VerifyRequest.format:type_name -> signer.v1.SignatureFormat
-	19, // 11: signer.v1.ListKeysResponse.keys:type_name -> signer.v1.KeyInfo
-	20, // 12: signer.v1.KeyInfo.versions:type_name -> signer.v1.VersionInfo
-	2,  // 13: signer.v1.KeyInfo.settings:type_name -> signer.v1.KeySettings
-	1,  // 14: signer.v1.VersionInfo.state:type_name -> signer.v1.VersionState
-	26, // 15: signer.v1.VersionInfo.created_at:type_name -> google.protobuf.Timestamp
-	26, // 16: signer.v1.VersionInfo.activate_at:type_name -> google.protobuf.Timestamp
-	26, // 17: signer.v1.VersionInfo.retired_at:type_name -> google.protobuf.Timestamp
-	26, // 18: signer.v1.VersionInfo.expires_at:type_name -> google.protobuf.Timestamp
-	26, // 19: signer.v1.VersionInfo.revoked_at:type_name -> google.protobuf.Timestamp
-	26, // 20: signer.v1.VersionInfo.destroyed_at:type_name -> google.protobuf.Timestamp
-	26, // 21: signer.v1.SignJWTResponse.expires_at:type_name -> google.protobuf.Timestamp
-	11, // 22: signer.v1.Signer.Sign:input_type -> signer.v1.SignRequest
-	13, // 23: signer.v1.Signer.Verify:input_type -> signer.v1.VerifyRequest
-	15, // 24: signer.v1.Signer.GetPublicKey:input_type -> signer.v1.GetPublicKeyRequest
-	17, // 25: signer.v1.Signer.ListKeys:input_type -> signer.v1.ListKeysRequest
-	21, // 26: signer.v1.Signer.SignJWT:input_type -> signer.v1.SignJWTRequest
-	23, // 27: signer.v1.Signer.VerifyJWT:input_type -> signer.v1.VerifyJWTRequest
-	3,  // 28: signer.v1.KeyAdmin.CreateKey:input_type -> signer.v1.CreateKeyRequest
-	5,  // 29: signer.v1.KeyAdmin.RotateKey:input_type -> signer.v1.RotateKeyRequest
-	7,  // 30: signer.v1.KeyAdmin.RevokeVersion:input_type -> signer.v1.RevokeVersionRequest
-	9,  // 31: signer.v1.KeyAdmin.DestroyVersion:input_type -> signer.v1.DestroyVersionRequest
-	17, // 32: signer.v1.KeyAdmin.ListKeys:input_type -> signer.v1.ListKeysRequest
-	12, // 33: signer.v1.Signer.Sign:output_type -> signer.v1.SignResponse
-	14, // 34: signer.v1.Signer.Verify:output_type -> signer.v1.VerifyResponse
-	16, // 35: signer.v1.Signer.GetPublicKey:output_type -> signer.v1.GetPublicKeyResponse
-	18, // 36: signer.v1.Signer.ListKeys:output_type -> signer.v1.ListKeysResponse
-	22, // 37: signer.v1.Signer.SignJWT:output_type -> signer.v1.SignJWTResponse
-	24, // 38: signer.v1.Signer.VerifyJWT:output_type -> signer.v1.VerifyJWTResponse
-	4,  // 39: signer.v1.KeyAdmin.CreateKey:output_type -> signer.v1.CreateKeyResponse
-	6,  // 40: signer.v1.KeyAdmin.RotateKey:output_type -> signer.v1.RotateKeyResponse
-	8,  // 41: signer.v1.KeyAdmin.RevokeVersion:output_type -> signer.v1.RevokeVersionResponse
-	10, // 42: signer.v1.KeyAdmin.DestroyVersion:output_type -> signer.v1.DestroyVersionResponse
-	18, // 43: signer.v1.KeyAdmin.ListKeys:output_type -> signer.v1.ListKeysResponse
-	33, // [33:44] is the sub-list for method output_type
-	22, // [22:33] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	11, // 10: signer.v1.SignStreamRequest.request:type_name -> signer.v1.SignRequest
+	12, // 11: signer.v1.SignStreamResponse.response:type_name -> signer.v1.SignResponse
+	15, // 12: signer.v1.SignStreamResponse.error:type_name -> signer.v1.SignStreamError
+	0,  // 13: signer.v1.VerifyRequest.format:type_name -> signer.v1.SignatureFormat
+	22, // 14: signer.v1.ListKeysResponse.keys:type_name -> signer.v1.KeyInfo
+	23, // 15: signer.v1.KeyInfo.versions:type_name -> signer.v1.VersionInfo
+	2,  // 16: signer.v1.KeyInfo.settings:type_name -> signer.v1.KeySettings
+	1,  // 17: signer.v1.VersionInfo.state:type_name -> signer.v1.VersionState
+	29, // 18: signer.v1.VersionInfo.created_at:type_name -> google.protobuf.Timestamp
+	29, // 19: signer.v1.VersionInfo.activate_at:type_name -> google.protobuf.Timestamp
+	29, // 20: signer.v1.VersionInfo.retired_at:type_name -> google.protobuf.Timestamp
+	29, // 21: signer.v1.VersionInfo.expires_at:type_name -> google.protobuf.Timestamp
+	29, // 22: signer.v1.VersionInfo.revoked_at:type_name -> google.protobuf.Timestamp
+	29, // 23: signer.v1.VersionInfo.destroyed_at:type_name -> google.protobuf.Timestamp
+	29, // 24: signer.v1.SignJWTResponse.expires_at:type_name -> google.protobuf.Timestamp
+	11, // 25: signer.v1.Signer.Sign:input_type -> signer.v1.SignRequest
+	16, // 26: signer.v1.Signer.Verify:input_type -> signer.v1.VerifyRequest
+	18, // 27: signer.v1.Signer.GetPublicKey:input_type -> signer.v1.GetPublicKeyRequest
+	20, // 28: signer.v1.Signer.ListKeys:input_type -> signer.v1.ListKeysRequest
+	24, // 29: signer.v1.Signer.SignJWT:input_type -> signer.v1.SignJWTRequest
+	26, // 30: signer.v1.Signer.VerifyJWT:input_type -> signer.v1.VerifyJWTRequest
+	13, // 31: signer.v1.Signer.SignStream:input_type -> signer.v1.SignStreamRequest
+	3,  // 32: signer.v1.KeyAdmin.CreateKey:input_type -> signer.v1.CreateKeyRequest
+	5,  // 33: signer.v1.KeyAdmin.RotateKey:input_type -> signer.v1.RotateKeyRequest
+	7,  // 34: signer.v1.KeyAdmin.RevokeVersion:input_type -> signer.v1.RevokeVersionRequest
+	9,  // 35: signer.v1.KeyAdmin.DestroyVersion:input_type -> signer.v1.DestroyVersionRequest
+	20, // 36: signer.v1.KeyAdmin.ListKeys:input_type -> signer.v1.ListKeysRequest
+	12, // 37: signer.v1.Signer.Sign:output_type -> signer.v1.SignResponse
+	17, // 38: signer.v1.Signer.Verify:output_type -> signer.v1.VerifyResponse
+	19, // 39: signer.v1.Signer.GetPublicKey:output_type -> signer.v1.GetPublicKeyResponse
+	21, // 40: signer.v1.Signer.ListKeys:output_type -> signer.v1.ListKeysResponse
+	25, // 41: signer.v1.Signer.SignJWT:output_type -> signer.v1.SignJWTResponse
+	27, // 42: signer.v1.Signer.VerifyJWT:output_type -> signer.v1.VerifyJWTResponse
+	14, // 43: signer.v1.Signer.SignStream:output_type -> signer.v1.SignStreamResponse
+	4,  // 44: signer.v1.KeyAdmin.CreateKey:output_type -> signer.v1.CreateKeyResponse
+	6,  // 45: signer.v1.KeyAdmin.RotateKey:output_type -> signer.v1.RotateKeyResponse
+	8,  // 46: signer.v1.KeyAdmin.RevokeVersion:output_type -> signer.v1.RevokeVersionResponse
+	10, // 47: signer.v1.KeyAdmin.DestroyVersion:output_type -> signer.v1.DestroyVersionResponse
+	21, // 48: signer.v1.KeyAdmin.ListKeys:output_type -> signer.v1.ListKeysResponse
+	37, // [37:49] is the sub-list for method output_type
+	25, // [25:37] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_signer_v1_signer_proto_init() }
@@ -1859,7 +2078,11 @@ func file_signer_v1_signer_proto_init() {
 		(*SignRequest_Digest)(nil),
 		(*SignRequest_Message)(nil),
 	}
-	file_signer_v1_signer_proto_msgTypes[11].OneofWrappers = []any{
+	file_signer_v1_signer_proto_msgTypes[12].OneofWrappers = []any{
+		(*SignStreamResponse_Response)(nil),
+		(*SignStreamResponse_Error)(nil),
+	}
+	file_signer_v1_signer_proto_msgTypes[14].OneofWrappers = []any{
 		(*VerifyRequest_Digest)(nil),
 		(*VerifyRequest_Message)(nil),
 	}
@@ -1869,7 +2092,7 @@ func file_signer_v1_signer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signer_v1_signer_proto_rawDesc), len(file_signer_v1_signer_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   23,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -33,6 +33,7 @@ const (
 	Signer_ListKeys_FullMethodName     = "/signer.v1.Signer/ListKeys"
 	Signer_SignJWT_FullMethodName      = "/signer.v1.Signer/SignJWT"
 	Signer_VerifyJWT_FullMethodName    = "/signer.v1.Signer/VerifyJWT"
+	Signer_SignStream_FullMethodName   = "/signer.v1.Signer/SignStream"
 )
 
 // SignerClient is the client API for Signer service.
@@ -58,6 +59,15 @@ type SignerClient interface {
 	// VerifyJWT verifies a compact JWS token issued by signerd. An invalid token is an error status
 	// (UNAUTHENTICATED) whose message says why; it is never a success with a "valid" flag.
 	VerifyJWT(ctx context.Context, in *VerifyJWTRequest, opts ...grpc.CallOption) (*VerifyJWTResponse, error)
+	// SignStream signs many requests over one stream, with many in flight at once (pipelining, as
+	// gokeyless's protocol does), for callers that sign at high rates: a request costs one message each
+	// way instead of a whole call. Each SignStreamRequest is a Sign request with an id of the caller's
+	// choosing; each SignStreamResponse carries the same id and either Sign's response or the error
+	// status Sign would have returned. Responses come as signatures complete, not in request order.
+	// Every request is checked (the client certificate's validity, the rate limit, the policy, its
+	// input), bounded, signed and audited as a Sign call is, and a refused request fails alone: the
+	// stream goes on. At most 64 requests of a stream are signed at once; further ones wait to be read.
+	SignStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse], error)
 }
 
 type signerClient struct {
@@ -128,6 +138,19 @@ func (c *signerClient) VerifyJWT(ctx context.Context, in *VerifyJWTRequest, opts
 	return out, nil
 }
 
+func (c *signerClient) SignStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Signer_ServiceDesc.Streams[0], Signer_SignStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SignStreamRequest, SignStreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Signer_SignStreamClient = grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse]
+
 // SignerServer is the server API for Signer service.
 // All implementations must embed UnimplementedSignerServer
 // for forward compatibility.
@@ -151,6 +174,15 @@ type SignerServer interface {
 	// VerifyJWT verifies a compact JWS token issued by signerd. An invalid token is an error status
 	// (UNAUTHENTICATED) whose message says why; it is never a success with a "valid" flag.
 	VerifyJWT(context.Context, *VerifyJWTRequest) (*VerifyJWTResponse, error)
+	// SignStream signs many requests over one stream, with many in flight at once (pipelining, as
+	// gokeyless's protocol does), for callers that sign at high rates: a request costs one message each
+	// way instead of a whole call. Each SignStreamRequest is a Sign request with an id of the caller's
+	// choosing; each SignStreamResponse carries the same id and either Sign's response or the error
+	// status Sign would have returned. Responses come as signatures complete, not in request order.
+	// Every request is checked (the client certificate's validity, the rate limit, the policy, its
+	// input), bounded, signed and audited as a Sign call is, and a refused request fails alone: the
+	// stream goes on. At most 64 requests of a stream are signed at once; further ones wait to be read.
+	SignStream(grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]) error
 	mustEmbedUnimplementedSignerServer()
 }
 
@@ -178,6 +210,9 @@ func (UnimplementedSignerServer) SignJWT(context.Context, *SignJWTRequest) (*Sig
 }
 func (UnimplementedSignerServer) VerifyJWT(context.Context, *VerifyJWTRequest) (*VerifyJWTResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method VerifyJWT not implemented")
+}
+func (UnimplementedSignerServer) SignStream(grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method SignStream not implemented")
 }
 func (UnimplementedSignerServer) mustEmbedUnimplementedSignerServer() {}
 func (UnimplementedSignerServer) testEmbeddedByValue()                {}
@@ -308,6 +343,13 @@ func _Signer_VerifyJWT_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Signer_SignStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(SignerServer).SignStream(&grpc.GenericServerStream[SignStreamRequest, SignStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Signer_SignStreamServer = grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]
+
 // Signer_ServiceDesc is the grpc.ServiceDesc for Signer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -340,7 +382,14 @@ var Signer_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Signer_VerifyJWT_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "SignStream",
+			Handler:       _Signer_SignStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "signer/v1/signer.proto",
 }
 
