@@ -5,9 +5,9 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -24,9 +24,9 @@ import (
 // command that changes keys (exclusive) first takes the token's local lock and holds it until it is
 // done, so that its view of the token is complete and no other process on this machine changes the
 // token meanwhile; the token-wide key locks still order it with other machines.
-func openRing(ctx context.Context, cfgPath string, exclusive bool) (*keyring.Ring, *config.Config, func(), error) {
+func openRing(ctx context.Context, s *streams, cfgPath string, exclusive bool) (*keyring.Ring, *config.Config, func(), error) {
 	if cfgPath == "" {
-		return nil, nil, nil, fmt.Errorf("%w: --config is required", errUsage)
+		return nil, nil, nil, usagef("--config is required")
 	}
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
@@ -35,7 +35,7 @@ func openRing(ctx context.Context, cfgPath string, exclusive bool) (*keyring.Rin
 	hcfg, err := cfg.HSMConfig()
 	if errors.Is(err, config.ErrSealed) {
 		// No PIN is kept for a sealed daemon: the administrator running this command gives it.
-		hcfg.PIN, err = readPIN(ctx, os.Stdin, os.Stderr, "PIN for token "+hcfg.Selector()+": ")
+		hcfg.PIN, err = readPIN(ctx, s.stdin, s.stderr, "PIN for token "+hcfg.Selector()+": ")
 	}
 	if err != nil {
 		return nil, nil, nil, err
@@ -56,7 +56,7 @@ func openRing(ctx context.Context, cfgPath string, exclusive bool) (*keyring.Rin
 	// One broken key must not stop an administrator from changing the others (or a timer's
 	// rotate --due from rotating them): its problems are reported, and it is left as a refresh leaves it.
 	ring, err := keyring.Open(hsmstore.New(tok), keyring.Options{LoadProblems: func(err error) {
-		fmt.Fprintf(os.Stderr, "signerd: warning: %v\n", err)
+		fmt.Fprintf(s.stderr, "signerd: warning: %v\n", err)
 	}})
 	if err != nil {
 		_ = tok.Close()
@@ -64,6 +64,17 @@ func openRing(ctx context.Context, cfgPath string, exclusive bool) (*keyring.Rin
 		return nil, nil, nil, err
 	}
 	return ring, cfg, func() { _ = tok.Close(); release() }, nil
+}
+
+// withRing runs fn with the key ring of the token named in the config file, opened as openRing does.
+// The keys commands call it only once their flags have been checked.
+func withRing(ctx context.Context, s *streams, cfgPath string, exclusive bool, fn func(*keyring.Ring, *config.Config) error) error {
+	ring, cfg, closeFn, err := openRing(ctx, s, cfgPath, exclusive)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	return fn(ring, cfg)
 }
 
 // checkSettings applies the same rule as the daemon's KeyAdmin: prepublish at least the JWKS max-age,
@@ -76,105 +87,165 @@ func checkSettings(cfg *config.Config, name string, st keyring.Settings) error {
 	return st.CheckAgainst(minPrepublish(cfg), policy.MaxTTL(name))
 }
 
-func cmdKeys(ctx context.Context, args []string, stdout io.Writer) error {
-	if len(args) == 0 {
-		return fmt.Errorf("%w: keys needs create, list, public, rotate, revoke or destroy", errUsage)
+// nameFlag defines --name, the key's name, on fs.
+func nameFlag(fs *flag.FlagSet) *string {
+	return fs.String("name", "", "the key's `name` (required)")
+}
+
+// algList names the algorithms a key may have, for usage text.
+func algList() string {
+	names := make([]string, 0, len(jose.Algorithms()))
+	for _, a := range jose.Algorithms() {
+		names = append(names, string(a))
 	}
-	fs := newFlags("keys " + args[0])
-	cfgPath := fs.String("config", "", "configuration file (YAML)")
-	name := fs.String("name", "", "key name")
-	alg := fs.String("alg", "", "JOSE algorithm: RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512 EdDSA")
-	bits := fs.Int("bits", 0, "RSA modulus size (default 3072)")
+	return strings.Join(names, " ")
+}
+
+func keysCreateFlags(fs *flag.FlagSet) func(context.Context, *streams, []string) error {
+	cfgPath := configFlag(fs)
+	name := fs.String("name", "", "`name` of the new key: [a-z0-9][a-z0-9-]{0,62} (required)")
+	alg := fs.String("alg", "", "the key's JOSE `algorithm`: "+algList()+" (required)")
+	bits := fs.Int("bits", 0, "RSA modulus `size` (default 3072); RSA algorithms only")
 	def := keyring.DefaultSettings()
 	prepublish := fs.Duration("prepublish", def.Prepublish.D(), "how long a new version is published before it signs")
 	grace := fs.Duration("grace", def.Grace.D(), "how long a retired version still verifies")
 	period := fs.Duration("rotation-period", 0, "rotate when the active version is this old (keys rotate --due); 0 = never")
 	keep := fs.Bool("keep-retired", false, "keep versions past their grace instead of destroying them")
-	emergency := fs.Bool("emergency", false, "rotate: activate the new version now and revoke the active one")
-	due := fs.Bool("due", false, "rotate: every key whose rotation period has passed")
-	version := fs.Int("version", 0, "version number (revoke, destroy)")
-	if err := parseFlags(fs, args[1:]); err != nil {
-		return err
-	}
-	exclusive := args[0] != "list" && args[0] != "public"
-	ring, cfg, closeFn, err := openRing(ctx, *cfgPath, exclusive)
-	if err != nil {
-		return err
-	}
-	defer closeFn()
-	switch args[0] {
-	case "create":
+	return func(ctx context.Context, s *streams, _ []string) error {
+		switch {
+		case *name == "":
+			return usagef("--name is required")
+		case !keyring.ValidName(*name):
+			return usagef("--name %q: want [a-z0-9][a-z0-9-]{0,62}", *name)
+		case *alg == "":
+			return usagef("--alg is required")
+		}
 		a, err := jose.ParseAlgorithm(*alg)
 		if err != nil {
-			return fmt.Errorf("%w: --alg: %v", errUsage, err)
+			return usagef("--alg %q: want one of %s", *alg, algList())
+		}
+		if *bits != 0 && a.KeyType() != jose.KeyRSA {
+			return usagef("--bits is for RSA keys, not %s", a)
 		}
 		st := keyring.Settings{Prepublish: keyring.Duration(*prepublish), Grace: keyring.Duration(*grace),
 			RotationPeriod: keyring.Duration(*period), KeepRetired: *keep}
-		if err := checkSettings(cfg, *name, st); err != nil {
-			return err
-		}
-		k, err := ring.Create(*name, a, *bits, st)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "created key %s (%s), version 1, kid %s\n", k.Name, k.Alg, k.Versions[0].Kid)
-	case "list":
-		return listKeys(ring, stdout)
-	case "public":
-		k, ok := ring.Snapshot().Key(*name)
-		if !ok {
-			return fmt.Errorf("%w: %q", keyring.ErrNotFound, *name)
-		}
-		if k.Active == nil || k.Active.Public == nil {
-			return fmt.Errorf("%w: %q", keyring.ErrNoActive, *name)
-		}
-		der, err := x509.MarshalPKIXPublicKey(k.Active.Public)
-		if err != nil {
-			return err
-		}
-		return pem.Encode(stdout, &pem.Block{Type: "PUBLIC KEY", Bytes: der})
-	case "rotate":
-		if *due {
-			if *name != "" || *emergency {
-				return fmt.Errorf("%w: --due rotates every due key; it takes no --name or --emergency", errUsage)
+		return withRing(ctx, s, *cfgPath, true, func(ring *keyring.Ring, cfg *config.Config) error {
+			if err := checkSettings(cfg, *name, st); err != nil {
+				return err
 			}
-			rotated, err := ring.RotateDue(ctx)
-			for _, rot := range rotated {
-				fmt.Fprintf(stdout, "rotated %s to version %d, kid %s (staged: signs from %s)\n", rot.Key, rot.Number, rot.Kid,
-					rot.ActivateAt.Format(time.RFC3339))
-			}
+			k, err := ring.Create(*name, a, *bits, st)
 			if err != nil {
 				return err
 			}
-			if len(rotated) == 0 {
-				fmt.Fprintln(stdout, "no key due")
-			}
+			fmt.Fprintf(s.stdout, "created key %s (%s), version 1, kid %s\n", k.Name, k.Alg, k.Versions[0].Kid)
 			return nil
-		}
-		k, v, err := ring.Rotate(*name, *emergency)
-		if err != nil {
-			return err
-		}
-		how := "staged: signs from " + v.ActivateAt.Format(time.RFC3339)
-		if *emergency {
-			how = "emergency: active now, previous version revoked"
-		}
-		fmt.Fprintf(stdout, "rotated %s to version %d, kid %s (%s)\n", k.Name, v.Number, v.Kid, how)
-	case "revoke", "destroy":
-		op := ring.Revoke
-		if args[0] == "destroy" {
-			op = ring.Destroy
-		}
-		k, err := op(*name, *version)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "%s %s version %d (kid %s)\n", map[string]string{"revoke": "revoked", "destroy": "destroyed"}[args[0]],
-			k.Name, *version, k.Versions[*version-1].Kid)
-	default:
-		return fmt.Errorf("%w: unknown keys command %q", errUsage, args[0])
+		})
 	}
-	return nil
+}
+
+func keysListFlags(fs *flag.FlagSet) func(context.Context, *streams, []string) error {
+	cfgPath := configFlag(fs)
+	return func(ctx context.Context, s *streams, _ []string) error {
+		return withRing(ctx, s, *cfgPath, false, func(ring *keyring.Ring, _ *config.Config) error {
+			return listKeys(ring, s.stdout)
+		})
+	}
+}
+
+func keysPublicFlags(fs *flag.FlagSet) func(context.Context, *streams, []string) error {
+	cfgPath := configFlag(fs)
+	name := nameFlag(fs)
+	return func(ctx context.Context, s *streams, _ []string) error {
+		if *name == "" {
+			return usagef("--name is required")
+		}
+		return withRing(ctx, s, *cfgPath, false, func(ring *keyring.Ring, _ *config.Config) error {
+			k, ok := ring.Snapshot().Key(*name)
+			if !ok {
+				return fmt.Errorf("%w: %q", keyring.ErrNotFound, *name)
+			}
+			if k.Active == nil || k.Active.Public == nil {
+				return fmt.Errorf("%w: %q", keyring.ErrNoActive, *name)
+			}
+			der, err := x509.MarshalPKIXPublicKey(k.Active.Public)
+			if err != nil {
+				return err
+			}
+			return pem.Encode(s.stdout, &pem.Block{Type: "PUBLIC KEY", Bytes: der})
+		})
+	}
+}
+
+func keysRotateFlags(fs *flag.FlagSet) func(context.Context, *streams, []string) error {
+	cfgPath := configFlag(fs)
+	name := fs.String("name", "", "`name` of the key to rotate")
+	emergency := fs.Bool("emergency", false, "activate the new version now and revoke the active one")
+	due := fs.Bool("due", false, "rotate every key whose rotation period has passed")
+	return func(ctx context.Context, s *streams, _ []string) error {
+		switch {
+		case *due && (*name != "" || *emergency):
+			return usagef("--due rotates every due key; it takes no --name or --emergency")
+		case !*due && *name == "":
+			return usagef("give --name or --due")
+		}
+		return withRing(ctx, s, *cfgPath, true, func(ring *keyring.Ring, _ *config.Config) error {
+			if *due {
+				rotated, err := ring.RotateDue(ctx)
+				for _, rot := range rotated {
+					fmt.Fprintf(s.stdout, "rotated %s to version %d, kid %s (staged: signs from %s)\n", rot.Key, rot.Number, rot.Kid,
+						rot.ActivateAt.Format(time.RFC3339))
+				}
+				if err != nil {
+					return err
+				}
+				if len(rotated) == 0 {
+					fmt.Fprintln(s.stdout, "no key due")
+				}
+				return nil
+			}
+			k, v, err := ring.Rotate(*name, *emergency)
+			if err != nil {
+				return err
+			}
+			how := "staged: signs from " + v.ActivateAt.Format(time.RFC3339)
+			if *emergency {
+				how = "emergency: active now, previous version revoked"
+			}
+			fmt.Fprintf(s.stdout, "rotated %s to version %d, kid %s (%s)\n", k.Name, v.Number, v.Kid, how)
+			return nil
+		})
+	}
+}
+
+func keysRevokeFlags(fs *flag.FlagSet) func(context.Context, *streams, []string) error {
+	return versionCommand(fs, "revoked", (*keyring.Ring).Revoke)
+}
+
+func keysDestroyFlags(fs *flag.FlagSet) func(context.Context, *streams, []string) error {
+	return versionCommand(fs, "destroyed", (*keyring.Ring).Destroy)
+}
+
+// versionCommand is keys revoke or keys destroy: op applied to one version of a key.
+func versionCommand(fs *flag.FlagSet, done string, op func(*keyring.Ring, string, int) (*keyring.Key, error)) func(context.Context, *streams, []string) error {
+	cfgPath := configFlag(fs)
+	name := nameFlag(fs)
+	version := fs.Int("version", 0, "the version's `number` (required)")
+	return func(ctx context.Context, s *streams, _ []string) error {
+		switch {
+		case *name == "":
+			return usagef("--name is required")
+		case *version < 1:
+			return usagef("--version is required (1 or more)")
+		}
+		return withRing(ctx, s, *cfgPath, true, func(ring *keyring.Ring, _ *config.Config) error {
+			k, err := op(ring, *name, *version)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(s.stdout, "%s %s version %d (kid %s)\n", done, k.Name, *version, k.Versions[*version-1].Kid)
+			return nil
+		})
+	}
 }
 
 func listKeys(ring *keyring.Ring, stdout io.Writer) error {
@@ -208,47 +279,65 @@ var algSpecs = []struct {
 	{"EdDSA", hsmstore.Spec(jose.EdDSA, 0)},
 }
 
-func cmdToken(args []string, stdout io.Writer) error {
-	if len(args) == 0 {
-		return fmt.Errorf("%w: token needs init or list", errUsage)
-	}
-	fs := newFlags("token " + args[0])
-	module := fs.String("module", hsm.DefaultModule, "PKCS#11 module")
-	label := fs.String("label", "", "token label")
-	var so, user hsm.PINSource
-	fs.StringVar(&so.File, "so-pin-file", "", "file holding the SO PIN")
-	fs.StringVar(&so.Env, "so-pin-env", "", "environment variable holding the SO PIN")
-	fs.StringVar(&user.File, "pin-file", "", "file holding the user PIN")
-	fs.StringVar(&user.Env, "pin-env", "", "environment variable holding the user PIN")
-	if err := parseFlags(fs, args[1:]); err != nil {
-		return err
-	}
-	switch args[0] {
-	case "list":
+// moduleFlag defines --module, the PKCS#11 module, on fs.
+func moduleFlag(fs *flag.FlagSet) *string {
+	return fs.String("module", hsm.DefaultModule, "PKCS#11 module `path`")
+}
+
+func tokenListFlags(fs *flag.FlagSet) func(context.Context, *streams, []string) error {
+	module := moduleFlag(fs)
+	return func(_ context.Context, s *streams, _ []string) error {
 		slots, err := hsm.ListSlots(*module)
 		if err != nil {
 			return err
 		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		tw := tabwriter.NewWriter(s.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "SLOT\tLABEL\tSERIAL\tMODEL\tSIGNERD ALGORITHMS")
-		for _, s := range slots {
-			if !s.TokenPresent {
+		for _, sl := range slots {
+			if !sl.TokenPresent {
 				continue
 			}
-			if !s.Initialized {
-				fmt.Fprintf(tw, "%d\t(uninitialised)\t\t%s\t\n", s.Slot, s.Model)
+			if !sl.Initialized {
+				fmt.Fprintf(tw, "%d\t(uninitialised)\t\t%s\t\n", sl.Slot, sl.Model)
 				continue
 			}
 			var algs []string
 			for _, a := range algSpecs {
-				if s.Supports(a.spec) {
+				if sl.Supports(a.spec) {
 					algs = append(algs, a.algs)
 				}
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", s.Slot, s.Label, s.Serial, s.Model, strings.Join(algs, ", "))
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", sl.Slot, sl.Label, sl.Serial, sl.Model, strings.Join(algs, ", "))
 		}
 		return tw.Flush()
-	case "init":
+	}
+}
+
+func tokenInitFlags(fs *flag.FlagSet) func(context.Context, *streams, []string) error {
+	module := moduleFlag(fs)
+	label := fs.String("label", "", "the new token's `label` (required)")
+	var so, user hsm.PINSource
+	fs.StringVar(&so.File, "so-pin-file", "", "`file` holding the SO PIN")
+	fs.StringVar(&so.Env, "so-pin-env", "", "environment `variable` holding the SO PIN")
+	fs.StringVar(&user.File, "pin-file", "", "`file` holding the user PIN")
+	fs.StringVar(&user.Env, "pin-env", "", "environment `variable` holding the user PIN")
+	return func(_ context.Context, s *streams, _ []string) error {
+		if *label == "" {
+			return usagef("--label is required")
+		}
+		// PINSource.Read names the config's fields (pin_file, pin_env) when none or both are set:
+		// here they are flags.
+		for _, p := range []struct {
+			src       hsm.PINSource
+			file, env string
+		}{{so, "--so-pin-file", "--so-pin-env"}, {user, "--pin-file", "--pin-env"}} {
+			switch {
+			case p.src.File == "" && p.src.Env == "":
+				return usagef("give %s or %s", p.file, p.env)
+			case p.src.File != "" && p.src.Env != "":
+				return usagef("give %s or %s, not both", p.file, p.env)
+			}
+		}
 		soPIN, err := so.Read()
 		if err != nil {
 			return fmt.Errorf("SO PIN: %w", err)
@@ -261,8 +350,7 @@ func cmdToken(args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "initialised token %q, serial %s\n", *label, serial)
+		fmt.Fprintf(s.stdout, "initialised token %q, serial %s\n", *label, serial)
 		return nil
 	}
-	return fmt.Errorf("%w: unknown token command %q", errUsage, args[0])
 }

@@ -5,8 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -51,27 +51,30 @@ const devRSABits = 2048
 // (60s in the dev config) and an old one verifies for ten minutes after it retires.
 var devSettings = keyring.Settings{Prepublish: keyring.Duration(time.Minute), Grace: keyring.Duration(10 * time.Minute)}
 
-// cmdDev sets up (or reuses) a complete local instance under --dir and serves it on loopback until
+// devFlags defines the flags of signerd dev, which runs runDev.
+func devFlags(fs *flag.FlagSet) func(context.Context, *streams, []string) error {
+	dir := fs.String("dir", ".signerd-dev", "`directory` for the dev token, certificates and config")
+	addr := fs.String("addr", "127.0.0.1:7443", "gRPC listen `address` (loopback)")
+	httpAddr := fs.String("http-addr", "127.0.0.1:7444", "HTTPS listen `address` for the JWKS (loopback)")
+	return func(ctx context.Context, s *streams, _ []string) error {
+		return runDev(ctx, s, *dir, *addr, *httpAddr)
+	}
+}
+
+// runDev sets up (or reuses) a complete local instance in dir and serves it on loopback until
 // interrupted: its own SoftHSM2 config and token, a PIN file, a dev CA with server and client
 // certificates, the dev keys, a config file, and DIR/env for clients.
-func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("dev")
-	dir := fs.String("dir", ".signerd-dev", "directory for the dev token, certificates and config")
-	addr := fs.String("addr", "127.0.0.1:7443", "gRPC listen address (loopback)")
-	httpAddr := fs.String("http-addr", "127.0.0.1:7444", "HTTPS listen address for the JWKS (loopback)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	for flag, a := range map[string]string{"--addr": *addr, "--http-addr": *httpAddr} {
+func runDev(ctx context.Context, s *streams, dir, addr, httpAddr string) error {
+	for name, a := range map[string]string{"--addr": addr, "--http-addr": httpAddr} {
 		host, _, err := net.SplitHostPort(a)
 		if err != nil {
-			return fmt.Errorf("%w: %s: %v", errUsage, flag, err)
+			return usagef("%s: %v", name, err)
 		}
 		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-			return fmt.Errorf("%w: %s: signerd dev listens on loopback only, got %q", errUsage, flag, host)
+			return usagef("%s: signerd dev listens on loopback only, got %q", name, host)
 		}
 	}
-	abs, err := filepath.Abs(*dir)
+	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return err
 	}
@@ -82,7 +85,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer unlock()
 	hup, stopHup := reloadSignal()
 	defer stopHup()
-	cfgPath, err := devSetup(abs, *addr, *httpAddr)
+	cfgPath, err := devSetup(abs, addr, httpAddr)
 	if err != nil {
 		return fmt.Errorf("dev setup in %s: %w", abs, err)
 	}
@@ -90,7 +93,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	d, err := startDaemon(ctx, cfgPath, cfg, newLogger(stderr, cfg.LogLevel))
+	d, err := startDaemon(ctx, cfgPath, cfg, newLogger(s.stderr, cfg.LogLevel))
 	if err != nil {
 		return err
 	}
@@ -100,7 +103,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		d.close()
 		return err
 	}
-	fmt.Fprintf(stdout, `signerd dev is serving on %[1]s (token %[2]q, keys %[3]s)
+	fmt.Fprintf(s.stdout, `signerd dev is serving on %[1]s (token %[2]q, keys %[3]s)
   JWKS: %[5]s/.well-known/jwks.json
   . %[4]s/env   # SIGNERD_* : address, CA, client and admin certificates, JWKS URL
   grpcurl -cacert "$SIGNERD_CACERT" -cert "$SIGNERD_CERT" -key "$SIGNERD_KEY" \

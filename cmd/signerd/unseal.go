@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -17,43 +18,48 @@ import (
 	"github.com/signerd/signerd/unseal"
 )
 
-// cmdUnseal sends the token PIN to a signerd waiting sealed, and prints how its start ended.
-func cmdUnseal(ctx context.Context, args []string, stdin *os.File, stdout, stderr io.Writer) error {
-	fs := newFlags("unseal")
-	socket := fs.String("socket", "", "the daemon's unseal socket (hsm.unseal_socket)")
-	cfgPath := fs.String("config", "", "the daemon's configuration file, to read hsm.unseal_socket from")
+// unsealFlags defines the flags of signerd unseal, which runs runUnseal.
+func unsealFlags(fs *flag.FlagSet) func(context.Context, *streams, []string) error {
+	socket := fs.String("socket", "", "the daemon's unseal socket `path` (hsm.unseal_socket)")
+	cfgPath := fs.String("config", "", "the daemon's configuration `file`, to read hsm.unseal_socket from")
 	timeout := fs.Duration("timeout", 5*time.Minute, "how long to wait for the daemon to log in and start")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+	return func(ctx context.Context, s *streams, _ []string) error {
+		return runUnseal(ctx, s, *socket, *cfgPath, *timeout)
 	}
+}
+
+// runUnseal sends the token PIN to a signerd waiting sealed, and prints how its start ended.
+func runUnseal(ctx context.Context, s *streams, socket, cfgPath string, timeout time.Duration) error {
 	switch {
-	case (*socket == "") == (*cfgPath == ""):
-		return fmt.Errorf("%w: unseal: give --socket or --config", errUsage)
-	case *cfgPath != "":
-		cfg, err := config.Load(*cfgPath)
+	case socket == "" && cfgPath == "":
+		return usagef("give --socket or --config")
+	case socket != "" && cfgPath != "":
+		return usagef("give --socket or --config, not both")
+	case cfgPath != "":
+		cfg, err := config.Load(cfgPath)
 		if err != nil {
 			return err
 		}
 		if !cfg.Sealed() {
-			return fmt.Errorf("%s: hsm.unseal_socket is not set: this signerd reads its PIN itself", *cfgPath)
+			return fmt.Errorf("%s: hsm.unseal_socket is not set: this signerd reads its PIN itself", cfgPath)
 		}
-		*socket = cfg.HSM.UnsealSocket
+		socket = cfg.HSM.UnsealSocket
 	}
 	// Nothing is asked of the administrator before the socket is known to be there and safe.
-	if _, err := unseal.CheckSocket(*socket); err != nil {
+	if _, err := unseal.CheckSocket(socket); err != nil {
 		return err
 	}
-	pin, err := readPIN(ctx, stdin, stderr, "PIN for the token of the signerd at "+*socket+": ")
+	pin, err := readPIN(ctx, s.stdin, s.stderr, "PIN for the token of the signerd at "+socket+": ")
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	msg, err := unseal.Send(ctx, *socket, pin)
+	msg, err := unseal.Send(ctx, socket, pin)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(stdout, msg)
+	fmt.Fprintln(s.stdout, msg)
 	return nil
 }
 

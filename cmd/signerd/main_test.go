@@ -1,0 +1,281 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/signerd/signerd/audit"
+)
+
+// runArgs runs signerd with args, stdin at end of file, and returns its exit code and output.
+func runArgs(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { null.Close() })
+	var out, errOut bytes.Buffer
+	code = run(context.Background(), args, &streams{stdin: null, stdout: &out, stderr: &errOut})
+	return code, out.String(), errOut.String()
+}
+
+// checkUsageError checks that a run ended as a usage error should: exit 2, nothing on stdout, and one
+// line on stderr, "signerd: ..." with want in it and a pointer to the help.
+func checkUsageError(t *testing.T, args []string, code int, stdout, stderr, want string) {
+	t.Helper()
+	if code != exitUsage {
+		t.Errorf("signerd %q: exit %d, want %d\nstderr: %s", args, code, exitUsage, stderr)
+	}
+	if stdout != "" {
+		t.Errorf("signerd %q: stdout %q, want nothing", args, stdout)
+	}
+	if !strings.HasPrefix(stderr, "signerd: ") || strings.Count(stderr, "\n") != 1 || !strings.HasSuffix(stderr, "\n") {
+		t.Errorf("signerd %q: stderr %q, want one line starting \"signerd: \"", args, stderr)
+	}
+	if !strings.Contains(stderr, want) || !strings.Contains(stderr, "(see 'signerd ") {
+		t.Errorf("signerd %q: stderr %q, want it to contain %q and where to see the usage", args, stderr, want)
+	}
+}
+
+// Every usage error is reported with its own message, on one line, and exits 2. Where a command would
+// open something, --config or --module names a file that does not exist: reaching it would exit 1.
+func TestUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "missing.yaml")
+	module := filepath.Join(dir, "missing.so")
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"bogus"}, `signerd: unknown command "bogus" (see 'signerd help')`},
+		{[]string{"keys"}, "signerd: keys: want create, list, public, rotate, revoke or destroy"},
+		{[]string{"keys", "bogus", "--config", cfg}, `signerd: keys: unknown command "bogus"`},
+		{[]string{"token"}, "signerd: token: want list or init"},
+		{[]string{"token", "bogus", "--module", module}, `signerd: token: unknown command "bogus"`},
+		{[]string{"audit"}, "signerd: audit: want verify"},
+		{[]string{"audit", "verify"}, "signerd: audit verify: give one or more files (see 'signerd audit verify -h')"},
+		{[]string{"audit", "verify", "--bogus", "a.log"}, "flag provided but not defined: -bogus"},
+		{[]string{"serve"}, "signerd: serve: --config is required (see 'signerd serve -h')"},
+		{[]string{"serve", "--config", cfg, "extra"}, `signerd: serve: unexpected argument "extra"`},
+		{[]string{"serve", "--bogus"}, "signerd: serve: flag provided but not defined: -bogus"},
+		{[]string{"unseal"}, "signerd: unseal: give --socket or --config"},
+		{[]string{"unseal", "--socket", filepath.Join(dir, "s"), "--config", cfg}, "give --socket or --config, not both"},
+		{[]string{"dev", "--dir", filepath.Join(dir, "dev"), "--addr", "0.0.0.0:7443"}, `signerd: dev: --addr: signerd dev listens on loopback only, got "0.0.0.0"`},
+		{[]string{"dev", "--dir", filepath.Join(dir, "dev"), "--http-addr", "192.0.2.1:7444"}, `signerd: dev: --http-addr: signerd dev listens on loopback only, got "192.0.2.1"`},
+		{[]string{"dev", "--dir", filepath.Join(dir, "dev"), "--addr", "localhost"}, "signerd: dev: --addr: address localhost: missing port in address"},
+		{[]string{"keys", "create", "--config", cfg, "--alg", "ES256"}, "signerd: keys create: --name is required"},
+		{[]string{"keys", "create", "--config", cfg, "--name", "Bad_Name", "--alg", "ES256"}, `--name "Bad_Name": want [a-z0-9][a-z0-9-]{0,62}`},
+		{[]string{"keys", "create", "--config", cfg, "--name", "k"}, "signerd: keys create: --alg is required"},
+		{[]string{"keys", "create", "--config", cfg, "--name", "k", "--alg", "ES257"}, `signerd: keys create: --alg "ES257": want one of RS256`},
+		{[]string{"keys", "create", "--config", cfg, "--name", "k", "--alg", "ES256", "--bits", "4096"}, "signerd: keys create: --bits is for RSA keys, not ES256"},
+		{[]string{"keys", "create", "--config", cfg, "--name", "k", "--alg", "EdDSA", "--bits", "2048"}, "--bits is for RSA keys, not EdDSA"},
+		{[]string{"keys", "create", "--name", "k", "--alg", "ES256"}, "signerd: keys create: --config is required"},
+		{[]string{"keys", "list"}, "signerd: keys list: --config is required"},
+		{[]string{"keys", "public", "--config", cfg}, "signerd: keys public: --name is required"},
+		{[]string{"keys", "rotate", "--config", cfg}, "signerd: keys rotate: give --name or --due"},
+		{[]string{"keys", "rotate", "--config", cfg, "--emergency"}, "signerd: keys rotate: give --name or --due"},
+		{[]string{"keys", "rotate", "--config", cfg, "--due", "--name", "k"}, "--due rotates every due key; it takes no --name or --emergency"},
+		{[]string{"keys", "revoke", "--config", cfg, "--name", "k"}, "signerd: keys revoke: --version is required (1 or more)"},
+		{[]string{"keys", "destroy", "--config", cfg, "--name", "k", "--version", "0"}, "signerd: keys destroy: --version is required (1 or more)"},
+		{[]string{"keys", "destroy", "--config", cfg, "--version", "1"}, "signerd: keys destroy: --name is required"},
+		{[]string{"token", "init", "--module", module}, "signerd: token init: --label is required"},
+		{[]string{"token", "init", "--module", module, "--label", "t", "--pin-env", "PIN"}, "signerd: token init: give --so-pin-file or --so-pin-env"},
+		{[]string{"token", "init", "--module", module, "--label", "t", "--so-pin-env", "SO", "--so-pin-file", "/so"}, "give --so-pin-file or --so-pin-env, not both"},
+		{[]string{"token", "init", "--module", module, "--label", "t", "--so-pin-env", "SO"}, "signerd: token init: give --pin-file or --pin-env"},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			code, stdout, stderr := runArgs(t, tc.args...)
+			checkUsageError(t, tc.args, code, stdout, stderr, tc.want)
+		})
+	}
+	if _, err := os.Stat(filepath.Join(dir, "dev")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("signerd dev refused for its address made its directory: %v", err)
+	}
+}
+
+// flagNames returns the flags a command defines.
+func flagNames(c command) []string {
+	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
+	c.flags(fs)
+	var names []string
+	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
+	return names
+}
+
+// Each keys and token subcommand has its own flags: one of a sibling's is refused as undefined, before
+// anything is opened (the config file and module do not exist: reading them would exit 1).
+func TestForeignFlagsRefused(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "missing.yaml")
+	module := filepath.Join(dir, "missing.so")
+	byGroup := map[string][]command{}
+	for _, c := range commands() {
+		if group, _, ok := strings.Cut(c.name, " "); ok {
+			byGroup[group] = append(byGroup[group], c)
+		}
+	}
+	for _, group := range []string{"keys", "token"} {
+		all := map[string]bool{}
+		for _, c := range byGroup[group] {
+			for _, f := range flagNames(c) {
+				all[f] = true
+			}
+		}
+		for _, c := range byGroup[group] {
+			own := flagNames(c)
+			var base []string
+			if slices.Contains(own, "config") {
+				base = append(base, "--config", cfg)
+			}
+			if slices.Contains(own, "module") {
+				base = append(base, "--module", module)
+			}
+			for f := range all {
+				if slices.Contains(own, f) {
+					continue
+				}
+				args := append(append(strings.Fields(c.name), base...), "--"+f+"=1")
+				t.Run(strings.Join(args, " "), func(t *testing.T) {
+					code, stdout, stderr := runArgs(t, args...)
+					checkUsageError(t, args, code, stdout, stderr, "signerd: "+c.name+": flag provided but not defined: -"+f)
+				})
+			}
+		}
+	}
+}
+
+var synopsisFlag = regexp.MustCompile(`--[a-z][a-z-]*`)
+
+// Every command's usage line names exactly the flags it defines.
+func TestSynopsisMatchesFlags(t *testing.T) {
+	for _, c := range commands() {
+		var named []string
+		for _, f := range synopsisFlag.FindAllString(c.synopsis, -1) {
+			if !slices.Contains(named, f[2:]) {
+				named = append(named, f[2:])
+			}
+		}
+		defined := flagNames(c)
+		slices.Sort(named)
+		slices.Sort(defined)
+		if !slices.Equal(named, defined) {
+			t.Errorf("signerd %s: usage names flags %q, the command defines %q", c.name, named, defined)
+		}
+	}
+}
+
+// The package documentation names every command.
+func TestDocNamesEveryCommand(t *testing.T) {
+	src, err := os.ReadFile("main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, _, _ := strings.Cut(string(src), "\npackage main")
+	for group, subs := range groups() {
+		for _, sub := range subs {
+			if !regexp.MustCompile(`signerd ` + group + ` [a-z|]*\b` + sub + `\b`).MatchString(doc) {
+				t.Errorf("package doc does not list signerd %s %s", group, sub)
+			}
+		}
+	}
+	for _, c := range commands() {
+		if !strings.Contains(c.name, " ") && !strings.Contains(doc, "signerd "+c.name+" ") {
+			t.Errorf("package doc does not list signerd %s", c.name)
+		}
+	}
+}
+
+// help and -h print to stdout and exit 0: the whole usage, or one command's with its flags.
+func TestHelp(t *testing.T) {
+	for _, args := range [][]string{{"help"}, {"-h"}, {"--help"}, {"keys", "help"}, {"token", "-h"}} {
+		code, stdout, stderr := runArgs(t, args...)
+		if code != exitOK || stderr != "" || !strings.Contains(stdout, "signerd keys rotate --config FILE") {
+			t.Errorf("signerd %q = exit %d, stdout %q, stderr %q; want exit 0 and the usage", args, code, stdout, stderr)
+		}
+	}
+	for _, c := range commands() {
+		args := append(strings.Fields(c.name), "-h")
+		code, stdout, stderr := runArgs(t, args...)
+		if want := fmt.Sprintf("usage: signerd %s %s\n", c.name, c.synopsis); code != exitOK || stderr != "" || !strings.HasPrefix(stdout, want) {
+			t.Errorf("signerd %q = exit %d, stdout %q, stderr %q; want exit 0 and %q", args, code, stdout, stderr, want)
+		}
+	}
+	code, stdout, stderr := runArgs(t)
+	if code != exitUsage || stdout != "" || !strings.HasPrefix(stderr, "usage:\n") {
+		t.Errorf("signerd = exit %d, stdout %q, stderr %q; want exit 2 and the usage on stderr", code, stdout, stderr)
+	}
+}
+
+// writeTrail writes an audit trail of n events to a new file and returns its path.
+func writeTrail(t *testing.T, name string, n int) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	l, err := audit.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		l.Record(audit.Event{Op: fmt.Sprintf("op%d", i)})
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// audit verify reports each file on its own line as it is checked, the good on stdout and the bad on
+// stderr, each bad one prefixed, and then one line counting the failures; it exits 1.
+func TestAuditVerifyFiles(t *testing.T) {
+	good := writeTrail(t, "good.log", 3)
+	altered := writeTrail(t, "altered.log", 3)
+	b, err := os.ReadFile(altered)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(altered, bytes.Replace(b, []byte(`"op1"`), []byte(`"op9"`), 1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(t.TempDir(), "missing.log")
+
+	code, stdout, stderr := runArgs(t, "audit", "verify", good, altered, missing)
+	if code != exitFailure {
+		t.Errorf("audit verify: exit %d, want %d", code, exitFailure)
+	}
+	if want := good + ": 3 events, chain intact\n"; stdout != want {
+		t.Errorf("audit verify: stdout %q, want %q", stdout, want)
+	}
+	lines := strings.Split(strings.TrimSuffix(stderr, "\n"), "\n")
+	want := []string{
+		"signerd: audit verify: " + altered + ": audit: line 2: hash mismatch: line was altered (after 1 good events)",
+		"signerd: audit verify: " + missing + ": no such file or directory",
+		"signerd: audit verify: 2 of 3 files failed verification",
+	}
+	if !slices.Equal(lines, want) {
+		t.Errorf("audit verify: stderr lines\n%q\nwant\n%q", lines, want)
+	}
+
+	if code, stdout, stderr := runArgs(t, "audit", "verify", good, good); code != exitOK || stderr != "" || strings.Count(stdout, "chain intact\n") != 2 {
+		t.Errorf("audit verify of good trails = exit %d, stdout %q, stderr %q; want exit 0 and a line for each", code, stdout, stderr)
+	}
+}
+
+// A failure of several lines (a configuration's problems, joined) prints each with the prefix.
+func TestFailPrefixesEveryLine(t *testing.T) {
+	var stderr bytes.Buffer
+	code := fail(&stderr, "serve", errors.Join(errors.New("config: tls.cert_file: missing"), errors.New("policy.grants[0]: no keys")))
+	want := "signerd: serve: config: tls.cert_file: missing\nsignerd: serve: policy.grants[0]: no keys\n"
+	if code != exitFailure || stderr.String() != want {
+		t.Errorf("fail = %d, %q; want %d, %q", code, stderr.String(), exitFailure, want)
+	}
+}
