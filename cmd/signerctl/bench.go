@@ -13,15 +13,17 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/signerd/signerd/client"
 	"github.com/signerd/signerd/jose"
 	signerv1 "github.com/signerd/signerd/proto/signer/v1"
 )
 
 // Operations that bench can measure.
 const (
-	benchSign      = "sign"
-	benchJWTSign   = "jwt-sign"
-	benchJWTVerify = "jwt-verify"
+	benchSign       = "sign"
+	benchSignStream = "sign-stream"
+	benchJWTSign    = "jwt-sign"
+	benchJWTVerify  = "jwt-verify"
 )
 
 // maxBenchLevels bounds how many concurrency levels one bench run measures.
@@ -52,7 +54,7 @@ func benchFlags(fs *flag.FlagSet) func(*cli, []string) error {
 		asJSON          bool
 	)
 	fs.StringVar(&key, "key", "", "`name` of the signerd key (required)")
-	fs.StringVar(&op, "op", benchSign, "`operation` to measure: sign (a digest, or a message for EdDSA keys), jwt-sign, or jwt-verify (one token minted first, then verified again and again: the path of a service that checks the same bearer token on every call)")
+	fs.StringVar(&op, "op", benchSign, "`operation` to measure: sign (a digest, or a message for EdDSA keys), sign-stream (the same requests over one SignStream), jwt-sign, or jwt-verify (one token minted first, then verified again and again: the path of a service that checks the same bearer token on every call)")
 	fs.StringVar(&levels, "concurrency", "1,8,32", "comma-separated `list` of how many requests to keep in flight; each level is measured in turn")
 	fs.DurationVar(&duration, "duration", 5*time.Second, "how long to measure each concurrency level")
 	fs.IntVar(&requests, "requests", 0, "stop a level after this many requests, if sooner than --duration (0: no limit)")
@@ -76,7 +78,7 @@ func benchFlags(fs *flag.FlagSet) func(*cli, []string) error {
 			return err
 		}
 		defer c.Close()
-		call, err := cl.benchCall(c.Signer(), op, key)
+		call, err := cl.benchCall(c, op, key)
 		if err != nil {
 			return err
 		}
@@ -121,11 +123,13 @@ func parseLevels(s string) ([]int, error) {
 
 // benchCall prepares op on key and returns one request of it. Preparing makes one untimed call that
 // checks the key and the caller's grant (and mints the token that jwt-verify verifies).
-func (cl *cli) benchCall(s signerv1.SignerClient, op, key string) (func(context.Context) error, error) {
+// For sign-stream, the stream lasts as long as c.
+func (cl *cli) benchCall(c *client.Client, op, key string) (func(context.Context) error, error) {
+	s := c.Signer()
 	ctx, cancel := cl.context()
 	defer cancel()
 	switch op {
-	case benchSign:
+	case benchSign, benchSignStream:
 		pub, err := s.GetPublicKey(ctx, &signerv1.GetPublicKeyRequest{Key: key})
 		if err != nil {
 			return nil, rpcErr(err)
@@ -141,6 +145,13 @@ func (cl *cli) benchCall(s signerv1.SignerClient, op, key string) (func(context.
 			req.Input = &signerv1.SignRequest_Message{Message: msg}
 		}
 		call := func(ctx context.Context) error { _, err := s.Sign(ctx, req); return err }
+		if op == benchSignStream {
+			stream, err := c.SignStream(context.Background())
+			if err != nil {
+				return nil, rpcErr(err)
+			}
+			call = func(ctx context.Context) error { _, err := stream.Sign(ctx, req); return err }
+		}
 		return call, rpcErr(call(ctx))
 	case benchJWTSign:
 		req := &signerv1.SignJWTRequest{Key: key, ClaimsJson: `{}`}
@@ -155,7 +166,7 @@ func (cl *cli) benchCall(s signerv1.SignerClient, op, key string) (func(context.
 		call := func(ctx context.Context) error { _, err := s.VerifyJWT(ctx, req); return err }
 		return call, rpcErr(call(ctx))
 	}
-	return nil, usagef("--op %q: want %s, %s or %s", op, benchSign, benchJWTSign, benchJWTVerify)
+	return nil, usagef("--op %q: want %s, %s, %s or %s", op, benchSign, benchSignStream, benchJWTSign, benchJWTVerify)
 }
 
 // runLevel keeps conc requests in flight for d, or until limit requests have started (limit > 0), each

@@ -19,7 +19,7 @@ func TestBench(t *testing.T) {
 	tests := []struct {
 		key, op string
 	}{
-		{"es256", benchSign}, {"rs256", benchSign}, {"eddsa", benchSign},
+		{"es256", benchSign}, {"rs256", benchSign}, {"eddsa", benchSign}, {"es256", benchSignStream}, {"eddsa", benchSignStream},
 		{"es256", benchJWTSign}, {"es256", benchJWTVerify},
 	}
 	for _, tt := range tests {

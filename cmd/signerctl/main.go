@@ -94,7 +94,7 @@ func commands() []command {
 		{name: "keys revoke", summary: "withdraw a version of a key at once (admin)", synopsis: "--name NAME --version N [--json]", flags: keysRevokeFlags},
 		{name: "keys destroy", summary: "delete a retired or revoked version from the token (admin)", synopsis: "--name NAME --version N [--json]", flags: keysDestroyFlags},
 		{name: "jwks", summary: "fetch and print the published JWK Set", synopsis: "[--url URL]", flags: jwksFlags},
-		{name: "bench", summary: "measure a key's throughput and latency through signerd", synopsis: "--key NAME [--op sign|jwt-sign|jwt-verify] [--concurrency 1,8,32] [--duration D] [--requests N] [--json]", flags: benchFlags},
+		{name: "bench", summary: "measure a key's throughput and latency through signerd", synopsis: "--key NAME [--op sign|sign-stream|jwt-sign|jwt-verify] [--concurrency 1,8,32] [--duration D] [--requests N] [--json]", flags: benchFlags},
 	}
 }
 
