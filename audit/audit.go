@@ -127,6 +127,7 @@ type Log struct {
 	mu      sync.Mutex
 	pending []byte
 	spare   []byte // the buffer of the last write, reused for pending
+	line    []byte // the buffer record encodes each event in
 	prev    string
 	seq     uint64
 	written uint64 // seq of the last line written out
@@ -252,11 +253,12 @@ func (l *Log) record(e Event) {
 	l.seq++
 	e.Time, e.Seq, e.Prev, e.Hash = l.now().UTC(), l.seq, l.prev, ""
 	e.toValidUTF8()
-	line, err := json.Marshal(e)
+	line, err := e.appendJSON(l.line[:0])
 	if err != nil {
 		l.err = err
 		return
 	}
+	l.line = line
 	// Hash is the last member and empty here: the line with its hash is this one with the hash filled
 	// in, so it is marshalled once (this runs twice per signature).
 	l.prev = hashLine(line)

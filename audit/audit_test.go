@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -236,4 +237,63 @@ func TestInvalidUTF8Verifies(t *testing.T) {
 	if claims.Sub != "s\xff" || claims.Aud[1] != "\xfe" {
 		t.Errorf("Record changed the caller's claims to %+v", claims)
 	}
+}
+
+// appendJSONEvents are events of every shape: members empty and set, claims absent, empty and full,
+// strings that need escaping.
+func appendJSONEvents() []Event {
+	at := time.Date(2026, 12, 2, 13, 4, 5, 600, time.UTC)
+	return []Event{
+		{},
+		{Time: at, Seq: 7, Identity: "spiffe://x/svc", Op: "sign", Key: "k", Kid: "abc", Alg: "ES256", Input: "ff", Outcome: OutcomeOK, Prev: "p", Hash: "h"},
+		{Time: at, Identity: "a\"b\\c<d>&e\n\t\x01\u2028é", Op: "sign_jwt", Claims: &Claims{}, Outcome: OutcomeError, Code: "InvalidArgument", Reason: "claims_json: <bad> & \"worse\""},
+		{Time: at.Add(-time.Hour), Claims: &Claims{Aud: []string{"a", "<b>"}}},
+		{Time: at, Claims: &Claims{Iss: "https://i", Sub: "u-1", Aud: []string{"x"}, Exp: -5, Jti: "j"}, Outcome: OutcomeDenied},
+		{Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.FixedZone("X", 3600)), Claims: &Claims{Exp: 1 << 40}},
+	}
+}
+
+// TestAppendJSONIsMarshal: the encoder record uses writes each event exactly as json.Marshal does, the
+// form Verify rebuilds.
+func TestAppendJSONIsMarshal(t *testing.T) {
+	for _, e := range appendJSONEvents() {
+		checkAppendJSON(t, e)
+	}
+}
+
+func checkAppendJSON(t *testing.T, e Event) {
+	t.Helper()
+	want, err := json.Marshal(e)
+	if err != nil {
+		return // json.Marshal refuses it (a time past year 9999): so must appendJSON
+	}
+	got, err := e.appendJSON(nil)
+	if err != nil || string(got) != string(want) {
+		t.Errorf("appendJSON(%+v) =\n%s, %v\nwant\n%s", e, got, err, want)
+	}
+}
+
+// FuzzAppendJSON: appendJSON and json.Marshal agree on arbitrary strings and numbers.
+func FuzzAppendJSON(f *testing.F) {
+	for _, e := range appendJSONEvents() {
+		var iss, aud string
+		var exp int64
+		if e.Claims != nil {
+			iss, exp = e.Claims.Iss, e.Claims.Exp
+			if len(e.Claims.Aud) > 0 {
+				aud = e.Claims.Aud[0]
+			}
+		}
+		f.Add(e.Identity, e.Reason, iss, aud, e.Seq, exp, e.Claims != nil, e.Time.UnixNano())
+	}
+	f.Fuzz(func(t *testing.T, identity, reason, iss, aud string, seq uint64, exp int64, claims bool, at int64) {
+		e := Event{Time: time.Unix(0, at).UTC(), Seq: seq, Identity: identity, Op: "sign", Reason: reason, Outcome: OutcomeOK}
+		if claims {
+			e.Claims = &Claims{Iss: iss, Exp: exp}
+			if aud != "" {
+				e.Claims.Aud = []string{aud, iss}
+			}
+		}
+		checkAppendJSON(t, e)
+	})
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"io"
 	"sync"
@@ -17,14 +18,34 @@ const streamInFlight = 64
 // SignStream implements signer.v1.Signer: Sign for many requests over one stream, in flight together.
 // Each request goes through what a Sign call goes through (admit, then Sign: policy, input, signing
 // bound, audit, one status mapping, guard), so that a stream is only a cheaper way to make Sign calls.
+//
+// The requests are handed to workers, started as needed up to streamInFlight and kept for the stream's
+// life: a goroutine per request would grow its stack anew to the depth of a token call every time.
 func (s *Server) SignStream(stream signerv1.Signer_SignStreamServer) error {
 	ctx := stream.Context()
 	var (
-		wg     sync.WaitGroup
-		sendMu sync.Mutex // a gRPC stream takes one Send at a time
-		slots  = make(chan struct{}, streamInFlight)
+		wg      sync.WaitGroup
+		sendMu  sync.Mutex // a gRPC stream takes one Send at a time
+		work    = make(chan *signerv1.SignStreamRequest)
+		idle    = 0 // workers waiting for work; read and written by this goroutine only
+		idleCh  = make(chan struct{}, streamInFlight)
+		workers = 0
 	)
-	defer wg.Wait()
+	defer func() {
+		close(work)
+		wg.Wait()
+	}()
+	worker := func() {
+		defer wg.Done()
+		for in := range work {
+			out := s.streamSign(ctx, in)
+			sendMu.Lock()
+			// A failed Send means the stream is gone; Recv reports it and ends the loop.
+			_ = stream.Send(out)
+			sendMu.Unlock()
+			idleCh <- struct{}{}
+		}
+	}
 	for {
 		in, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -33,34 +54,51 @@ func (s *Server) SignStream(stream signerv1.Signer_SignStreamServer) error {
 		if err != nil {
 			return err // the stream is gone (canceled, deadline, connection): gRPC's status already
 		}
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			return status.FromContextError(ctx.Err()).Err()
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-slots }()
-			req := in.GetRequest()
-			resp, err := s.guard(signerv1.Signer_SignStream_FullMethodName, func() (any, error) {
-				ctx, err := s.admit(ctx, signerv1.Signer_SignStream_FullMethodName, req)
-				if err != nil {
-					return nil, err
-				}
-				return s.Sign(ctx, req)
-			})
-			out := &signerv1.SignStreamResponse{Id: in.GetId()}
-			if err != nil {
-				st := status.Convert(err)
-				out.Result = &signerv1.SignStreamResponse_Error{Error: &signerv1.SignStreamError{Code: int32(st.Code()), Message: st.Message()}}
-			} else {
-				out.Result = &signerv1.SignStreamResponse_Response{Response: resp.(*signerv1.SignResponse)}
+		// Count the workers that finished a request since, then start one if none is idle and the
+		// bound allows; otherwise wait for one to be free.
+		for drained := false; !drained; {
+			select {
+			case <-idleCh:
+				idle++
+			default:
+				drained = true
 			}
-			sendMu.Lock()
-			defer sendMu.Unlock()
-			// A failed Send means the stream is gone; Recv reports it and ends the loop.
-			_ = stream.Send(out)
-		}()
+		}
+		if idle == 0 && workers < streamInFlight {
+			workers++
+			idle++
+			wg.Add(1)
+			go worker()
+		}
+		if idle == 0 {
+			select {
+			case <-idleCh:
+				idle++
+			case <-ctx.Done():
+				return status.FromContextError(ctx.Err()).Err()
+			}
+		}
+		idle--
+		work <- in
 	}
+}
+
+// streamSign signs one request of a SignStream and returns its response.
+func (s *Server) streamSign(ctx context.Context, in *signerv1.SignStreamRequest) *signerv1.SignStreamResponse {
+	req := in.GetRequest()
+	resp, err := s.guard(signerv1.Signer_SignStream_FullMethodName, func() (any, error) {
+		ctx, err := s.admit(ctx, signerv1.Signer_SignStream_FullMethodName, req)
+		if err != nil {
+			return nil, err
+		}
+		return s.Sign(ctx, req)
+	})
+	out := &signerv1.SignStreamResponse{Id: in.GetId()}
+	if err != nil {
+		st := status.Convert(err)
+		out.Result = &signerv1.SignStreamResponse_Error{Error: &signerv1.SignStreamError{Code: int32(st.Code()), Message: st.Message()}}
+	} else {
+		out.Result = &signerv1.SignStreamResponse_Response{Response: resp.(*signerv1.SignResponse)}
+	}
+	return out
 }

@@ -1,0 +1,84 @@
+package audit
+
+import (
+	"encoding/json"
+	"strconv"
+)
+
+// appendJSON appends e as encoding/json marshals it (the form Verify rebuilds and compares), without
+// reflection: two lines are written for every signature, and json.Marshal's reflection was a tenth of
+// the daemon's time spent outside the token. Strings that need escaping go through encoding/json
+// itself, so that the output is json.Marshal's byte for byte (TestAppendJSONIsMarshal, FuzzAppendJSON).
+func (e *Event) appendJSON(dst []byte) ([]byte, error) {
+	t, err := e.Time.MarshalJSON()
+	if err != nil {
+		return dst, err
+	}
+	dst = append(dst, `{"time":`...)
+	dst = append(dst, t...)
+	dst = append(dst, `,"seq":`...)
+	dst = strconv.AppendUint(dst, e.Seq, 10)
+	dst = appendMember(dst, "identity", e.Identity, false)
+	dst = appendMember(dst, "op", e.Op, false)
+	dst = appendMember(dst, "key", e.Key, true)
+	dst = appendMember(dst, "kid", e.Kid, true)
+	dst = appendMember(dst, "alg", e.Alg, true)
+	dst = appendMember(dst, "input_sha256", e.Input, true)
+	if c := e.Claims; c != nil {
+		dst = append(dst, `,"claims":{`...)
+		n := len(dst)
+		dst = appendMember(dst, "iss", c.Iss, true)
+		dst = appendMember(dst, "sub", c.Sub, true)
+		if len(c.Aud) > 0 {
+			dst = append(dst, `,"aud":[`...)
+			for i, a := range c.Aud {
+				if i > 0 {
+					dst = append(dst, ',')
+				}
+				dst = appendString(dst, a)
+			}
+			dst = append(dst, ']')
+		}
+		if c.Exp != 0 {
+			dst = append(dst, `,"exp":`...)
+			dst = strconv.AppendInt(dst, c.Exp, 10)
+		}
+		dst = appendMember(dst, "jti", c.Jti, true)
+		if len(dst) > n {
+			dst = append(dst[:n], dst[n+1:]...) // the first member's comma
+		}
+		dst = append(dst, '}')
+	}
+	dst = appendMember(dst, "outcome", e.Outcome, false)
+	dst = appendMember(dst, "code", e.Code, true)
+	dst = appendMember(dst, "reason", e.Reason, true)
+	dst = appendMember(dst, "prev", e.Prev, false)
+	dst = appendMember(dst, "hash", e.Hash, false)
+	return append(dst, '}'), nil
+}
+
+// appendMember appends `,"name":value`, or nothing for an empty value that is omitted when empty.
+func appendMember(dst []byte, name, value string, omitEmpty bool) []byte {
+	if omitEmpty && value == "" {
+		return dst
+	}
+	dst = append(dst, ',', '"')
+	dst = append(dst, name...)
+	dst = append(dst, '"', ':')
+	return appendString(dst, value)
+}
+
+// appendString appends s as a JSON string the way encoding/json writes it: as is between quotes when
+// no byte of it needs escaping (printable ASCII other than `"`, `\` and the HTML characters encoding/json
+// escapes), and through encoding/json otherwise.
+func appendString(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			b, _ := json.Marshal(s) // a string always marshals
+			return append(dst, b...)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
+}
