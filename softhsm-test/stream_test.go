@@ -189,3 +189,37 @@ func TestSignStream(t *testing.T) {
 		t.Errorf("health after the streams = %v, %v; want SERVING", h, err)
 	}
 }
+
+// TestSignStreamRateLimit: the caller's rate limit applies to each request of a stream, not to the
+// stream once: requests past the burst fail alone with RESOURCE_EXHAUSTED, audited, and the stream
+// stays open for the next.
+func TestSignStreamRateLimit(t *testing.T) {
+	in := startInstance(t, instanceOptions{keys: map[string]string{"es256": "ES256"},
+		extraConfig: "limits:\n  rate_per_second: 0.001\n  burst: 3\n"})
+	cl, err := client.Dial(in.addr, client.Options{TLSConfig: in.clientTLS(in.svc)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Close() })
+	stream, err := cl.SignStream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	req := &signerv1.SignRequest{Key: "es256", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}
+	var got []codes.Code
+	for range 6 {
+		_, err := stream.Sign(ctxT(t), req)
+		got = append(got, status.Code(err))
+	}
+	want := []codes.Code{codes.OK, codes.OK, codes.OK, codes.ResourceExhausted, codes.ResourceExhausted, codes.ResourceExhausted}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("six requests on one stream with a burst of 3 = %v, want %v", got, want)
+	}
+	refused := auditEvents(t, in, func(e map[string]any) bool {
+		return e["op"] == "sign" && e["identity"] == "spiffe://test/svc" && e["code"] == "ResourceExhausted"
+	})
+	if len(refused) == 0 {
+		t.Error("no audit line for the stream's rate-limited requests")
+	}
+}
