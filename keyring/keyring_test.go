@@ -484,3 +484,47 @@ func TestChangeUnderLapsedLock(t *testing.T) {
 		t.Errorf("Rotate after the conflict = %v", err)
 	}
 }
+
+// failingWrites is a store whose record writes fail while fail is set.
+type failingWrites struct {
+	*keyringtest.MemoryStore
+	fail bool
+}
+
+func (s *failingWrites) WriteRecord(name string, value []byte) error {
+	if s.fail {
+		return errors.New("token full")
+	}
+	return s.MemoryStore.WriteRecord(name, value)
+}
+
+// TestDestroyExpiredReportsWrittenOnly: a version past its grace is reported destroyed (and so audited)
+// once, when the record saying so is written: not when the write fails, though its key pair went.
+func TestDestroyExpiredReportsWrittenOnly(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	store := &failingWrites{MemoryStore: keyringtest.NewMemoryStore()}
+	r := openRing(t, store, keyring.Options{Now: func() time.Time { return now }})
+	settings := keyring.DefaultSettings()
+	settings.Prepublish, settings.Grace = 0, keyring.Duration(time.Hour)
+	mustCreate(t, r, "k", settings)
+	if _, _, err := r.Rotate("k", false); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(2 * time.Hour)
+	if err := r.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	store.fail = true
+	if done, err := r.DestroyExpired(); err == nil || len(done) != 0 {
+		t.Errorf("DestroyExpired with failing writes = %v, %v; want an error and nothing reported", done, err)
+	}
+	store.fail = false
+	done, err := r.DestroyExpired()
+	if err != nil || len(done) != 1 || done[0].Key != "k" || done[0].Number != 1 {
+		t.Errorf("DestroyExpired once writes work = %+v, %v; want k version 1, once", done, err)
+	}
+	k, _ := r.Snapshot().Key("k")
+	if k.Versions[0].State != keyring.Destroyed {
+		t.Errorf("k version 1 is %s, want destroyed", k.Versions[0].State)
+	}
+}

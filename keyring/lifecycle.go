@@ -338,10 +338,14 @@ func (r *Ring) DestroyExpired() ([]KeyVersion, error) {
 		if k.meta.KeepRetired || !k.hasState(Expired) {
 			continue
 		}
+		// Reported only once the record saying so is written: a destroy or a write that fails leaves
+		// the key for the next round, which destroys again (Destroy of a gone key pair does nothing).
+		var destroyed []KeyVersion
 		_, err := r.update(name, func(cur *Meta, now time.Time) (*Meta, []byte, error) {
 			if err := mustExist(name, cur); err != nil {
 				return nil, nil, err
 			}
+			destroyed = destroyed[:0]
 			n := 0
 			for i := range cur.Versions {
 				if cur.StateAt(i, now).State != Expired {
@@ -351,7 +355,7 @@ func (r *Ring) DestroyExpired() ([]KeyVersion, error) {
 					return nil, nil, fmt.Errorf("keyring: destroy %q version %d: %w", name, i+1, err)
 				}
 				cur.Versions[i].DestroyedAt = &now
-				done = append(done, KeyVersion{Key: name, Version: cur.Versions[i]})
+				destroyed = append(destroyed, KeyVersion{Key: name, Version: cur.Versions[i]})
 				n++
 			}
 			if n == 0 {
@@ -359,7 +363,10 @@ func (r *Ring) DestroyExpired() ([]KeyVersion, error) {
 			}
 			return cur, nil, nil
 		})
-		if err != nil && !errors.Is(err, errNotDue) {
+		switch {
+		case err == nil:
+			done = append(done, destroyed...)
+		case !errors.Is(err, errNotDue):
 			errs = append(errs, err)
 		}
 	}
