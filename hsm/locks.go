@@ -111,14 +111,18 @@ func (l *tokenLock) acquire(s pkcs11.SessionHandle) error {
 			continue
 		}
 		other, err := l.value(s, h)
+		var syntax *json.SyntaxError
 		switch {
 		case errors.Is(err, errLockGone):
 			continue // destroyed meanwhile by its holder
-		case err == nil && other.Owner != l.owner && other.Expires <= now:
-			_ = l.t.p11.DestroyObject(s, h) // a dead holder's lock
+		case err == nil && other.Owner != l.owner && other.Expires <= now,
+			errors.As(err, &syntax):
+			// A dead holder's lock, or a lock object whose value is not JSON at all (its writer died
+			// while creating it): left there, it would hold the lock for ever, since it never expires.
+			_ = l.t.p11.DestroyObject(s, h)
 			continue
 		}
-		// A live lock, or one that cannot be read: held by someone else.
+		// A live lock, or one that cannot be read now: held by someone else.
 		_ = l.t.p11.DestroyObject(s, mine)
 		return ErrLocked
 	}

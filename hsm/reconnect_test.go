@@ -255,3 +255,27 @@ func TestLockLostNotRetaken(t *testing.T) {
 		t.Errorf("%d lock objects after A's release, want 1 (B's)", n)
 	}
 }
+
+// TestCorruptLockObjectIgnored: a lock object whose value is not JSON (its writer died creating it)
+// never expires, so it is removed rather than taken for a live holder's: the lock can be had.
+func TestCorruptLockObjectIgnored(t *testing.T) {
+	tk := newTestToken(t, "lock-corrupt")
+	for _, value := range []string{"{\"owner\":\"x\",\"exp", ""} {
+		err := tk.local.write(func() error {
+			return tk.with("plant a lock object", func(s pkcs11.SessionHandle) error {
+				_, err := tk.createData(s, dataTemplate(lockApplication, "k"), []byte(value))
+				return err
+			})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		unlock, err := tk.TryLock("k", time.Minute)
+		if err != nil {
+			t.Fatalf("TryLock with a lock object of value %q = %v, want the lock", value, err)
+		}
+		if err := unlock(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
