@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	signerv1 "github.com/signerd/signerd/proto/signer/v1"
 )
@@ -21,12 +23,15 @@ var ErrStreamClosed = errors.New("client: sign stream closed")
 // (see signer.v1.Signer.SignStream). signerd signs up to 64 of a stream's requests at once. A Stream is
 // safe for concurrent use; a failed request fails alone, but once the stream itself fails (signerd
 // restarts, the connection drops) every waiting and later Sign fails with [ErrStreamClosed], and the
-// caller opens a new Stream.
+// caller opens a new Stream. signerd also ends streams when it asks clients to reconnect (every 30
+// minutes, so that a certificate or CA withdrawn by a reload stops being trusted), so a long-lived caller
+// must expect that. A request's ctx bounds the wait for its response, not the signing: signerd signs
+// (and audits) a request whose caller gave up, within the stream's own deadline.
 type Stream struct {
 	stream signerv1.Signer_SignStreamClient
 	cancel context.CancelFunc
 
-	sendMu sync.Mutex // a gRPC stream takes one Send at a time
+	sendq chan *signerv1.SignStreamRequest // the sender goroutine's input: Send may block on flow control
 
 	mu      sync.Mutex // guards the fields below
 	nextID  uint64
@@ -45,8 +50,10 @@ func (c *Client) SignStream(ctx context.Context) (*Stream, error) {
 		cancel()
 		return nil, fmt.Errorf("client: open sign stream: %w", err)
 	}
-	s := &Stream{stream: st, cancel: cancel, pending: map[uint64]chan *signerv1.SignStreamResponse{}, done: make(chan struct{})}
+	s := &Stream{stream: st, cancel: cancel, pending: map[uint64]chan *signerv1.SignStreamResponse{}, done: make(chan struct{}),
+		sendq: make(chan *signerv1.SignStreamRequest)}
 	go s.receive()
+	go s.send()
 	return s, nil
 }
 
@@ -68,6 +75,22 @@ func (s *Stream) receive() {
 	}
 }
 
+// send is the only caller of the stream's Send, so that a Send blocked by flow control holds no
+// caller past its ctx; it ends with the stream.
+func (s *Stream) send() {
+	for {
+		select {
+		case m := <-s.sendq:
+			if err := s.stream.Send(m); err != nil {
+				<-s.done // receive has the reason
+				return
+			}
+		case <-s.done:
+			return
+		}
+	}
+}
+
 // end records why the stream ended and releases every waiting Sign.
 func (s *Stream) end(err error) {
 	s.mu.Lock()
@@ -84,6 +107,16 @@ func (s *Stream) end(err error) {
 // be signed then, and audited: its response is dropped). A refused request's error is the status Sign
 // would have returned (test it with status.Code). The response is as Sign's.
 func (s *Stream) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1.SignResponse, error) {
+	m := &signerv1.SignStreamRequest{Request: req}
+	// A request that cannot be marshalled, or that signerd's gRPC would refuse as too large, would end
+	// the stream for every caller: refuse it here, as a unary Sign call fails alone.
+	if !utf8.ValidString(req.GetKey()) {
+		return nil, status.Error(codes.InvalidArgument, "client: key is not UTF-8")
+	}
+	if n := proto.Size(m) + 11; n > signerv1.MaxRequestBytes { // + the id set below, with its tag
+
+		return nil, status.Errorf(codes.ResourceExhausted, "client: request of %d bytes, larger than signerd accepts (%d)", n, signerv1.MaxRequestBytes)
+	}
 	ch := make(chan *signerv1.SignStreamResponse, 1)
 	s.mu.Lock()
 	if s.err != nil {
@@ -93,6 +126,7 @@ func (s *Stream) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1
 	}
 	s.nextID++
 	id := s.nextID
+	m.Id = id
 	s.pending[id] = ch
 	s.mu.Unlock()
 	forget := func() {
@@ -101,32 +135,27 @@ func (s *Stream) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1
 		s.mu.Unlock()
 	}
 
-	s.sendMu.Lock()
-	err := s.stream.Send(&signerv1.SignStreamRequest{Id: id, Request: req})
-	s.sendMu.Unlock()
-	if err != nil {
+	select {
+	case s.sendq <- m:
+	case <-ctx.Done():
 		forget()
-		// Send's own error is io.EOF when the stream has ended; Recv (receive) has the reason.
-		<-s.done
+		return nil, status.FromContextError(ctx.Err()).Err()
+	case <-s.done:
+		forget()
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		return nil, s.err
 	}
 	select {
 	case resp := <-ch:
-		if e := resp.GetError(); e != nil {
-			code := codes.Code(e.GetCode())
-			if code == codes.OK {
-				code = codes.Unknown
-			}
-			return nil, status.Error(code, e.GetMessage())
-		}
-		if resp.GetResponse() == nil {
-			return nil, status.Error(codes.Internal, "client: sign stream response without a result")
-		}
-		return resp.GetResponse(), nil
+		return result(resp)
 	case <-s.done:
 		forget()
+		select {
+		case resp := <-ch: // answered before the stream ended
+			return result(resp)
+		default:
+		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		return nil, s.err
@@ -136,15 +165,28 @@ func (s *Stream) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1
 	}
 }
 
+func result(resp *signerv1.SignStreamResponse) (*signerv1.SignResponse, error) {
+	if e := resp.GetError(); e != nil {
+		code := codes.Code(e.GetCode())
+		if code == codes.OK {
+			code = codes.Unknown
+		}
+		return nil, status.Error(code, e.GetMessage())
+	}
+	if resp.GetResponse() == nil {
+		return nil, status.Error(codes.Internal, "client: sign stream response without a result")
+	}
+	return resp.GetResponse(), nil
+}
+
 // Close ends the stream: Signs waiting for their responses fail with [ErrStreamClosed]. It returns
 // nil, or why the stream had already failed.
 func (s *Stream) Close() error {
-	s.sendMu.Lock()
-	_ = s.stream.CloseSend()
-	s.sendMu.Unlock()
 	s.mu.Lock()
 	failed, cause := s.err, s.cause
 	s.mu.Unlock()
+	// Cancelling ends the stream on both sides (what CloseSend then cancel did), and unblocks a Send
+	// that waits for flow control; the sender goroutine then returns.
 	s.end(errors.New("closed"))
 	if failed != nil && status.Code(cause) != codes.Canceled {
 		return failed

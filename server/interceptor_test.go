@@ -24,22 +24,29 @@ import (
 	signerv1 "github.com/signerd/signerd/proto/signer/v1"
 )
 
-// TestPanicIsAnInternalError: a handler that panics answers INTERNAL, and the request is counted with
-// that code in the metrics, not as OK.
-func TestPanicIsAnInternalError(t *testing.T) {
-	r := newRotationServer(t, &clock{t: time.Now()})
+// peerContext is the context of a request on a connection whose client presented a certificate for
+// identity cn (valid for validity) from a fresh CA; it returns the certificate too.
+func peerContext(t testing.TB, cn string, validity time.Duration) (context.Context, *devca.Leaf) {
+	t.Helper()
 	ca, err := devca.New("test CA", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaf, err := ca.Issue(devca.Request{CommonName: "svc", Client: true})
+	leaf, err := ca.Issue(devca.Request{CommonName: cn, Client: true, Validity: validity})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := peer.NewContext(context.Background(), &peer.Peer{AuthInfo: credentials.TLSInfo{
-		State: tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{leaf.Cert, ca.Cert}}}}})
+	return peer.NewContext(context.Background(), &peer.Peer{AuthInfo: credentials.TLSInfo{
+		State: tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{leaf.Cert, ca.Cert}}}}}), leaf
+}
+
+// TestPanicIsAnInternalError: a handler that panics answers INTERNAL, and the request is counted with
+// that code in the metrics, not as OK.
+func TestPanicIsAnInternalError(t *testing.T) {
+	r := newRotationServer(t, &clock{t: time.Now()})
+	ctx, _ := peerContext(t, "svc", 0)
 	const method = "/signer.v1.Signer/Sign"
-	_, err = r.UnaryInterceptor()(ctx, nil, &grpc.UnaryServerInfo{FullMethod: method}, func(context.Context, any) (any, error) {
+	_, err := r.UnaryInterceptor()(ctx, nil, &grpc.UnaryServerInfo{FullMethod: method}, func(context.Context, any) (any, error) {
 		panic("boom")
 	})
 	if status.Code(err) != codes.Internal {
@@ -102,16 +109,7 @@ func TestInterceptorRefusalsAudited(t *testing.T) {
 	if _, err := r.ring.Create("r", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
 		t.Fatal(err)
 	}
-	ca, err := devca.New("test CA", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := ca.Issue(devca.Request{CommonName: "signer", Client: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := peer.NewContext(context.Background(), &peer.Peer{AuthInfo: credentials.TLSInfo{
-		State: tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{leaf.Cert, ca.Cert}}}}})
+	ctx, leaf := peerContext(t, "signer", 0)
 	req := &signerv1.SignRequest{Key: "r", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}
 	call := func() error {
 		_, err := r.UnaryInterceptor()(ctx, req, &grpc.UnaryServerInfo{FullMethod: signerv1.Signer_Sign_FullMethodName},

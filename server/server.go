@@ -29,11 +29,11 @@ import (
 )
 
 // MaxMessageBytes caps the message a caller may ask signerd to hash and sign.
-const MaxMessageBytes = 64 << 10
+const MaxMessageBytes = signerv1.MaxMessageBytes
 
 // MaxRequestBytes caps a whole gRPC request; larger ones are refused by gRPC with RESOURCE_EXHAUSTED
-// before any handler runs. It leaves room for a 64 KiB message or token and the framing around it.
-const MaxRequestBytes = MaxMessageBytes + 4<<10
+// before any handler runs.
+const MaxRequestBytes = signerv1.MaxRequestBytes
 
 // Keys is what the server reads keys from: the keyring's current snapshot.
 type Keys interface {
@@ -197,8 +197,10 @@ func (s *Server) admit(ctx context.Context, method string, req any) (context.Con
 // its requests again).
 func (s *Server) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if _, err := s.peerIdentity(ss.Context()); err != nil {
-			return toStatus(s.log, err)
+		if id, err := s.peerIdentity(ss.Context()); err != nil {
+			err = toStatus(s.log, err)
+			s.auditRefusal(id, info.FullMethod, nil, err)
+			return err
 		}
 		return handler(srv, ss)
 	}

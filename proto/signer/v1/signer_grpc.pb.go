@@ -67,6 +67,9 @@ type SignerClient interface {
 	// Every request is checked (the client certificate's validity, the rate limit, the policy, its
 	// input), bounded, signed and audited as a Sign call is, and a refused request fails alone: the
 	// stream goes on. At most 64 requests of a stream are signed at once; further ones wait to be read.
+	// A message gRPC cannot take (over 68 KiB, or not valid protobuf) ends the whole stream, as it would
+	// end a call; so does signerd's periodic request to reconnect (every 30 minutes). The stream's
+	// deadline bounds every request on it.
 	SignStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse], error)
 }
 
@@ -182,6 +185,9 @@ type SignerServer interface {
 	// Every request is checked (the client certificate's validity, the rate limit, the policy, its
 	// input), bounded, signed and audited as a Sign call is, and a refused request fails alone: the
 	// stream goes on. At most 64 requests of a stream are signed at once; further ones wait to be read.
+	// A message gRPC cannot take (over 68 KiB, or not valid protobuf) ends the whole stream, as it would
+	// end a call; so does signerd's periodic request to reconnect (every 30 minutes). The stream's
+	// deadline bounds every request on it.
 	SignStream(grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]) error
 	mustEmbedUnimplementedSignerServer()
 }

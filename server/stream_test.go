@@ -1,0 +1,190 @@
+package server
+
+import (
+	"context"
+	"crypto"
+	"io"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/signerd/signerd/audit"
+	"github.com/signerd/signerd/jose"
+	"github.com/signerd/signerd/keyring"
+	signerv1 "github.com/signerd/signerd/proto/signer/v1"
+)
+
+type fakeSignStream struct {
+	grpc.ServerStream
+	ctx context.Context
+	in  chan *signerv1.SignStreamRequest
+	out chan *signerv1.SignStreamResponse
+}
+
+func (f *fakeSignStream) Context() context.Context { return f.ctx }
+func (f *fakeSignStream) Recv() (*signerv1.SignStreamRequest, error) {
+	select {
+	case r, ok := <-f.in:
+		if !ok {
+			return nil, io.EOF
+		}
+		return r, nil
+	case <-f.ctx.Done():
+		return nil, f.ctx.Err()
+	}
+}
+func (f *fakeSignStream) Send(r *signerv1.SignStreamResponse) error {
+	select {
+	case f.out <- r:
+		return nil
+	case <-f.ctx.Done():
+		return f.ctx.Err()
+	}
+}
+
+type countingSigner struct {
+	crypto.Signer
+	inside, max *atomic.Int32
+	release     chan struct{}
+	panics      *atomic.Bool
+}
+
+func (c countingSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
+	if c.panics.Load() {
+		panic("token library bug")
+	}
+	n := c.inside.Add(1)
+	defer c.inside.Add(-1)
+	for {
+		m := c.max.Load()
+		if n <= m || c.max.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	<-c.release
+	return c.Signer.Sign(r, d, o)
+}
+
+// TestSignStreamWorkers: at most streamInFlight requests sign at once, every request is answered, a
+// panicking signer fails its request alone, and no goroutine outlives the handler.
+func TestSignStreamWorkers(t *testing.T) {
+	r := newRotationServer(t, &clock{t: time.Now()})
+	r.sem = make(chan struct{}, 500) // not the bound under test
+	var inside, max atomic.Int32
+	var panics atomic.Bool
+	release := make(chan struct{})
+	r.store.Wrap = func(s crypto.Signer) crypto.Signer { return countingSigner{s, &inside, &max, release, &panics} }
+	if _, err := r.ring.Create("r", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
+		t.Fatal(err)
+	}
+	pctx, _ := peerContext(t, "signer", 0)
+	ctx, cancel := context.WithCancel(pctx)
+	defer cancel()
+	before := runtime.NumGoroutine()
+	fs := &fakeSignStream{ctx: ctx, in: make(chan *signerv1.SignStreamRequest), out: make(chan *signerv1.SignStreamResponse, 1000)}
+	done := make(chan error, 1)
+	go func() { done <- r.SignStream(fs) }()
+	const n = 200
+	go func() {
+		for i := range n {
+			fs.in <- &signerv1.SignStreamRequest{Id: uint64(i), Request: &signerv1.SignRequest{Key: "r", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}}
+		}
+	}()
+	for inside.Load() < streamInFlight {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if m := max.Load(); m != streamInFlight {
+		t.Errorf("max signing at once = %d, want %d", m, streamInFlight)
+	}
+	close(release)
+	seen := map[uint64]bool{}
+	for range n {
+		select {
+		case resp := <-fs.out:
+			if resp.GetResponse() == nil {
+				t.Errorf("response %d: %v", resp.GetId(), resp.GetError())
+			}
+			seen[resp.GetId()] = true
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d of %d answered", len(seen), n)
+		}
+	}
+	panics.Store(true)
+	fs.in <- &signerv1.SignStreamRequest{Id: 999, Request: &signerv1.SignRequest{Key: "r", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}}
+	if resp := <-fs.out; codes.Code(resp.GetError().GetCode()) != codes.Internal {
+		t.Errorf("panicking signer: %v, want Internal", resp)
+	}
+	panics.Store(false)
+	close(fs.in)
+	if err := <-done; err != nil {
+		t.Errorf("SignStream after EOF = %v", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if after := runtime.NumGoroutine(); after > before+2 {
+		t.Errorf("goroutines %d before, %d after the stream", before, after)
+	}
+}
+
+// TestSignStreamAdmitsEachRequest: the rate limit and the certificate's validity apply to each request.
+func TestSignStreamAdmitsEachRequest(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	r := newRotationServer(t, clk)
+	r.rate, r.burst = 1e-9, 2
+	if _, err := r.ring.Create("r", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
+		t.Fatal(err)
+	}
+	pctx, leaf := peerContext(t, "signer", time.Minute)
+	ctx, cancel := context.WithCancel(pctx)
+	defer cancel()
+	fs := &fakeSignStream{ctx: ctx, in: make(chan *signerv1.SignStreamRequest), out: make(chan *signerv1.SignStreamResponse, 10)}
+	done := make(chan error, 1)
+	go func() { done <- r.SignStream(fs) }()
+	req := &signerv1.SignRequest{Key: "r", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}
+	var got []codes.Code
+	for i := range 3 {
+		fs.in <- &signerv1.SignStreamRequest{Id: uint64(i), Request: req}
+		got = append(got, codes.Code((<-fs.out).GetError().GetCode()))
+	}
+	r.rate = 0
+	clk.Set(leaf.Cert.NotAfter.Add(time.Second))
+	fs.in <- &signerv1.SignStreamRequest{Id: 3, Request: req}
+	got = append(got, codes.Code((<-fs.out).GetError().GetCode()))
+	want := []codes.Code{codes.OK, codes.OK, codes.ResourceExhausted, codes.Unauthenticated}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("request %d: %v, want %v", i, got[i], want[i])
+		}
+	}
+	close(fs.in)
+	<-done
+}
+
+// TestSignStreamOpenRefusalAudited: a SignStream opened on a connection whose certificate has expired is
+// refused; the refusal is audited as a refused Sign call is.
+func TestSignStreamOpenRefusalAudited(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	r := newRotationServer(t, clk)
+	var out syncBuffer
+	r.audit = audit.New(&out)
+	ctx, leaf := peerContext(t, "signer", time.Minute)
+	clk.Set(leaf.Cert.NotAfter.Add(time.Second))
+	fs := &fakeSignStream{ctx: ctx}
+	err := r.StreamInterceptor()(r.Server, fs, &grpc.StreamServerInfo{FullMethod: signerv1.Signer_SignStream_FullMethodName},
+		func(srv any, ss grpc.ServerStream) error { t.Fatal("handler ran"); return nil })
+	if status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("StreamInterceptor = %v, want Unauthenticated", err)
+	}
+	if err := r.audit.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), `"code":"Unauthenticated"`) {
+		t.Errorf("SignStream refused for an expired certificate: nothing in the audit trail")
+	}
+}
