@@ -688,3 +688,36 @@ func TestAutoRotate(t *testing.T) {
 		t.Errorf("daemon log:\n%s", in.stderr)
 	}
 }
+
+// TestStopWhileRefreshBlockedInToken: a key refresh that does not come back from the token (here
+// blocked on the token's lock file, which another local process holds, as a hung token would block it)
+// does not keep SIGTERM from stopping the daemon, within the stop's promised bounds.
+func TestStopWhileRefreshBlockedInToken(t *testing.T) {
+	lockFile := filepath.Join(t.TempDir(), "token.lock")
+	in := startInstance(t, instanceOptions{keys: map[string]string{"es256": "ES256"}, extraConfig: "refresh_interval: 1s\n",
+		edit: func(cfg string) string {
+			return strings.Replace(cfg, "hsm:\n", "hsm:\n  lock_file: "+lockFile+"\n", 1)
+		}})
+	// Another local process's object-store work (or a hung token) holds the refresh inside the token.
+	f, err := os.OpenFile(lockFile, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2500 * time.Millisecond) // a refresh tick fires and blocks
+	if err := in.proc.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if err := in.proc.Signal(syscall.Signal(0)); err != nil {
+			return // exited
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	t.Fatalf("signerd did not exit within 20 s of SIGTERM while its run loop was inside a token call\n%s", in.stderr)
+}

@@ -22,6 +22,12 @@ const rotationBackoff = 5 * time.Minute
 
 // rotating reports whether an auto_rotate round is under way.
 func (d *daemon) rotating() bool {
+	d.rotMu.Lock()
+	defer d.rotMu.Unlock()
+	return d.rotatingLocked()
+}
+
+func (d *daemon) rotatingLocked() bool {
 	if d.rotation == nil {
 		return false
 	}
@@ -36,7 +42,9 @@ func (d *daemon) rotating() bool {
 // startRotation starts an auto_rotate round if a key is due by the fresh view, none is under way, the
 // last failure's back-off has passed and the audit trail can record it.
 func (d *daemon) startRotation() {
-	if d.rotating() {
+	d.rotMu.Lock()
+	defer d.rotMu.Unlock()
+	if d.rotatingLocked() {
 		return // one round at a time
 	}
 	if r := d.rotation; r != nil { // ended: its outcome
@@ -56,6 +64,15 @@ func (d *daemon) startRotation() {
 		defer close(r.done)
 		r.err = d.rotateDue(ctx)
 	}()
+}
+
+// cancelRotation cancels the auto_rotate round under way, if any: it stops before its next key.
+func (d *daemon) cancelRotation() {
+	d.rotMu.Lock()
+	defer d.rotMu.Unlock()
+	if d.rotation != nil {
+		d.rotation.cancel()
+	}
 }
 
 // rotateDue staged-rotates every key whose rotation period has passed, auditing each new version.
@@ -78,11 +95,14 @@ func (d *daemon) rotateDue(ctx context.Context) error {
 // waitRotation waits at most wait for an auto_rotate round that stop cancelled (it stops before its
 // next key; a key pair being generated is finished) and reports whether the round has ended.
 func (d *daemon) waitRotation(wait time.Duration) bool {
-	if d.rotation == nil {
+	d.rotMu.Lock()
+	r := d.rotation
+	d.rotMu.Unlock()
+	if r == nil {
 		return true
 	}
 	select {
-	case <-d.rotation.done:
+	case <-r.done:
 		return true
 	case <-time.After(wait):
 		return false

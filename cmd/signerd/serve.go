@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -75,10 +76,13 @@ type daemon struct {
 	clientCAs atomic.Pointer[x509.CertPool]
 	// started is the configuration the daemon started with: what a reload cannot change stays as it.
 	started *config.Config
-	// rotation is the auto_rotate round under way, if any (the run loop's alone); rotateAfter holds
-	// the next round back after one failed.
+	// rotation is the auto_rotate round under way, if any; rotateAfter holds the next round back after
+	// one failed. rotMu guards both: the maintenance goroutine starts rounds, a stop cancels them.
+	rotMu       sync.Mutex
 	rotation    *rotationRound
 	rotateAfter time.Time
+	// taskSince is when the maintenance task under way started (Unix nanoseconds), 0 between tasks.
+	taskSince atomic.Int64
 }
 
 // startDaemon opens the token, loads the keys, checks the policy against them and starts listening.
@@ -228,9 +232,10 @@ func reloadSignal() (hup <-chan os.Signal, stop func()) {
 	return c, func() { signal.Stop(c) }
 }
 
-// run serves until ctx ends, refreshing keys and health in the background and reloading on hup.
+// run serves until ctx ends or a server fails. Keeping the daemon up to date (key refreshes, version
+// transitions, health checks, reloads) calls the token, so it runs in a goroutine of its own (maintain):
+// a token that stops answering must not keep a stop from happening, nor health from saying so.
 func (d *daemon) run(ctx context.Context, refresh time.Duration, hup <-chan os.Signal) error {
-
 	errc := make(chan error, 2)
 	go func() {
 		if err := d.grpc.Serve(d.lis); err != nil {
@@ -249,6 +254,44 @@ func (d *daemon) run(ctx context.Context, refresh time.Duration, hup <-chan os.S
 	d.log.Info("signerd serving", "addr", d.lis.Addr().String(), "http", httpAddr, "token", d.tok.Label(),
 		"keys", len(d.ring.Snapshot().Names()))
 
+	quit, maintained := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(maintained)
+		d.maintain(quit, refresh, hup)
+	}()
+	watch := time.NewTicker(healthInterval)
+	defer watch.Stop()
+	var err error
+	for ctx.Err() == nil && err == nil {
+		select {
+		case <-ctx.Done():
+		case err = <-errc:
+		case <-watch.C:
+			d.watchMaintenance()
+		}
+	}
+	close(quit)
+	select {
+	case <-maintained:
+		d.stop(true)
+	case <-time.After(maintenanceWait):
+		d.log.Error("key refresh or token check still inside the token; stopping without it")
+		d.stop(false)
+	}
+	return err
+}
+
+// maintenanceWait bounds how long a stop waits for the maintenance task under way, which normally
+// takes milliseconds: one that takes longer is inside a token that does not answer.
+const maintenanceWait = 2 * time.Second
+
+// hungTask is how long a maintenance task may run before health says NOT_SERVING: the token is not
+// answering (a network HSM gone quiet, another process holding the token's lock).
+const hungTask = maxBusyChecks * healthInterval
+
+// maintain refreshes the keys, carries out version transitions on time, checks the token's health and
+// reloads on hup, one task at a time, until quit is closed.
+func (d *daemon) maintain(quit <-chan struct{}, refresh time.Duration, hup <-chan os.Signal) {
 	refreshT := time.NewTicker(refresh)
 	defer refreshT.Stop()
 	// transition fires when the next version changes state, so that activation and expiry happen on
@@ -258,41 +301,58 @@ func (d *daemon) run(ctx context.Context, refresh time.Duration, hup <-chan os.S
 	d.scheduleTransition(transition)
 	healthT := time.NewTicker(healthInterval)
 	defer healthT.Stop()
+	task := func(f func()) {
+		d.taskSince.Store(time.Now().UnixNano())
+		defer d.taskSince.Store(0)
+		f()
+	}
 	for {
 		// A stop comes first, even when other cases are ready too (select picks among those at random).
-		if ctx.Err() != nil {
-			d.stop()
-			return nil
+		select {
+		case <-quit:
+			return
+		default:
 		}
 		select {
-		case <-ctx.Done():
-			d.stop()
-			return nil
-		case err := <-errc:
-			d.stop()
-			return err
+		case <-quit:
+			return
 		case <-refreshT.C:
-			d.refresh(transition)
+			task(func() { d.refresh(transition) })
 		case <-transition.C:
-			d.refresh(transition)
+			task(func() { d.refresh(transition) })
 		case <-d.changed:
 			d.scheduleTransition(transition)
 		case <-healthT.C:
-			d.checkToken()
+			task(d.checkToken)
 		case <-hup:
-			d.reload()
-			d.scheduleTransition(transition)
+			task(func() {
+				d.reload()
+				d.scheduleTransition(transition)
+			})
 		}
 	}
 }
 
-// stop drains the servers: health NOT_SERVING, then both listeners stop gracefully within one
-// stopTimeout (then hard), so that the whole stop stays inside systemd's TimeoutStopSec.
-func (d *daemon) stop() {
-	d.setHealth(false)
-	if d.rotation != nil {
-		d.rotation.cancel() // no new key after the one being generated, if any
+// watchMaintenance reports NOT_SERVING while a maintenance task has been inside the token for longer
+// than hungTask; the task's own health check sets it right once the token answers again.
+func (d *daemon) watchMaintenance() {
+	since := d.taskSince.Load()
+	if since == 0 || time.Since(time.Unix(0, since)) < hungTask {
+		return
 	}
+	if d.healthy.Load() {
+		d.log.Error("the token has not answered a key refresh or health check", "for", time.Since(time.Unix(0, since)).Round(time.Second))
+	}
+	d.setHealth(false)
+}
+
+// stop drains the servers: health NOT_SERVING, then both listeners stop gracefully within one
+// stopTimeout (then hard), so that the whole stop stays inside systemd's TimeoutStopSec. When the
+// maintenance goroutine has not ended (maintained false), it is inside the token: the token is then
+// left unclosed, as with requests stuck in it.
+func (d *daemon) stop(maintained bool) {
+	d.setHealth(false)
+	d.cancelRotation() // no new key after the one being generated, if any
 	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
 	done := make(chan struct{})
@@ -321,6 +381,10 @@ func (d *daemon) stop() {
 	}
 	if !d.waitRotation(stopTimeout) {
 		d.log.Error("a scheduled rotation is still inside the token after the stop timeouts; exiting without closing the token")
+		d.release(false)
+		return
+	}
+	if !maintained {
 		d.release(false)
 		return
 	}
