@@ -94,8 +94,8 @@ type HTTP struct {
 
 // JWT configures token verification.
 type JWT struct {
-	// Leeway is the clock skew allowed on exp, nbf and iat.
-	Leeway time.Duration `yaml:"leeway"`
+	// Leeway is the clock skew allowed on exp, nbf and iat: DefaultLeeway when unset, none when 0s.
+	Leeway *time.Duration `yaml:"leeway"`
 }
 
 // Limits bound what one caller can ask of signerd.
@@ -175,8 +175,9 @@ func (c *Config) applyDefaults() {
 			c.HTTP.JWKSMaxAge = DefaultJWKSMaxAge
 		}
 	}
-	if c.JWT.Leeway == 0 {
-		c.JWT.Leeway = DefaultLeeway
+	if c.JWT.Leeway == nil {
+		leeway := DefaultLeeway
+		c.JWT.Leeway = &leeway
 	}
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
@@ -314,8 +315,8 @@ func (c *Config) Validate() error {
 			add("http.jwks_max_age", "%v, want at least 1s", c.HTTP.JWKSMaxAge)
 		}
 	}
-	if c.JWT.Leeway < 0 || c.JWT.Leeway > 5*time.Minute {
-		add("jwt.leeway", "%v, want 0 to 5m", c.JWT.Leeway)
+	if l := *c.JWT.Leeway; l < 0 || l > 5*time.Minute {
+		add("jwt.leeway", "%v, want 0 to 5m", l)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/signerd/signerd/hsm"
 )
@@ -313,4 +314,18 @@ func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		_, _ = Parse([]byte(s)) // must never panic
 	})
+}
+
+// TestLeeway: jwt.leeway defaults to DefaultLeeway when unset, and an explicit 0s (no clock skew
+// tolerated) stays 0, not the default.
+func TestLeeway(t *testing.T) {
+	for extra, want := range map[string]time.Duration{"": DefaultLeeway, "jwt:\n  leeway: 0s\n": 0, "jwt:\n  leeway: 5s\n": 5 * time.Second} {
+		c, err := Parse([]byte(validConfig(t) + extra))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := *c.JWT.Leeway; got != want {
+			t.Errorf("Parse(%q): jwt.leeway %v, want %v", extra, got, want)
+		}
+	}
 }

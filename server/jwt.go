@@ -27,9 +27,6 @@ import (
 // MaxTokenBytes caps a JWT given to VerifyJWT and one SignJWT makes (and so the claims given to it).
 const MaxTokenBytes = 64 << 10
 
-// DefaultLeeway is the clock skew allowed on exp, nbf and iat when the configuration sets none.
-const DefaultLeeway = 30 * time.Second
-
 var b64 = base64.RawURLEncoding
 
 // b64Strict decodes a token's parts: unpadded base64url whose unused trailing bits are zero, so that each

@@ -67,7 +67,7 @@ func newRotationServer(t testing.TB, clk *clock) *rotationServer {
 	}
 	log := audit.New(io.Discard)
 	t.Cleanup(func() { _ = log.Close() })
-	s, err := New(Config{Keys: ring, Manager: ring, Policy: policy, MaxInFlight: 2, Audit: log, Now: clk.Now,
+	s, err := New(Config{Keys: ring, Manager: ring, Policy: policy, MaxInFlight: 2, Audit: log, Now: clk.Now, Leeway: 30 * time.Second,
 		Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)

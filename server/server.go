@@ -55,7 +55,7 @@ type Config struct {
 	// RatePerSecond and Burst limit each identity's requests; zero RatePerSecond disables the limit.
 	RatePerSecond float64
 	Burst         int
-	// Leeway is the clock skew allowed when checking JWT time claims; DefaultLeeway when zero.
+	// Leeway is the clock skew allowed when checking JWT time claims; zero allows none.
 	Leeway time.Duration
 	Audit  *audit.Log
 	Log    *slog.Logger
@@ -123,9 +123,6 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.now == nil {
 		s.now = time.Now
-	}
-	if s.leeway == 0 {
-		s.leeway = DefaultLeeway
 	}
 	s.policy.Store(cfg.Policy)
 	s.metrics = newMetrics(cfg.Metrics, func() float64 { return float64(len(s.sem)) })

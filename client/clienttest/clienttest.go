@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/signerd/signerd/audit"
+	"github.com/signerd/signerd/config"
 	"github.com/signerd/signerd/devca"
 	"github.com/signerd/signerd/jose"
 	"github.com/signerd/signerd/keyring"
@@ -91,6 +92,7 @@ func NewServer(tb testing.TB, policy authz.Policy) *Server {
 		MaxInFlight: 4,
 		Audit:       auditLog,
 		Log:         slog.New(slog.DiscardHandler),
+		Leeway:      config.DefaultLeeway,
 	})
 	if err != nil {
 		tb.Fatalf("server.New() = %v", err)

@@ -137,7 +137,7 @@ func startDaemon(ctx context.Context, cfgPath string, cfg *config.Config, log *s
 	d.metrics = d.newMetrics()
 	d.srv, err = server.New(server.Config{Keys: d.ring, Manager: d.ring, MinPrepublish: minPrepublish(cfg), Metrics: d.metrics,
 		Policy: policy, MaxInFlight: cfg.HSM.MaxSessions - 1,
-		RatePerSecond: cfg.Limits.RatePerSecond, Burst: cfg.Limits.Burst, Leeway: cfg.JWT.Leeway,
+		RatePerSecond: cfg.Limits.RatePerSecond, Burst: cfg.Limits.Burst, Leeway: *cfg.JWT.Leeway,
 		Audit: d.audit, Log: log})
 	if err != nil {
 		return nil, err
