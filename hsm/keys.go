@@ -328,11 +328,16 @@ func (t *Token) checkPrivateObject(op string, spec KeySpec, id []byte) (pkcs11.O
 	var gen uint64
 	err := t.with(op, func(s pkcs11.SessionHandle) error {
 		gen = t.gen.Load() // with holds mu for reading: the connection cannot change meanwhile
+		// Not while a session copy is being made (sessionCopy holds copyMu): SoftHSM shows a copy under
+		// construction with its source's attributes, CKA_TOKEN true included, until C_CopyObject applies
+		// the template, and the key would seem to have two private halves.
+		t.copyMu.Lock()
 		handles, err := t.findObjects(s, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
 			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
 			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
 		})
+		t.copyMu.Unlock()
 		if err != nil {
 			return err
 		}
