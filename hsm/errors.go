@@ -15,7 +15,8 @@ var (
 	// ErrInvalidInput means the request could never be signed with this key (wrong digest length,
 	// hash not allowed, wrong options). It is detected before the token is called.
 	ErrInvalidInput = errors.New("hsm: invalid input")
-	// ErrBusy means no session became free within the pool wait timeout.
+	// ErrBusy means no session became free within the pool wait timeout, or the token is out of
+	// sessions or memory for now.
 	ErrBusy = errors.New("hsm: no free session")
 	// ErrUnavailable means the token, its sessions or its login are gone.
 	ErrUnavailable = errors.New("hsm: token unavailable")
@@ -83,7 +84,7 @@ func classify(op string, err error) error {
 	switch {
 	case hasCode(err, fatalCodes...):
 		kind = ErrUnavailable
-	case isPoolTimeout(err):
+	case isPoolTimeout(err), hasCode(err, exhaustedCodes...):
 		kind = ErrBusy
 	}
 	return &Error{Op: op, Kind: kind, Err: err}
@@ -103,6 +104,9 @@ var (
 		pkcs11.CKR_USER_NOT_LOGGED_IN, pkcs11.CKR_OBJECT_HANDLE_INVALID, pkcs11.CKR_KEY_HANDLE_INVALID,
 		pkcs11.CKR_DEVICE_REMOVED, pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_TOKEN_NOT_PRESENT,
 		pkcs11.CKR_TOKEN_NOT_RECOGNIZED, pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED}
+	// exhaustedCodes: the token (or the host) is out of sessions or memory for now, a real HSM's session
+	// limit reached by crypto11's pool, the raw pool and the keeper together, say: busy, not broken.
+	exhaustedCodes = []pkcs11.Error{pkcs11.CKR_SESSION_COUNT, pkcs11.CKR_DEVICE_MEMORY, pkcs11.CKR_HOST_MEMORY}
 	// deadSessionCodes: the session handle must be dropped.
 	deadSessionCodes = []pkcs11.Error{pkcs11.CKR_SESSION_HANDLE_INVALID, pkcs11.CKR_SESSION_CLOSED,
 		pkcs11.CKR_DEVICE_REMOVED, pkcs11.CKR_TOKEN_NOT_PRESENT, pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED}
