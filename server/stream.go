@@ -27,9 +27,7 @@ func (s *Server) SignStream(stream signerv1.Signer_SignStreamServer) error {
 		wg      sync.WaitGroup
 		sendMu  sync.Mutex // a gRPC stream takes one Send at a time
 		work    = make(chan *signerv1.SignStreamRequest)
-		idle    = 0 // workers waiting for work; read and written by this goroutine only
-		idleCh  = make(chan struct{}, streamInFlight)
-		workers = 0
+		workers int
 	)
 	defer func() {
 		close(work)
@@ -43,7 +41,6 @@ func (s *Server) SignStream(stream signerv1.Signer_SignStreamServer) error {
 			// A failed Send means the stream is gone; Recv reports it and ends the loop.
 			_ = stream.Send(out)
 			sendMu.Unlock()
-			idleCh <- struct{}{}
 		}
 	}
 	for {
@@ -54,32 +51,23 @@ func (s *Server) SignStream(stream signerv1.Signer_SignStreamServer) error {
 		if err != nil {
 			return err // the stream is gone (canceled, deadline, connection): gRPC's status already
 		}
-		// Count the workers that finished a request since, then start one if none is idle and the
-		// bound allows; otherwise wait for one to be free.
-		for drained := false; !drained; {
-			select {
-			case <-idleCh:
-				idle++
-			default:
-				drained = true
-			}
+		// An idle worker takes the request at once; if none is idle, one more is started while the
+		// bound allows, and otherwise the request waits for the first worker to be free.
+		select {
+		case work <- in:
+			continue
+		default:
 		}
-		if idle == 0 && workers < streamInFlight {
+		if workers < streamInFlight {
 			workers++
-			idle++
 			wg.Add(1)
 			go worker()
 		}
-		if idle == 0 {
-			select {
-			case <-idleCh:
-				idle++
-			case <-ctx.Done():
-				return status.FromContextError(ctx.Err()).Err()
-			}
+		select {
+		case work <- in:
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
 		}
-		idle--
-		work <- in
 	}
 }
 
