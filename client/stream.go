@@ -36,9 +36,8 @@ type Stream struct {
 	mu      sync.Mutex // guards the fields below
 	nextID  uint64
 	pending map[uint64]chan *signerv1.SignStreamResponse
-	err     error // ErrStreamClosed with why the stream ended; set once
-	cause   error // why the stream ended
-	done    chan struct{}
+	cause   error         // why the stream ended; set once, when done is closed
+	done    chan struct{} // closed when the stream has ended
 }
 
 // SignStream opens a Stream. ctx bounds the whole stream: cancelling it ends the stream, and its
@@ -95,12 +94,19 @@ func (s *Stream) send() {
 func (s *Stream) end(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.err != nil {
+	if s.cause != nil {
 		return
 	}
-	s.err, s.cause = fmt.Errorf("%w: %w", ErrStreamClosed, err), err
+	s.cause = err
 	close(s.done)
 	s.cancel()
+}
+
+// closed returns the error of a Sign on the ended stream: ErrStreamClosed, with why it ended.
+func (s *Stream) closed() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return fmt.Errorf("%w: %w", ErrStreamClosed, s.cause)
 }
 
 // Sign sends req on the stream and waits for its response, or for ctx to end (the request may still
@@ -114,15 +120,13 @@ func (s *Stream) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1
 		return nil, status.Error(codes.InvalidArgument, "client: key is not UTF-8")
 	}
 	if n := proto.Size(m) + 11; n > signerv1.MaxRequestBytes { // + the id set below, with its tag
-
 		return nil, status.Errorf(codes.ResourceExhausted, "client: request of %d bytes, larger than signerd accepts (%d)", n, signerv1.MaxRequestBytes)
 	}
 	ch := make(chan *signerv1.SignStreamResponse, 1)
 	s.mu.Lock()
-	if s.err != nil {
-		err := s.err
+	if s.cause != nil {
 		s.mu.Unlock()
-		return nil, err
+		return nil, s.closed()
 	}
 	s.nextID++
 	id := s.nextID
@@ -142,9 +146,7 @@ func (s *Stream) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1
 		return nil, status.FromContextError(ctx.Err()).Err()
 	case <-s.done:
 		forget()
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return nil, s.err
+		return nil, s.closed()
 	}
 	select {
 	case resp := <-ch:
@@ -156,9 +158,7 @@ func (s *Stream) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1
 			return result(resp)
 		default:
 		}
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return nil, s.err
+		return nil, s.closed()
 	case <-ctx.Done():
 		forget()
 		return nil, status.FromContextError(ctx.Err()).Err()
@@ -183,13 +183,13 @@ func result(resp *signerv1.SignStreamResponse) (*signerv1.SignResponse, error) {
 // nil, or why the stream had already failed.
 func (s *Stream) Close() error {
 	s.mu.Lock()
-	failed, cause := s.err, s.cause
+	failed := s.cause != nil && status.Code(s.cause) != codes.Canceled
 	s.mu.Unlock()
-	// Cancelling ends the stream on both sides (what CloseSend then cancel did), and unblocks a Send
-	// that waits for flow control; the sender goroutine then returns.
-	s.end(errors.New("closed"))
-	if failed != nil && status.Code(cause) != codes.Canceled {
-		return failed
+	if failed {
+		return s.closed()
 	}
+	// Cancelling ends the stream on both sides, and unblocks a Send that waits for flow control; the
+	// sender goroutine then returns.
+	s.end(errors.New("closed"))
 	return nil
 }
