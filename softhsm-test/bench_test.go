@@ -15,7 +15,6 @@ import (
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/signerd/signerd/client"
 	"github.com/signerd/signerd/hsm"
 	"github.com/signerd/signerd/hsmstore"
 	"github.com/signerd/signerd/jose"
@@ -72,16 +71,7 @@ func BenchmarkSign(b *testing.B) {
 	c, health := signerv1.NewSignerClient(conn), healthpb.NewHealthClient(conn)
 	empty := &healthpb.HealthCheckRequest{Service: "signer.v1.Signer"}
 
-	cl, err := client.Dial(in.addr, client.Options{TLSConfig: in.clientTLS(in.svc)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = cl.Close() })
-	stream, err := cl.SignStream(context.Background())
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = stream.Close() })
+	_, stream := in.signStream(b, in.svc)
 
 	tokenObjects, copies := in.openInProcess(b, true), in.openInProcess(b, false)
 	for _, key := range []string{"es256", "rs256"} {

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/signerd/signerd/client"
 	"github.com/signerd/signerd/devca"
 	signerv1 "github.com/signerd/signerd/proto/signer/v1"
 	softhsmtest "github.com/signerd/signerd/softhsm-test"
@@ -296,6 +297,29 @@ func (b *lockedBuffer) String() string {
 func (in *instance) dial(t testing.TB, cert *devca.Leaf) signerv1.SignerClient {
 	t.Helper()
 	return signerv1.NewSignerClient(in.conn(t, cert))
+}
+
+// client dials the instance with the client package, as the holder of cert; it is closed at cleanup.
+func (in *instance) client(t testing.TB, cert *devca.Leaf) *client.Client {
+	t.Helper()
+	c, err := client.Dial(in.addr, client.Options{TLSConfig: in.clientTLS(cert)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// signStream opens a SignStream on the instance, as the holder of cert; it is closed at cleanup.
+func (in *instance) signStream(t testing.TB, cert *devca.Leaf) (*client.Client, *client.Stream) {
+	t.Helper()
+	c := in.client(t, cert)
+	st, err := c.SignStream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	return c, st
 }
 
 // clientTLS is the TLS 1.3 configuration of a client with certificate cert (none when nil).

@@ -26,7 +26,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/signerd/signerd/client"
 	"github.com/signerd/signerd/jose"
 	signerv1 "github.com/signerd/signerd/proto/signer/v1"
 	softhsmtest "github.com/signerd/signerd/softhsm-test"
@@ -67,11 +66,7 @@ func TestSignJWTEveryAlgorithm(t *testing.T) {
 	for _, k := range set.Keys {
 		byKid[k.Kid] = k
 	}
-	cl, err := client.Dial(in.addr, client.Options{TLSConfig: in.clientTLS(in.svc)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := in.client(t, in.svc)
 	for name, algName := range keyAlgs {
 		t.Run(name, func(t *testing.T) {
 			resp, err := c.SignJWT(ctxT(t), &signerv1.SignJWTRequest{Key: name, ClaimsJson: `{"sub":"alice","n":12345678901234567890}`, TtlSeconds: 120})
@@ -225,11 +220,7 @@ func TestVerifyJWTRefusals(t *testing.T) {
 	rsDER := pemBody(t, rsPub.GetPublicKeyPem())
 
 	// Tokens signed by the HSM key itself (through the client) with claims VerifyJWT must refuse.
-	cl, err := client.Dial(in.addr, client.Options{TLSConfig: in.clientTLS(in.svc)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := in.client(t, in.svc)
 	key, err := cl.Key(ctxT(t), "es256")
 	if err != nil {
 		t.Fatal(err)

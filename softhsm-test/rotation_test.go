@@ -483,28 +483,19 @@ func TestSIGHUPReload(t *testing.T) {
 // TestSIGHUPDuringStartup: a reload asked for while the daemon is still opening the token and loading
 // its keys neither kills it nor is lost: the daemon carries it out once it serves.
 func TestSIGHUPDuringStartup(t *testing.T) {
-	lockFile := filepath.Join(t.TempDir(), "token.lock")
-	in := startInstance(t, instanceOptions{keys: map[string]string{"es256": "ES256"}, edit: func(cfg string) string {
-		return strings.Replace(cfg, "hsm:\n", "hsm:\n  lock_file: "+lockFile+"\n", 1)
-	}})
+	lockFile, useLockFile := tokenLockFile(t)
+	in := startInstance(t, instanceOptions{keys: map[string]string{"es256": "ES256"}, edit: useLockFile})
 	in.stop()
 	// Holding the token's local lock keeps the next daemon starting (it cannot open the token) for as
 	// long as the test likes.
-	f, err := os.OpenFile(lockFile, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
+	release := holdLock(t, lockFile)
 	_, _, log, _, _ := serve(t, in.cfgPath, func(p *os.Process) {
 		// Once the daemon opens the lock file it has read its config, and catches SIGHUP since before.
 		waitOpens(t, p.Pid, lockFile)
 		if err := p.Signal(syscall.SIGHUP); err != nil {
 			t.Error(err)
 		}
-		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		release()
 	})
 	eventually(t, "the reload asked for during start-up is carried out", func() error {
 		if !strings.Contains(log.String(), "msg=reloaded") {
@@ -693,21 +684,12 @@ func TestAutoRotate(t *testing.T) {
 // blocked on the token's lock file, which another local process holds, as a hung token would block it)
 // does not keep SIGTERM from stopping the daemon, within the stop's promised bounds.
 func TestStopWhileRefreshBlockedInToken(t *testing.T) {
-	lockFile := filepath.Join(t.TempDir(), "token.lock")
+	lockFile, useLockFile := tokenLockFile(t)
 	in := startInstance(t, instanceOptions{keys: map[string]string{"es256": "ES256"}, extraConfig: "refresh_interval: 1s\n",
-		edit: func(cfg string) string {
-			return strings.Replace(cfg, "hsm:\n", "hsm:\n  lock_file: "+lockFile+"\n", 1)
-		}})
+		edit: useLockFile})
 	// Another local process's object-store work (or a hung token) holds the refresh inside the token.
-	f, err := os.OpenFile(lockFile, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(2500 * time.Millisecond) // a refresh tick fires and blocks
+	release := holdLock(t, lockFile)
+	waitBlockedOnLock(t, in.proc.Pid) // signing never takes the lock: this is a refresh or a health check
 	if err := in.proc.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -718,6 +700,43 @@ func TestStopWhileRefreshBlockedInToken(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	release()
 	t.Fatalf("signerd did not exit within 20 s of SIGTERM while its run loop was inside a token call\n%s", in.stderr)
+}
+
+// tokenLockFile returns a lock file for an instance's token, and the config edit that names it.
+func tokenLockFile(t *testing.T) (string, func(string) string) {
+	path := filepath.Join(t.TempDir(), "token.lock")
+	return path, func(cfg string) string { return strings.Replace(cfg, "hsm:\n", "hsm:\n  lock_file: "+path+"\n", 1) }
+}
+
+// holdLock takes the lock file at path as another local process would, until release (or cleanup).
+func holdLock(t *testing.T, path string) (release func()) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Close() })
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN) }
+}
+
+// waitBlockedOnLock waits until a thread of process pid waits for a file lock (the kernel's wait
+// channel says so).
+func waitBlockedOnLock(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/wchan", pid))
+		for _, w := range tasks {
+			if b, err := os.ReadFile(w); err == nil && strings.HasPrefix(string(b), "locks_") { // locks_lock_inode_wait
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("process %d did not wait for a file lock within 30s", pid)
 }

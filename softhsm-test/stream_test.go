@@ -29,15 +29,7 @@ func TestSignStream(t *testing.T) {
 	for _, key := range []string{"es256", "rs256", "eddsa"} {
 		_, pubs[key] = publicKey(t, raw, key)
 	}
-	cl, err := client.Dial(in.addr, client.Options{TLSConfig: in.clientTLS(in.svc)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cl.Close() })
-	stream, err := cl.SignStream(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl, stream := in.signStream(t, in.svc)
 
 	d32 := sha256.Sum256([]byte("m"))
 	msg := func(key string, m string) *signerv1.SignRequest {
@@ -100,15 +92,7 @@ func TestSignStream(t *testing.T) {
 	}
 
 	// A caller's grant applies to each request: limited.test may sign with es256 only.
-	limited, err := client.Dial(in.addr, client.Options{TLSConfig: in.clientTLS(in.limited)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = limited.Close() })
-	ls, err := limited.SignStream(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ls := in.signStream(t, in.limited)
 	if _, err := ls.Sign(ctxT(t), msg("rs256", "x")); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("limited: SignStream rs256 = %v, want PermissionDenied", err)
 	}
@@ -196,16 +180,7 @@ func TestSignStream(t *testing.T) {
 func TestSignStreamRateLimit(t *testing.T) {
 	in := startInstance(t, instanceOptions{keys: map[string]string{"es256": "ES256"},
 		extraConfig: "limits:\n  rate_per_second: 0.001\n  burst: 3\n"})
-	cl, err := client.Dial(in.addr, client.Options{TLSConfig: in.clientTLS(in.svc)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cl.Close() })
-	stream, err := cl.SignStream(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stream.Close()
+	_, stream := in.signStream(t, in.svc)
 	req := &signerv1.SignRequest{Key: "es256", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}
 	var got []codes.Code
 	for range 6 {
