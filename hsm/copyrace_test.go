@@ -19,67 +19,51 @@ func TestConcurrentFindAfterReconnectNoKeyCheck(t *testing.T) {
 	tk := newTestToken(t, "copy-race")
 	spec := KeySpec{Type: ECDSA, Curve: elliptic.P256()}
 	id, _ := generate(t, tk, spec, "k")
-	failures := 0
-	for round, end := 0, time.Now().Add(5*time.Second); round < 400 && failures == 0 && time.Now().Before(end); round++ {
-		if err := tk.Reconnect(); err != nil {
-			t.Fatal(err)
-		}
-		var wg sync.WaitGroup
-		errs := make(chan error, 4)
-		for range 4 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if _, err := tk.Find(spec, id); err != nil {
-					errs <- err
-				}
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			failures++
-			t.Errorf("round %d: Find = %v (ErrKeyCheck: %v)", round, err, errors.Is(err, ErrKeyCheck))
-		}
-	}
+	find := func() error { _, err := tk.Find(spec, id); return err }
+	afterReconnects(t, tk, "Find", []func() error{find, find, find, find})
 }
 
-// TestSignersOfOneKeyAfterReconnect: two signers of one key (two loads of it) both sign after a
-// Reconnect; neither may fail because the other is making the new session copy.
+// TestSignersOfOneKeyAfterReconnect: several signers of one key (loads of it) all sign after a
+// Reconnect; none may fail because another is making the new session copy.
 func TestSignersOfOneKeyAfterReconnect(t *testing.T) {
 	tk := newTestToken(t, "copy-race-sign")
 	spec := KeySpec{Type: ECDSA, Curve: elliptic.P256()}
 	id, s1 := generate(t, tk, spec, "k")
-	signers := []crypto.Signer{s1}
-	for range 3 {
-		s, err := tk.Find(spec, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		signers = append(signers, s)
-	}
 	d := sha256.Sum256([]byte("m"))
-	failures := 0
-	for round, end := 0, time.Now().Add(5*time.Second); round < 400 && failures == 0 && time.Now().Before(end); round++ {
+	var ops []func() error
+	for i := range 4 {
+		s := s1
+		if i > 0 {
+			var err error
+			if s, err = tk.Find(spec, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ops = append(ops, func() error { _, err := s.Sign(nil, d[:], crypto.SHA256); return err })
+	}
+	afterReconnects(t, tk, "Sign", ops)
+}
+
+// afterReconnects reconnects tk and runs ops at once, round after round (at most 400, or 5 s), until
+// one fails; each failure is an error of the test. The race it looks for shows within tens of rounds.
+func afterReconnects(t *testing.T, tk *Token, what string, ops []func() error) {
+	t.Helper()
+	for round, end := 0, time.Now().Add(5*time.Second); round < 400 && time.Now().Before(end); round++ {
 		if err := tk.Reconnect(); err != nil {
 			t.Fatal(err)
 		}
+		errs := make([]error, len(ops))
 		var wg sync.WaitGroup
-		errs := make(chan error, len(signers))
-		for _, s := range signers {
+		for i, op := range ops {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if _, err := s.Sign(nil, d[:], crypto.SHA256); err != nil {
-					errs <- err
-				}
+				errs[i] = op()
 			}()
 		}
 		wg.Wait()
-		close(errs)
-		for err := range errs {
-			failures++
-			t.Errorf("round %d: Sign after Reconnect = %v (ErrKeyCheck: %v)", round, err, errors.Is(err, ErrKeyCheck))
+		if err := errors.Join(errs...); err != nil {
+			t.Fatalf("round %d: %s after Reconnect = %v (ErrKeyCheck: %v)", round, what, err, errors.Is(err, ErrKeyCheck))
 		}
 	}
 }
