@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/signerd/signerd/audit"
 	softhsmtest "github.com/signerd/signerd/softhsm-test"
 )
 
@@ -115,56 +114,6 @@ func TestTokenCommandRefusals(t *testing.T) {
 	out, err = signerd(t, nil, "token", "list", "--module", tok.Module)
 	if err != nil || !strings.Contains(out, "second") || !strings.Contains(out, "e2e") {
 		t.Errorf("signerd token list = %v\n%s; want tokens e2e and second", err, out)
-	}
-}
-
-// audit verify of a good trail and two bad ones: the good one's line on stdout, one line on stderr for
-// each bad one, prefixed and naming it, then one line counting them; exit 1.
-func TestAuditVerifyManyFiles(t *testing.T) {
-	dir := t.TempDir()
-	good := filepath.Join(dir, "good.log")
-	l, err := audit.Open(good)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.Record(audit.Event{Op: "sign"})
-	l.Record(audit.Event{Op: "verify"})
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(good)
-	if err != nil {
-		t.Fatal(err)
-	}
-	altered := filepath.Join(dir, "altered.log")
-	if err := os.WriteFile(altered, bytes.Replace(b, []byte(`"verify"`), []byte(`"destroy"`), 1), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	garbage := filepath.Join(dir, "garbage.log")
-	if err := os.WriteFile(garbage, []byte("not json\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	code, stdout, stderr := signerdStreams(t, "audit", "verify", altered, good, garbage)
-	if code != 1 {
-		t.Errorf("signerd audit verify: exit %d, want 1", code)
-	}
-	if want := good + ": 2 events, chain intact\n"; stdout != want {
-		t.Errorf("signerd audit verify: stdout %q, want %q", stdout, want)
-	}
-	lines := strings.Split(strings.TrimSuffix(stderr, "\n"), "\n")
-	wantPrefixes := []string{
-		"signerd: audit verify: " + altered + ": audit: line 2: hash mismatch",
-		"signerd: audit verify: " + garbage + ": audit: line 1: ",
-		"signerd: audit verify: 2 of 3 files failed verification",
-	}
-	if len(lines) != len(wantPrefixes) {
-		t.Fatalf("signerd audit verify: stderr\n%s\nwant %d lines", stderr, len(wantPrefixes))
-	}
-	for i, want := range wantPrefixes {
-		if !strings.HasPrefix(lines[i], want) {
-			t.Errorf("signerd audit verify: stderr line %d %q, want it to start %q", i+1, lines[i], want)
-		}
 	}
 }
 
