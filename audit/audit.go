@@ -13,11 +13,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
-	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 )
 
 // Field names of an event line. They are part of the audit format: tools parse them.
@@ -76,40 +73,6 @@ type Event struct {
 	Prev string `json:"prev"`
 	// Hash is the hex SHA-256 of this line's JSON with Hash empty.
 	Hash string `json:"hash"`
-}
-
-// toValidUTF8 replaces each invalid UTF-8 byte of e's strings with U+FFFD. encoding/json writes such a
-// byte as the escape \ufffd, which decodes to U+FFFD and marshals again as the character itself: the
-// line would not be in the form Verify rebuilds, and an untouched trail would fail to verify.
-func (e *Event) toValidUTF8() {
-	for _, f := range []*string{&e.Identity, &e.Op, &e.Key, &e.Kid, &e.Alg, &e.Input, &e.Outcome, &e.Code, &e.Reason} {
-		*f = validUTF8(*f)
-	}
-	if e.Claims == nil || e.Claims.validUTF8() {
-		return
-	}
-	c := *e.Claims // the caller's Claims stay as they are
-	c.Iss, c.Sub, c.Jti = validUTF8(c.Iss), validUTF8(c.Sub), validUTF8(c.Jti)
-	c.Aud = slices.Clone(c.Aud)
-	for i := range c.Aud {
-		c.Aud[i] = validUTF8(c.Aud[i])
-	}
-	e.Claims = &c
-}
-
-func (c *Claims) validUTF8() bool {
-	ok := utf8.ValidString(c.Iss) && utf8.ValidString(c.Sub) && utf8.ValidString(c.Jti)
-	for _, a := range c.Aud {
-		ok = ok && utf8.ValidString(a)
-	}
-	return ok
-}
-
-func validUTF8(s string) string {
-	if utf8.ValidString(s) {
-		return s
-	}
-	return strings.ToValidUTF8(s, "\uFFFD")
 }
 
 // InputHash returns the value for Event.Input.
@@ -252,7 +215,6 @@ func (l *Log) record(e Event) {
 	}
 	l.seq++
 	e.Time, e.Seq, e.Prev, e.Hash = l.now().UTC(), l.seq, l.prev, ""
-	e.toValidUTF8()
 	line, err := e.appendJSON(l.line[:0])
 	if err != nil {
 		l.err = err

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestChainVerifies(t *testing.T) {
@@ -250,11 +251,12 @@ func appendJSONEvents() []Event {
 		{Time: at.Add(-time.Hour), Claims: &Claims{Aud: []string{"a", "<b>"}}},
 		{Time: at, Claims: &Claims{Iss: "https://i", Sub: "u-1", Aud: []string{"x"}, Exp: -5, Jti: "j"}, Outcome: OutcomeDenied},
 		{Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.FixedZone("X", 3600)), Claims: &Claims{Exp: 1 << 40}},
+		{Time: at, Identity: "a\xffb", Reason: "\xc3", Claims: &Claims{Aud: []string{"\xfe<"}}},
 	}
 }
 
-// TestAppendJSONIsMarshal: the encoder record uses writes each event exactly as json.Marshal does, the
-// form Verify rebuilds.
+// TestAppendJSONIsMarshal: the encoder record uses writes each event as json.Marshal does (invalid UTF-8
+// aside), the form Verify rebuilds.
 func TestAppendJSONIsMarshal(t *testing.T) {
 	for _, e := range appendJSONEvents() {
 		checkAppendJSON(t, e)
@@ -263,17 +265,47 @@ func TestAppendJSONIsMarshal(t *testing.T) {
 
 func checkAppendJSON(t *testing.T, e Event) {
 	t.Helper()
+	got, gotErr := e.appendJSON(nil)
 	want, err := json.Marshal(e)
 	if err != nil {
-		return // json.Marshal refuses it (a time past year 9999): so must appendJSON
+		if gotErr == nil { // a time past year 9999, which json.Marshal refuses
+			t.Errorf("appendJSON(%+v) = %s, nil error; json.Marshal refuses it: %v", e, got, err)
+		}
+		return
 	}
-	got, err := e.appendJSON(nil)
-	if err != nil || string(got) != string(want) {
-		t.Errorf("appendJSON(%+v) =\n%s, %v\nwant\n%s", e, got, err, want)
+	if gotErr != nil {
+		t.Fatalf("appendJSON(%+v) = %v", e, gotErr)
+	}
+	// What Verify does: decode the line and marshal it again; it must come back as written.
+	var back Event
+	if err := json.Unmarshal(got, &back); err != nil {
+		t.Fatalf("appendJSON(%+v) = %s, not JSON: %v", e, got, err)
+	}
+	if again, _ := json.Marshal(back); string(again) != string(got) {
+		t.Errorf("appendJSON(%+v) =\n%s\nwhich Verify rebuilds as\n%s", e, got, again)
+	}
+	// With valid UTF-8 throughout, it is json.Marshal's output itself.
+	if validUTF8Event(e) && string(got) != string(want) {
+		t.Errorf("appendJSON(%+v) =\n%s\nwant\n%s", e, got, want)
 	}
 }
 
-// FuzzAppendJSON: appendJSON and json.Marshal agree on arbitrary strings and numbers.
+// validUTF8Event reports whether every string of e is valid UTF-8.
+func validUTF8Event(e Event) bool {
+	strs := []string{e.Identity, e.Op, e.Key, e.Kid, e.Alg, e.Input, e.Outcome, e.Code, e.Reason, e.Prev, e.Hash}
+	if c := e.Claims; c != nil {
+		strs = append(append(strs, c.Iss, c.Sub, c.Jti), c.Aud...)
+	}
+	for _, s := range strs {
+		if !utf8.ValidString(s) {
+			return false
+		}
+	}
+	return true
+}
+
+// FuzzAppendJSON: on arbitrary strings and numbers, appendJSON writes lines Verify rebuilds as they are,
+// and json.Marshal's own bytes where the strings are valid UTF-8.
 func FuzzAppendJSON(f *testing.F) {
 	for _, e := range appendJSONEvents() {
 		var iss, aud string

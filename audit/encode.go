@@ -3,12 +3,15 @@ package audit
 import (
 	"encoding/json"
 	"strconv"
+	"strings"
 )
 
 // appendJSON appends e as encoding/json marshals it (the form Verify rebuilds and compares), without
 // reflection: two lines are written for every signature, and json.Marshal's reflection was a tenth of
 // the daemon's time spent outside the token. Strings that need escaping go through encoding/json
-// itself, so that the output is json.Marshal's byte for byte (TestAppendJSONIsMarshal, FuzzAppendJSON).
+// itself, so that the output is json.Marshal's byte for byte, but for invalid UTF-8, which is written
+// as U+FFFD (see appendString): every line it writes is one Verify rebuilds as it is
+// (TestAppendJSONIsMarshal, FuzzAppendJSON).
 func (e *Event) appendJSON(dst []byte) ([]byte, error) {
 	t, err := e.Time.MarshalJSON()
 	if err != nil {
@@ -70,11 +73,13 @@ func appendMember(dst []byte, name, value string, omitEmpty bool) []byte {
 
 // appendString appends s as a JSON string the way encoding/json writes it: as is between quotes when
 // no byte of it needs escaping (printable ASCII other than `"`, `\` and the HTML characters encoding/json
-// escapes), and through encoding/json otherwise.
+// escapes), and through encoding/json otherwise. An invalid UTF-8 byte becomes U+FFFD first:
+// encoding/json would write it as the escape \ufffd, which decodes to U+FFFD and marshals again as the
+// character itself, so the line would not be the one Verify rebuilds.
 func appendString(dst []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			b, _ := json.Marshal(s) // a string always marshals
+			b, _ := json.Marshal(strings.ToValidUTF8(s, "\uFFFD")) // a string always marshals
 			return append(dst, b...)
 		}
 	}
