@@ -10,7 +10,7 @@ import (
 )
 
 // Sentinel errors. Callers test them with errors.Is; consumers that must not import this package test the
-// methods of *Error instead (InvalidInput, Busy, Unavailable).
+// methods of *Error instead (InvalidInput, Busy, Unavailable, Missing).
 var (
 	// ErrInvalidInput means the request could never be signed with this key (wrong digest length,
 	// hash not allowed, wrong options). It is detected before the token is called.
@@ -66,6 +66,10 @@ func (e *Error) Busy() bool { return e.Kind == ErrBusy }
 
 // Unavailable reports whether the token could not be used at all.
 func (e *Error) Unavailable() bool { return e.Kind == ErrUnavailable || e.Kind == ErrClosed }
+
+// Missing reports whether the object is not in the token: for a signer, that its key pair was destroyed
+// there after the key was found.
+func (e *Error) Missing() bool { return e.Kind == ErrNotFound }
 
 func invalidInput(op, format string, args ...any) error {
 	return &Error{Op: op, Kind: ErrInvalidInput, Err: fmt.Errorf(format, args...)}

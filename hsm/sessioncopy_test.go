@@ -410,3 +410,31 @@ func TestLoggedOutIsNotMissing(t *testing.T) {
 		t.Errorf("Find of an unknown ID when logged in = %v, want ErrNotFound", err)
 	}
 }
+
+// TestDestroyedKeyIsMissing: a key pair destroyed in the token after its signer was made (by Destroy here;
+// by another daemon, its effect seen after this one reconnects) fails to sign as missing (ErrNotFound,
+// Missing), not as another token error, so that the caller learns the key pair is gone.
+func TestDestroyedKeyIsMissing(t *testing.T) {
+	tk := newTestToken(t, "destroyed")
+	for _, spec := range []KeySpec{{Type: ECDSA, Curve: elliptic.P256()}, {Type: Ed25519}} {
+		for _, reconnect := range []bool{false, true} {
+			id, s := generate(t, tk, spec, "k")
+			if err := tk.Destroy(id); err != nil {
+				t.Fatal(err)
+			}
+			if reconnect {
+				if err := tk.Reconnect(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var e interface{ Missing() bool }
+			if _, err := signOnce(s); !errors.Is(err, ErrNotFound) || !errors.As(err, &e) || !e.Missing() {
+				t.Errorf("%v (reconnected: %v): Sign after Destroy = %v, want a missing key", spec, reconnect, err)
+			}
+		}
+	}
+	_, s := generate(t, tk, KeySpec{Type: ECDSA, Curve: elliptic.P256()}, "other")
+	if ok, err := signOnce(s); !ok {
+		t.Errorf("Sign with another key after the destroyed ones = %v", err)
+	}
+}

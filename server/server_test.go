@@ -22,13 +22,14 @@ import (
 )
 
 // backendError is what the hsm package returns: an error with optional abilities.
-type backendError struct{ busy, unavailable bool }
+type backendError struct{ busy, unavailable, missing bool }
 
 func (e *backendError) Error() string {
 	return "hsm: injected failure with detail the caller must not see"
 }
 func (e *backendError) Busy() bool        { return e.busy }
 func (e *backendError) Unavailable() bool { return e.unavailable }
+func (e *backendError) Missing() bool     { return e.missing }
 
 // faultySigner fails while its fault is set, and signs normally otherwise.
 type faultySigner struct {
@@ -59,8 +60,9 @@ func wrappedServer(t *testing.T, wrap func(crypto.Signer) crypto.Signer) *client
 }
 
 // TestBackendFailures injects failures at the key seam and checks the status callers see: retryable
-// UNAVAILABLE for a busy or lost token, INTERNAL for anything else, never the backend's detail; and the
-// server signs again once the fault clears.
+// UNAVAILABLE for a busy or lost token, FAILED_PRECONDITION for a key pair gone from the token (destroyed
+// there since it was loaded), INTERNAL for anything else, never the backend's detail; and the server signs
+// again once the fault clears.
 func TestBackendFailures(t *testing.T) {
 	var fault atomic.Pointer[error]
 	c := wrappedServer(t, func(s crypto.Signer) crypto.Signer { return faultySigner{s, &fault} })
@@ -75,6 +77,7 @@ func TestBackendFailures(t *testing.T) {
 	}{
 		{"busy", &backendError{busy: true}, codes.Unavailable},
 		{"token gone", &backendError{unavailable: true}, codes.Unavailable},
+		{"key pair gone", &backendError{missing: true}, codes.FailedPrecondition},
 		{"other", errors.New("hsm: CKR_GENERAL_ERROR with detail"), codes.Internal},
 	}
 	for _, tc := range tests {
