@@ -61,15 +61,21 @@ var probedMechanisms = []uint{
 	ckmECEdwardsKeyPairGen, ckmEdDSA,
 }
 
-func probeMechanismInfo(p11 *pkcs11.Ctx, slot uint) map[uint]pkcs11.MechanismInfo {
+// probeMechanismInfo asks the token in slot about each mechanism signerd uses. One it does not know
+// (CKR_MECHANISM_INVALID) is left out; any other failure is the token's trouble and returned, so that it
+// never passes for an algorithm the token lacks.
+func probeMechanismInfo(p11 *pkcs11.Ctx, slot uint) (map[uint]pkcs11.MechanismInfo, error) {
 	out := make(map[uint]pkcs11.MechanismInfo)
 	for _, m := range probedMechanisms {
 		info, err := p11.GetMechanismInfo(slot, []*pkcs11.Mechanism{pkcs11.NewMechanism(m, nil)})
-		if err == nil {
+		switch {
+		case err == nil:
 			out[m] = info
+		case !hasCode(err, pkcs11.CKR_MECHANISM_INVALID):
+			return nil, fmt.Errorf("mechanism %#x: %w", m, err)
 		}
 	}
-	return out
+	return out, nil
 }
 
 // Supports reports whether the open token can generate and sign with keys of spec.
@@ -114,7 +120,9 @@ func ListSlots(module string) ([]SlotInfo, error) {
 				info.Initialized = ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED != 0
 				info.Label, info.Serial = ti.Label, ti.SerialNumber
 				info.Manufacturer, info.Model = ti.ManufacturerID, ti.Model
-				info.mechs = probeMechanismInfo(p11, s)
+				if info.mechs, err = probeMechanismInfo(p11, s); err != nil {
+					return fmt.Errorf("hsm: token in slot %d: %w", s, err)
+				}
 			}
 			out = append(out, info)
 		}

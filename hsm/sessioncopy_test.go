@@ -438,3 +438,17 @@ func TestDestroyedKeyIsMissing(t *testing.T) {
 		t.Errorf("Sign with another key after the destroyed ones = %v", err)
 	}
 }
+
+// TestProbeMechanismFailure: a token that cannot answer C_GetMechanismInfo (a slot that is not there,
+// here) makes the probe fail, rather than report every algorithm unsupported, which would make a key
+// creation a caller's mistake (INVALID_ARGUMENT) when it is the token's trouble.
+func TestProbeMechanismFailure(t *testing.T) {
+	tk := newTestToken(t, "probe")
+	mechs, err := probeMechanismInfo(tk.p11, tk.slot)
+	if err != nil || !supports(mechs, KeySpec{Type: Ed25519}) || !supports(mechs, KeySpec{Type: RSA, Bits: 2048, PSS: true}) {
+		t.Fatalf("probe of the test token = %d mechanisms, %v; want every signerd algorithm", len(mechs), err)
+	}
+	if mechs, err := probeMechanismInfo(tk.p11, tk.slot+1000); !hasCode(err, pkcs11.CKR_SLOT_ID_INVALID) {
+		t.Errorf("probe of a slot that is not there = %d mechanisms, %v; want CKR_SLOT_ID_INVALID", len(mechs), err)
+	}
+}

@@ -81,7 +81,12 @@ func Open(cfg Config) (*Token, error) {
 		t.local.close()
 		return nil, err
 	}
-	t.mechs = probeMechanismInfo(t.p11, t.slot)
+	mechs, err := probeMechanismInfo(t.p11, t.slot)
+	if err != nil {
+		_ = t.Close()
+		return nil, classify("probe the token's mechanisms", err)
+	}
+	t.mechs = mechs
 	return t, nil
 }
 
