@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	signerv1 "github.com/signerd/signerd/proto/signer/v1"
 )
@@ -25,8 +27,10 @@ var ErrStreamClosed = errors.New("client: sign stream closed")
 // restarts, the connection drops) every waiting and later Sign fails with [ErrStreamClosed], and the
 // caller opens a new Stream. signerd also ends streams when it asks clients to reconnect (every 30
 // minutes, so that a certificate or CA withdrawn by a reload stops being trusted), so a long-lived caller
-// must expect that. A request's ctx bounds the wait for its response, not the signing: signerd signs
-// (and audits) a request whose caller gave up, within the stream's own deadline.
+// must expect that. A request's ctx deadline travels with it (its timeout), so that signerd does not
+// sign a request whose deadline passed while it waited for a signing slot, as with a unary Sign; a ctx
+// cancelled before its deadline, or without one, only ends the wait for the response: signerd still
+// signs (and audits) that request, within the stream's own deadline.
 type Stream struct {
 	stream signerv1.Signer_SignStreamClient
 	cancel context.CancelFunc
@@ -109,11 +113,19 @@ func (s *Stream) closed() error {
 	return fmt.Errorf("%w: %w", ErrStreamClosed, s.cause)
 }
 
-// Sign sends req on the stream and waits for its response, or for ctx to end (the request may still
-// be signed then, and audited: its response is dropped). A refused request's error is the status Sign
-// would have returned (test it with status.Code). The response is as Sign's.
+// Sign sends req on the stream and waits for its response, or for ctx to end (a request whose ctx was
+// cancelled may still be signed then, and audited: its response is dropped; see [Stream]). A refused
+// request's error is the status Sign would have returned (test it with status.Code). The response is as
+// Sign's.
 func (s *Stream) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1.SignResponse, error) {
 	m := &signerv1.SignStreamRequest{Request: req}
+	if deadline, ok := ctx.Deadline(); ok {
+		d := time.Until(deadline)
+		if d <= 0 {
+			return nil, status.FromContextError(context.DeadlineExceeded).Err()
+		}
+		m.Timeout = durationpb.New(d)
+	}
 	// A request that cannot be marshalled, or that signerd's gRPC would refuse as too large, would end
 	// the stream for every caller: refuse it here, as a unary Sign call fails alone.
 	if !utf8.ValidString(req.GetKey()) {

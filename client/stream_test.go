@@ -151,3 +151,47 @@ func TestStreamSignHonoursCtxWhileSendBlocked(t *testing.T) {
 		t.Errorf("Close = %v", err)
 	}
 }
+
+// TestStreamSignDeadlineReachesServer: a request's ctx deadline travels with it, so that signerd drops
+// it at that deadline while it waits for a signing slot, as it drops a unary Sign's, instead of signing
+// it for a caller long gone once a slot frees.
+func TestStreamSignDeadlineReachesServer(t *testing.T) {
+	var inside atomic.Int32
+	release := make(chan struct{})
+	_, st := streamServer(t, func(s crypto.Signer) crypto.Signer { return heldSigner{s, &inside, release} })
+	held := make(chan error, 4)
+	for range 4 { // clienttest's MaxInFlight: every slot taken
+		go func() {
+			_, err := st.Sign(context.Background(), msgReq(1))
+			held <- err
+		}()
+	}
+	for deadline := time.Now().Add(30 * time.Second); inside.Load() < 4; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			close(release)
+			t.Fatalf("%d signs reached the key after 30s, want 4", inside.Load())
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := st.Sign(ctx, msgReq(1)); status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("Sign with a 200ms deadline while every slot is taken = %v, want DeadlineExceeded", err)
+	}
+	if _, err := st.Sign(ctx, msgReq(1)); status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("Sign with a deadline already passed = %v, want DeadlineExceeded", err)
+	}
+	time.Sleep(300 * time.Millisecond) // past the deadline on signerd's side too
+	close(release)
+	for range 4 {
+		if err := <-held; err != nil {
+			t.Errorf("held Sign = %v", err)
+		}
+	}
+	if _, err := st.Sign(context.Background(), msgReq(1)); err != nil {
+		t.Fatalf("Sign once slots are free = %v", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := inside.Load(); n != 5 {
+		t.Errorf("%d signs reached the key, want 5: the request whose deadline passed must not", n)
+	}
+}

@@ -73,11 +73,22 @@ func (s *Server) SignStream(stream signerv1.Signer_SignStreamServer) error {
 
 // streamSign signs one request of a SignStream and returns its response.
 func (s *Server) streamSign(ctx context.Context, in *signerv1.SignStreamRequest) *signerv1.SignStreamResponse {
+	const method = signerv1.Signer_SignStream_FullMethodName
 	req := in.GetRequest()
-	resp, err := s.guard(signerv1.Signer_SignStream_FullMethodName, func() (any, error) {
-		ctx, err := s.admit(ctx, signerv1.Signer_SignStream_FullMethodName, req)
+	resp, err := s.guard(method, func() (any, error) {
+		ctx, err := s.admit(ctx, method, req)
 		if err != nil {
 			return nil, err
+		}
+		if t := in.GetTimeout(); t != nil {
+			if err := t.CheckValid(); err != nil || t.AsDuration() < 0 {
+				err = toStatus(s.log, invalidArgument("timeout: %ds %dns is negative or malformed", t.GetSeconds(), t.GetNanos()))
+				s.auditRefusal(identity(ctx), method, req, err)
+				return nil, err
+			}
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, t.AsDuration())
+			defer cancel()
 		}
 		return s.Sign(ctx, req)
 	})

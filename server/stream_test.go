@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/signerd/signerd/audit"
 	"github.com/signerd/signerd/jose"
@@ -186,5 +187,58 @@ func TestSignStreamOpenRefusalAudited(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), `"code":"Unauthenticated"`) {
 		t.Errorf("SignStream refused for an expired certificate: nothing in the audit trail")
+	}
+}
+
+// TestSignStreamRequestTimeout: a request's own timeout bounds its wait for a signing slot as a unary
+// call's deadline does (DEADLINE_EXCEEDED, never signed), while the stream and requests without one go
+// on; a negative or malformed timeout is INVALID_ARGUMENT.
+func TestSignStreamRequestTimeout(t *testing.T) {
+	r := newRotationServer(t, &clock{t: time.Now()})
+	if _, err := r.ring.Create("r", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
+		t.Fatal(err)
+	}
+	r.sem = make(chan struct{}, 1)
+	r.sem <- struct{}{} // every slot taken
+	pctx, _ := peerContext(t, "signer", 0)
+	ctx, cancel := context.WithCancel(pctx)
+	defer cancel()
+	fs := &fakeSignStream{ctx: ctx, in: make(chan *signerv1.SignStreamRequest), out: make(chan *signerv1.SignStreamResponse, 10)}
+	done := make(chan error, 1)
+	go func() { done <- r.SignStream(fs) }()
+	req := &signerv1.SignRequest{Key: "r", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}
+	answer := func() *signerv1.SignStreamResponse {
+		t.Helper()
+		select {
+		case resp := <-fs.out:
+			return resp
+		case <-time.After(10 * time.Second):
+			t.Fatal("no response after 10s")
+			return nil
+		}
+	}
+
+	fs.in <- &signerv1.SignStreamRequest{Id: 1, Request: req} // no timeout: waits for a slot
+	fs.in <- &signerv1.SignStreamRequest{Id: 2, Request: req, Timeout: durationpb.New(100 * time.Millisecond)}
+	if resp := answer(); resp.GetId() != 2 || codes.Code(resp.GetError().GetCode()) != codes.DeadlineExceeded {
+		t.Errorf("request with a 100ms timeout while no slot is free = %v, want id 2 DeadlineExceeded", resp)
+	}
+	for _, bad := range []*durationpb.Duration{durationpb.New(-time.Second), {Seconds: 1, Nanos: -1}, {Nanos: 2e9}} {
+		fs.in <- &signerv1.SignStreamRequest{Id: 3, Request: req, Timeout: bad}
+		if resp := answer(); resp.GetId() != 3 || codes.Code(resp.GetError().GetCode()) != codes.InvalidArgument {
+			t.Errorf("request with timeout %v = %v, want id 3 InvalidArgument", bad, resp)
+		}
+	}
+	<-r.sem // a slot frees: the request without a timeout, still waiting, signs
+	if resp := answer(); resp.GetId() != 1 || resp.GetResponse() == nil {
+		t.Errorf("request without a timeout once a slot is free = %v, want id 1 signed", resp)
+	}
+	fs.in <- &signerv1.SignStreamRequest{Id: 4, Request: req, Timeout: durationpb.New(time.Minute)}
+	if resp := answer(); resp.GetId() != 4 || resp.GetResponse() == nil {
+		t.Errorf("request with a timeout and a free slot = %v, want id 4 signed", resp)
+	}
+	close(fs.in)
+	if err := <-done; err != nil {
+		t.Errorf("SignStream after EOF = %v", err)
 	}
 }

@@ -814,8 +814,13 @@ func (x *SignResponse) GetVersion() uint32 {
 type SignStreamRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// id is echoed in the response; signerd does not interpret it.
-	Id            uint64       `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Request       *SignRequest `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	Id      uint64       `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Request *SignRequest `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	// timeout, when set, is the request's own deadline, counted from when signerd reads it, as a unary
+	// call's deadline is: a request whose timeout passes while it waits for a signing slot is not signed
+	// and fails with DEADLINE_EXCEEDED (a zero timeout has passed already). Unset, only the stream's
+	// deadline applies. A negative or malformed timeout is INVALID_ARGUMENT.
+	Timeout       *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -860,6 +865,13 @@ func (x *SignStreamRequest) GetId() uint64 {
 func (x *SignStreamRequest) GetRequest() *SignRequest {
 	if x != nil {
 		return x.Request
+	}
+	return nil
+}
+
+func (x *SignStreamRequest) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
 	}
 	return nil
 }
@@ -1863,10 +1875,11 @@ const file_signer_v1_signer_proto_rawDesc = "" +
 	"\tsignature\x18\x01 \x01(\fR\tsignature\x12\x10\n" +
 	"\x03kid\x18\x02 \x01(\tR\x03kid\x12\x10\n" +
 	"\x03alg\x18\x03 \x01(\tR\x03alg\x12\x18\n" +
-	"\aversion\x18\x04 \x01(\rR\aversion\"U\n" +
+	"\aversion\x18\x04 \x01(\rR\aversion\"\x8a\x01\n" +
 	"\x11SignStreamRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x120\n" +
-	"\arequest\x18\x02 \x01(\v2\x16.signer.v1.SignRequestR\arequest\"\x99\x01\n" +
+	"\arequest\x18\x02 \x01(\v2\x16.signer.v1.SignRequestR\arequest\x123\n" +
+	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\x99\x01\n" +
 	"\x12SignStreamResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x125\n" +
 	"\bresponse\x18\x02 \x01(\v2\x17.signer.v1.SignResponseH\x00R\bresponse\x122\n" +
@@ -2024,49 +2037,50 @@ var file_signer_v1_signer_proto_depIdxs = []int32{
 	22, // 8: signer.v1.DestroyVersionResponse.key:type_name -> signer.v1.KeyInfo
 	0,  // 9: signer.v1.SignRequest.format:type_name -> signer.v1.SignatureFormat
 	11, // 10: signer.v1.SignStreamRequest.request:type_name -> signer.v1.SignRequest
-	12, // 11: signer.v1.SignStreamResponse.response:type_name -> signer.v1.SignResponse
-	15, // 12: signer.v1.SignStreamResponse.error:type_name -> signer.v1.SignStreamError
-	0,  // 13: signer.v1.VerifyRequest.format:type_name -> signer.v1.SignatureFormat
-	22, // 14: signer.v1.ListKeysResponse.keys:type_name -> signer.v1.KeyInfo
-	23, // 15: signer.v1.KeyInfo.versions:type_name -> signer.v1.VersionInfo
-	2,  // 16: signer.v1.KeyInfo.settings:type_name -> signer.v1.KeySettings
-	1,  // 17: signer.v1.VersionInfo.state:type_name -> signer.v1.VersionState
-	29, // 18: signer.v1.VersionInfo.created_at:type_name -> google.protobuf.Timestamp
-	29, // 19: signer.v1.VersionInfo.activate_at:type_name -> google.protobuf.Timestamp
-	29, // 20: signer.v1.VersionInfo.retired_at:type_name -> google.protobuf.Timestamp
-	29, // 21: signer.v1.VersionInfo.expires_at:type_name -> google.protobuf.Timestamp
-	29, // 22: signer.v1.VersionInfo.revoked_at:type_name -> google.protobuf.Timestamp
-	29, // 23: signer.v1.VersionInfo.destroyed_at:type_name -> google.protobuf.Timestamp
-	29, // 24: signer.v1.SignJWTResponse.expires_at:type_name -> google.protobuf.Timestamp
-	11, // 25: signer.v1.Signer.Sign:input_type -> signer.v1.SignRequest
-	16, // 26: signer.v1.Signer.Verify:input_type -> signer.v1.VerifyRequest
-	18, // 27: signer.v1.Signer.GetPublicKey:input_type -> signer.v1.GetPublicKeyRequest
-	20, // 28: signer.v1.Signer.ListKeys:input_type -> signer.v1.ListKeysRequest
-	24, // 29: signer.v1.Signer.SignJWT:input_type -> signer.v1.SignJWTRequest
-	26, // 30: signer.v1.Signer.VerifyJWT:input_type -> signer.v1.VerifyJWTRequest
-	13, // 31: signer.v1.Signer.SignStream:input_type -> signer.v1.SignStreamRequest
-	3,  // 32: signer.v1.KeyAdmin.CreateKey:input_type -> signer.v1.CreateKeyRequest
-	5,  // 33: signer.v1.KeyAdmin.RotateKey:input_type -> signer.v1.RotateKeyRequest
-	7,  // 34: signer.v1.KeyAdmin.RevokeVersion:input_type -> signer.v1.RevokeVersionRequest
-	9,  // 35: signer.v1.KeyAdmin.DestroyVersion:input_type -> signer.v1.DestroyVersionRequest
-	20, // 36: signer.v1.KeyAdmin.ListKeys:input_type -> signer.v1.ListKeysRequest
-	12, // 37: signer.v1.Signer.Sign:output_type -> signer.v1.SignResponse
-	17, // 38: signer.v1.Signer.Verify:output_type -> signer.v1.VerifyResponse
-	19, // 39: signer.v1.Signer.GetPublicKey:output_type -> signer.v1.GetPublicKeyResponse
-	21, // 40: signer.v1.Signer.ListKeys:output_type -> signer.v1.ListKeysResponse
-	25, // 41: signer.v1.Signer.SignJWT:output_type -> signer.v1.SignJWTResponse
-	27, // 42: signer.v1.Signer.VerifyJWT:output_type -> signer.v1.VerifyJWTResponse
-	14, // 43: signer.v1.Signer.SignStream:output_type -> signer.v1.SignStreamResponse
-	4,  // 44: signer.v1.KeyAdmin.CreateKey:output_type -> signer.v1.CreateKeyResponse
-	6,  // 45: signer.v1.KeyAdmin.RotateKey:output_type -> signer.v1.RotateKeyResponse
-	8,  // 46: signer.v1.KeyAdmin.RevokeVersion:output_type -> signer.v1.RevokeVersionResponse
-	10, // 47: signer.v1.KeyAdmin.DestroyVersion:output_type -> signer.v1.DestroyVersionResponse
-	21, // 48: signer.v1.KeyAdmin.ListKeys:output_type -> signer.v1.ListKeysResponse
-	37, // [37:49] is the sub-list for method output_type
-	25, // [25:37] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	28, // 11: signer.v1.SignStreamRequest.timeout:type_name -> google.protobuf.Duration
+	12, // 12: signer.v1.SignStreamResponse.response:type_name -> signer.v1.SignResponse
+	15, // 13: signer.v1.SignStreamResponse.error:type_name -> signer.v1.SignStreamError
+	0,  // 14: signer.v1.VerifyRequest.format:type_name -> signer.v1.SignatureFormat
+	22, // 15: signer.v1.ListKeysResponse.keys:type_name -> signer.v1.KeyInfo
+	23, // 16: signer.v1.KeyInfo.versions:type_name -> signer.v1.VersionInfo
+	2,  // 17: signer.v1.KeyInfo.settings:type_name -> signer.v1.KeySettings
+	1,  // 18: signer.v1.VersionInfo.state:type_name -> signer.v1.VersionState
+	29, // 19: signer.v1.VersionInfo.created_at:type_name -> google.protobuf.Timestamp
+	29, // 20: signer.v1.VersionInfo.activate_at:type_name -> google.protobuf.Timestamp
+	29, // 21: signer.v1.VersionInfo.retired_at:type_name -> google.protobuf.Timestamp
+	29, // 22: signer.v1.VersionInfo.expires_at:type_name -> google.protobuf.Timestamp
+	29, // 23: signer.v1.VersionInfo.revoked_at:type_name -> google.protobuf.Timestamp
+	29, // 24: signer.v1.VersionInfo.destroyed_at:type_name -> google.protobuf.Timestamp
+	29, // 25: signer.v1.SignJWTResponse.expires_at:type_name -> google.protobuf.Timestamp
+	11, // 26: signer.v1.Signer.Sign:input_type -> signer.v1.SignRequest
+	16, // 27: signer.v1.Signer.Verify:input_type -> signer.v1.VerifyRequest
+	18, // 28: signer.v1.Signer.GetPublicKey:input_type -> signer.v1.GetPublicKeyRequest
+	20, // 29: signer.v1.Signer.ListKeys:input_type -> signer.v1.ListKeysRequest
+	24, // 30: signer.v1.Signer.SignJWT:input_type -> signer.v1.SignJWTRequest
+	26, // 31: signer.v1.Signer.VerifyJWT:input_type -> signer.v1.VerifyJWTRequest
+	13, // 32: signer.v1.Signer.SignStream:input_type -> signer.v1.SignStreamRequest
+	3,  // 33: signer.v1.KeyAdmin.CreateKey:input_type -> signer.v1.CreateKeyRequest
+	5,  // 34: signer.v1.KeyAdmin.RotateKey:input_type -> signer.v1.RotateKeyRequest
+	7,  // 35: signer.v1.KeyAdmin.RevokeVersion:input_type -> signer.v1.RevokeVersionRequest
+	9,  // 36: signer.v1.KeyAdmin.DestroyVersion:input_type -> signer.v1.DestroyVersionRequest
+	20, // 37: signer.v1.KeyAdmin.ListKeys:input_type -> signer.v1.ListKeysRequest
+	12, // 38: signer.v1.Signer.Sign:output_type -> signer.v1.SignResponse
+	17, // 39: signer.v1.Signer.Verify:output_type -> signer.v1.VerifyResponse
+	19, // 40: signer.v1.Signer.GetPublicKey:output_type -> signer.v1.GetPublicKeyResponse
+	21, // 41: signer.v1.Signer.ListKeys:output_type -> signer.v1.ListKeysResponse
+	25, // 42: signer.v1.Signer.SignJWT:output_type -> signer.v1.SignJWTResponse
+	27, // 43: signer.v1.Signer.VerifyJWT:output_type -> signer.v1.VerifyJWTResponse
+	14, // 44: signer.v1.Signer.SignStream:output_type -> signer.v1.SignStreamResponse
+	4,  // 45: signer.v1.KeyAdmin.CreateKey:output_type -> signer.v1.CreateKeyResponse
+	6,  // 46: signer.v1.KeyAdmin.RotateKey:output_type -> signer.v1.RotateKeyResponse
+	8,  // 47: signer.v1.KeyAdmin.RevokeVersion:output_type -> signer.v1.RevokeVersionResponse
+	10, // 48: signer.v1.KeyAdmin.DestroyVersion:output_type -> signer.v1.DestroyVersionResponse
+	21, // 49: signer.v1.KeyAdmin.ListKeys:output_type -> signer.v1.ListKeysResponse
+	38, // [38:50] is the sub-list for method output_type
+	26, // [26:38] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_signer_v1_signer_proto_init() }

@@ -69,7 +69,7 @@ type SignerClient interface {
 	// stream goes on. At most 64 requests of a stream are signed at once; further ones wait to be read.
 	// A message gRPC cannot take (over 68 KiB, or not valid protobuf) ends the whole stream, as it would
 	// end a call; so does signerd's periodic request to reconnect (every 30 minutes). The stream's
-	// deadline bounds every request on it.
+	// deadline bounds every request on it, and a request's own timeout bounds it alone.
 	SignStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse], error)
 }
 
@@ -187,7 +187,7 @@ type SignerServer interface {
 	// stream goes on. At most 64 requests of a stream are signed at once; further ones wait to be read.
 	// A message gRPC cannot take (over 68 KiB, or not valid protobuf) ends the whole stream, as it would
 	// end a call; so does signerd's periodic request to reconnect (every 30 minutes). The stream's
-	// deadline bounds every request on it.
+	// deadline bounds every request on it, and a request's own timeout bounds it alone.
 	SignStream(grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]) error
 	mustEmbedUnimplementedSignerServer()
 }
