@@ -35,7 +35,7 @@ type Stream struct {
 	stream signerv1.Signer_SignStreamClient
 	cancel context.CancelFunc
 
-	sendq chan *signerv1.SignStreamRequest // the sender goroutine's input: Send may block on flow control
+	sendq chan outgoing // the sender goroutine's input: Send may block on flow control
 
 	mu      sync.Mutex // guards the fields below
 	nextID  uint64
@@ -53,11 +53,22 @@ func (c *Client) SignStream(ctx context.Context) (*Stream, error) {
 		cancel()
 		return nil, fmt.Errorf("client: open sign stream: %w", err)
 	}
+	return newStream(st, cancel), nil
+}
+
+// newStream starts the goroutines of a Stream over st; cancel ends st.
+func newStream(st signerv1.Signer_SignStreamClient, cancel context.CancelFunc) *Stream {
 	s := &Stream{stream: st, cancel: cancel, pending: map[uint64]chan *signerv1.SignStreamResponse{}, done: make(chan struct{}),
-		sendq: make(chan *signerv1.SignStreamRequest)}
+		sendq: make(chan outgoing)}
 	go s.receive()
 	go s.send()
-	return s, nil
+	return s
+}
+
+// outgoing is a request on its way to the sender goroutine, with its caller's deadline (zero if none).
+type outgoing struct {
+	m        *signerv1.SignStreamRequest
+	deadline time.Time
 }
 
 // receive hands each response to the Sign waiting for it, until the stream ends.
@@ -83,8 +94,16 @@ func (s *Stream) receive() {
 func (s *Stream) send() {
 	for {
 		select {
-		case m := <-s.sendq:
-			if err := s.stream.Send(m); err != nil {
+		case o := <-s.sendq:
+			// The timeout is what is left of the deadline now, after the wait for this goroutine.
+			if !o.deadline.IsZero() {
+				d := time.Until(o.deadline)
+				if d <= 0 {
+					continue // its caller has given up, at its ctx's deadline
+				}
+				o.m.Timeout = durationpb.New(d)
+			}
+			if err := s.stream.Send(o.m); err != nil {
 				<-s.done // receive has the reason
 				return
 			}
@@ -119,12 +138,13 @@ func (s *Stream) closed() error {
 // Sign's.
 func (s *Stream) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1.SignResponse, error) {
 	m := &signerv1.SignStreamRequest{Request: req}
-	if deadline, ok := ctx.Deadline(); ok {
+	deadline, ok := ctx.Deadline()
+	if ok {
 		d := time.Until(deadline)
 		if d <= 0 {
 			return nil, status.FromContextError(context.DeadlineExceeded).Err()
 		}
-		m.Timeout = durationpb.New(d)
+		m.Timeout = durationpb.New(d) // for the size check; the sender sets it again, no longer
 	}
 	// A request that cannot be marshalled, or that signerd's gRPC would refuse as too large, would end
 	// the stream for every caller: refuse it here, as a unary Sign call fails alone.
@@ -152,7 +172,7 @@ func (s *Stream) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1
 	}
 
 	select {
-	case s.sendq <- m:
+	case s.sendq <- outgoing{m: m, deadline: deadline}:
 	case <-ctx.Done():
 		forget()
 		return nil, status.FromContextError(ctx.Err()).Err()

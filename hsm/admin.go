@@ -21,6 +21,8 @@ type SlotInfo struct {
 	Serial       string
 	Manufacturer string
 	Model        string
+	// ProbeErr is why the token could not tell which mechanisms it offers (Supports is then false).
+	ProbeErr error
 	// mechs is what the token can generate and sign with.
 	mechs map[uint]pkcs11.MechanismInfo
 }
@@ -120,8 +122,9 @@ func ListSlots(module string) ([]SlotInfo, error) {
 				info.Initialized = ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED != 0
 				info.Label, info.Serial = ti.Label, ti.SerialNumber
 				info.Manufacturer, info.Model = ti.ManufacturerID, ti.Model
-				if info.mechs, err = probeMechanismInfo(p11, s); err != nil {
-					return fmt.Errorf("hsm: token in slot %d: %w", s, err)
+				// An uninitialised token is only listed to be initialised: some refuse the probe.
+				if info.Initialized {
+					info.mechs, info.ProbeErr = probeMechanismInfo(p11, s)
 				}
 			}
 			out = append(out, info)

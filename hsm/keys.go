@@ -534,8 +534,12 @@ func (t *Token) loadEd25519(op string, id []byte, priv pkcs11.ObjectHandle, gen 
 		if err != nil {
 			return err
 		}
-		if len(handles) != 1 {
-			return &Error{Op: op, Kind: ErrNotFound, Err: fmt.Errorf("%d public keys with the CKA_ID, want 1", len(handles))}
+		switch len(handles) {
+		case 0:
+			return &Error{Op: op, Kind: ErrNotFound, Err: errors.New("no public key with the CKA_ID")}
+		case 1:
+		default:
+			return &Error{Op: op, Kind: ErrKeyCheck, Err: fmt.Errorf("%d public keys share the CKA_ID", len(handles))}
 		}
 		attrs, err := t.p11.GetAttributeValue(s, handles[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)})
 		if err != nil {

@@ -64,7 +64,6 @@ func toStatus(log *slog.Logger, err error) error {
 	var inv invalidInputError
 	var busy busyError
 	var unav unavailableError
-	var missing missingError
 	switch {
 	case errors.As(err, &api):
 		return status.Error(api.code, api.msg)
@@ -92,12 +91,6 @@ func toStatus(log *slog.Logger, err error) error {
 	case errors.As(err, &unav) && unav.Unavailable():
 		log.Error("hsm unavailable", "err", err)
 		return status.Error(codes.Unavailable, "signing backend unavailable")
-	case errors.As(err, &missing) && missing.Missing():
-		// The key pair of a loaded version was destroyed in the token since (by another daemon or an
-		// administrator's tool): retrying will not bring it back, and the next refresh shows the version
-		// without a key pair.
-		log.Error("key pair missing from the token", "err", err)
-		return status.Error(codes.FailedPrecondition, "the key version's key pair is no longer in the token")
 	}
 	log.Error("internal error", "err", err)
 	return status.Error(codes.Internal, "internal error")

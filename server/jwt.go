@@ -124,7 +124,8 @@ func (s *Server) signJWS(ctx context.Context, v *keyring.LoadedVersion, signingI
 		return nil, err
 	}
 	defer s.release()
-	return jose.NewSigningMethod(v.Key.Alg).Sign(signingInput, v.Signer)
+	sig, err := jose.NewSigningMethod(v.Key.Alg).Sign(signingInput, v.Signer)
+	return sig, s.signError(v, err)
 }
 
 // decodeClaims parses the caller's claims: one JSON object, numbers kept exact.

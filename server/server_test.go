@@ -68,6 +68,13 @@ func TestBackendFailures(t *testing.T) {
 	c := wrappedServer(t, func(s crypto.Signer) crypto.Signer { return faultySigner{s, &fault} })
 	sign := func() error {
 		_, err := c.Signer().Sign(context.Background(), &signerv1.SignRequest{Key: "k", Input: &signerv1.SignRequest_Message{Message: []byte("m")}})
+		if err != nil {
+			// SignJWT signs through the same seam: its status must be the same.
+			_, jerr := c.Signer().SignJWT(context.Background(), &signerv1.SignJWTRequest{Key: "k", ClaimsJson: `{"sub":"s"}`})
+			if status.Code(jerr) != status.Code(err) {
+				t.Errorf("SignJWT = %v, Sign = %v: want the same code", jerr, err)
+			}
+		}
 		return err
 	}
 	tests := []struct {

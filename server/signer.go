@@ -135,7 +135,20 @@ func (s *Server) signWith(ctx context.Context, v *keyring.LoadedVersion, in []by
 		return nil, err
 	}
 	defer s.release()
-	return v.Signer.Sign(rand.Reader, in, v.Key.Alg.SignerOpts())
+	sig, err := v.Signer.Sign(rand.Reader, in, v.Key.Alg.SignerOpts())
+	return sig, s.signError(v, err)
+}
+
+// signError is the error of a signature by version v as the caller should see it. A key pair destroyed
+// in the token after the version was loaded (by another daemon or an administrator's tool) is
+// FAILED_PRECONDITION: retrying will not bring it back. Other errors go to toStatus as they are.
+func (s *Server) signError(v *keyring.LoadedVersion, err error) error {
+	var m missingError
+	if errors.As(err, &m) && m.Missing() {
+		s.log.Error("key pair missing from the token", "key", v.Key.Name, "kid", v.Kid, "err", err)
+		return failedPrecondition("key %q version %d: its key pair is no longer in the token", v.Key.Name, v.Number)
+	}
+	return err
 }
 
 // auditStart records that a signature or a key change is about to be made and writes the line out

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/status"
 
+	"github.com/signerd/signerd/audit"
 	signerv1 "github.com/signerd/signerd/proto/signer/v1"
+	"github.com/signerd/signerd/server/authz"
 )
 
 // streamInFlight bounds the requests of one SignStream signed at once; the stream's further requests
@@ -26,7 +29,7 @@ func (s *Server) SignStream(stream signerv1.Signer_SignStreamServer) error {
 	var (
 		wg      sync.WaitGroup
 		sendMu  sync.Mutex // a gRPC stream takes one Send at a time
-		work    = make(chan *signerv1.SignStreamRequest)
+		work    = make(chan streamRequest)
 		workers int
 	)
 	defer func() {
@@ -35,8 +38,8 @@ func (s *Server) SignStream(stream signerv1.Signer_SignStreamServer) error {
 	}()
 	worker := func() {
 		defer wg.Done()
-		for in := range work {
-			out := s.streamSign(ctx, in)
+		for r := range work {
+			out := s.streamSign(ctx, r)
 			sendMu.Lock()
 			// A failed Send means the stream is gone; Recv reports it and ends the loop.
 			_ = stream.Send(out)
@@ -51,10 +54,11 @@ func (s *Server) SignStream(stream signerv1.Signer_SignStreamServer) error {
 		if err != nil {
 			return err // the stream is gone (canceled, deadline, connection): gRPC's status already
 		}
+		r := streamRequest{in: in, read: time.Now()}
 		// An idle worker takes the request at once; if none is idle, one more is started while the
 		// bound allows, and otherwise the request waits for the first worker to be free.
 		select {
-		case work <- in:
+		case work <- r:
 			continue
 		default:
 		}
@@ -64,35 +68,41 @@ func (s *Server) SignStream(stream signerv1.Signer_SignStreamServer) error {
 			go worker()
 		}
 		select {
-		case work <- in:
+		case work <- r:
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		}
 	}
 }
 
+// streamRequest is a request of a SignStream and when it was read, from which its timeout counts.
+type streamRequest struct {
+	in   *signerv1.SignStreamRequest
+	read time.Time
+}
+
 // streamSign signs one request of a SignStream and returns its response.
-func (s *Server) streamSign(ctx context.Context, in *signerv1.SignStreamRequest) *signerv1.SignStreamResponse {
+func (s *Server) streamSign(ctx context.Context, r streamRequest) *signerv1.SignStreamResponse {
 	const method = signerv1.Signer_SignStream_FullMethodName
-	req := in.GetRequest()
+	req := r.in.GetRequest()
 	resp, err := s.guard(method, func() (any, error) {
 		ctx, err := s.admit(ctx, method, req)
 		if err != nil {
 			return nil, err
 		}
-		if t := in.GetTimeout(); t != nil {
+		if t := r.in.GetTimeout(); t != nil {
 			if err := t.CheckValid(); err != nil || t.AsDuration() < 0 {
-				err = toStatus(s.log, invalidArgument("timeout: %ds %dns is negative or malformed", t.GetSeconds(), t.GetNanos()))
-				s.auditRefusal(identity(ctx), method, req, err)
-				return nil, err
+				// Refused as a Sign input would be, and audited as one.
+				ev := audit.Event{Identity: identity(ctx), Op: string(authz.OpSign), Key: req.GetKey()}
+				return nil, s.record(&ev, invalidArgument("timeout: %ds %dns is negative or malformed", t.GetSeconds(), t.GetNanos()))
 			}
 			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, t.AsDuration())
+			ctx, cancel = context.WithDeadline(ctx, r.read.Add(t.AsDuration()))
 			defer cancel()
 		}
 		return s.Sign(ctx, req)
 	})
-	out := &signerv1.SignStreamResponse{Id: in.GetId()}
+	out := &signerv1.SignStreamResponse{Id: r.in.GetId()}
 	if err != nil {
 		st := status.Convert(err)
 		out.Result = &signerv1.SignStreamResponse_Error{Error: &signerv1.SignStreamError{Code: int32(st.Code()), Message: st.Message()}}

@@ -190,11 +190,13 @@ func TestSignStreamOpenRefusalAudited(t *testing.T) {
 	}
 }
 
-// TestSignStreamRequestTimeout: a request's own timeout bounds its wait for a signing slot as a unary
-// call's deadline does (DEADLINE_EXCEEDED, never signed), while the stream and requests without one go
-// on; a negative or malformed timeout is INVALID_ARGUMENT.
+// TestSignStreamRequestTimeout: a request's own timeout, counted from when it is read, bounds its wait
+// for a worker and a signing slot as a unary call's deadline does (DEADLINE_EXCEEDED, never signed), while
+// the stream and requests without one go on; a negative or malformed timeout is INVALID_ARGUMENT, audited.
 func TestSignStreamRequestTimeout(t *testing.T) {
 	r := newRotationServer(t, &clock{t: time.Now()})
+	var out syncBuffer
+	r.audit = audit.New(&out)
 	if _, err := r.ring.Create("r", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +205,7 @@ func TestSignStreamRequestTimeout(t *testing.T) {
 	pctx, _ := peerContext(t, "signer", 0)
 	ctx, cancel := context.WithCancel(pctx)
 	defer cancel()
-	fs := &fakeSignStream{ctx: ctx, in: make(chan *signerv1.SignStreamRequest), out: make(chan *signerv1.SignStreamResponse, 10)}
+	fs := &fakeSignStream{ctx: ctx, in: make(chan *signerv1.SignStreamRequest), out: make(chan *signerv1.SignStreamResponse, 2*streamInFlight)}
 	done := make(chan error, 1)
 	go func() { done <- r.SignStream(fs) }()
 	req := &signerv1.SignRequest{Key: "r", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}
@@ -229,16 +231,35 @@ func TestSignStreamRequestTimeout(t *testing.T) {
 			t.Errorf("request with timeout %v = %v, want id 3 InvalidArgument", bad, resp)
 		}
 	}
-	<-r.sem // a slot frees: the request without a timeout, still waiting, signs
-	if resp := answer(); resp.GetId() != 1 || resp.GetResponse() == nil {
-		t.Errorf("request without a timeout once a slot is free = %v, want id 1 signed", resp)
+	// Every worker busy (waiting for the slot, with request 1): the timeout of a request read meanwhile
+	// runs while it waits for a worker too.
+	for i := range streamInFlight - 1 {
+		fs.in <- &signerv1.SignStreamRequest{Id: uint64(100 + i), Request: req}
 	}
-	fs.in <- &signerv1.SignStreamRequest{Id: 4, Request: req, Timeout: durationpb.New(time.Minute)}
-	if resp := answer(); resp.GetId() != 4 || resp.GetResponse() == nil {
-		t.Errorf("request with a timeout and a free slot = %v, want id 4 signed", resp)
+	fs.in <- &signerv1.SignStreamRequest{Id: 4, Request: req, Timeout: durationpb.New(100 * time.Millisecond)}
+	time.Sleep(300 * time.Millisecond) // past request 4's timeout, counted from when it was read
+	<-r.sem                            // a slot frees: the requests without a timeout sign, one after another
+	for range streamInFlight + 1 {
+		resp := answer()
+		switch {
+		case resp.GetId() == 4 && codes.Code(resp.GetError().GetCode()) != codes.DeadlineExceeded:
+			t.Errorf("request with a 100ms timeout that waited 300ms for a worker = %v, want DeadlineExceeded", resp)
+		case resp.GetId() != 4 && resp.GetResponse() == nil:
+			t.Errorf("request %d without a timeout once a slot is free = %v, want a signature", resp.GetId(), resp)
+		}
+	}
+	fs.in <- &signerv1.SignStreamRequest{Id: 5, Request: req, Timeout: durationpb.New(time.Minute)}
+	if resp := answer(); resp.GetId() != 5 || resp.GetResponse() == nil {
+		t.Errorf("request with a timeout and a free slot = %v, want id 5 signed", resp)
 	}
 	close(fs.in)
 	if err := <-done; err != nil {
 		t.Errorf("SignStream after EOF = %v", err)
+	}
+	if err := r.audit.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(out.String(), "is negative or malformed"); n != 3 {
+		t.Errorf("%d refusals of a bad timeout in the audit trail, want 3", n)
 	}
 }

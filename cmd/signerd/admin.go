@@ -307,7 +307,11 @@ func tokenListFlags(fs *flag.FlagSet) func(context.Context, *streams, []string) 
 					algs = append(algs, a.algs)
 				}
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", sl.Slot, sl.Label, sl.Serial, sl.Model, strings.Join(algs, ", "))
+			supported := strings.Join(algs, ", ")
+			if sl.ProbeErr != nil {
+				supported = fmt.Sprintf("(unknown: the token did not answer: %v)", sl.ProbeErr)
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", sl.Slot, sl.Label, sl.Serial, sl.Model, supported)
 		}
 		return tw.Flush()
 	}
