@@ -1,15 +1,19 @@
 package softhsmtest_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -59,6 +63,9 @@ type ratio struct{ num, den, unit string }
 // It also reports empty-rpc-ops/s: health checks on the same connection, which pass through the same
 // mutual TLS, HTTP/2 and interceptor (identity, rate limit, metrics) and do nothing else. Their rate
 // is the machine's ceiling for any RPC, against which a signature's cost in the token can be weighed.
+// And for every contender the CPU time one operation cost this process and the daemon together
+// (<name>-cpu-us/op): what the RPC adds to a signature on both of its sides, in microseconds, where
+// the rates mix it with how the scheduler shared out the wall-clock time.
 //
 // `make bench` runs it (each sub-benchmark once: it times itself, see benchRounds).
 //
@@ -82,7 +89,7 @@ func BenchmarkSign(b *testing.B) {
 		req := &signerv1.SignRequest{Key: key, Input: &signerv1.SignRequest_Digest{Digest: digest}}
 		for _, conc := range []int{1, 8, 32, 64} {
 			b.Run(fmt.Sprintf("%s/conc=%d", jose.Algorithm(k.Alg), conc), func(b *testing.B) {
-				compare(b, conc, []contender{
+				compare(b, conc, in.cpuTime(b), []contender{
 					{name: "inprocess", op: func() error { _, err := k.Active.Signer.Sign(rand.Reader, digest, opts); return err }},
 					{name: "inprocess-copies", op: func() error { _, err := kc.Active.Signer.Sign(rand.Reader, digest, opts); return err }},
 					{name: "grpc", op: func() error { _, err := c.Sign(context.Background(), req); return err }},
@@ -138,7 +145,7 @@ func BenchmarkJWT(b *testing.B) {
 	verifyReq := &signerv1.VerifyJWTRequest{Token: token.GetToken()}
 	for _, conc := range []int{8, 32} {
 		b.Run(fmt.Sprintf("conc=%d", conc), func(b *testing.B) {
-			compare(b, conc, []contender{
+			compare(b, conc, in.cpuTime(b), []contender{
 				{name: "Sign", op: func() error { _, err := c.Sign(context.Background(), signReq); return err }},
 				{name: "SignJWT", op: func() error { _, err := c.SignJWT(context.Background(), signJWTReq); return err }},
 				{name: "inprocess-sign", op: func() error { _, err := s.Sign(rand.Reader, digest, opts); return err }},
@@ -163,10 +170,14 @@ func BenchmarkJWT(b *testing.B) {
 }
 
 // compare measures contenders in interleaved rounds at concurrency conc and reports each one's median
-// rate (unit "<name>-ops/s") and each ratio's median over the rounds. It ignores b.N: it times itself.
-func compare(b *testing.B, conc int, cs []contender, ratios []ratio) {
+// rate (unit "<name>-ops/s"), the CPU time it cost per operation in this process and the daemon
+// together over all its slices (unit "<name>-cpu-us/op", from cpu), and each ratio's median over the
+// rounds. It ignores b.N: it times itself.
+func compare(b *testing.B, conc int, cpu func() time.Duration, cs []contender, ratios []ratio) {
 	b.Helper()
 	rates := make(map[string][]float64, len(cs))
+	cpuUsed := make(map[string]time.Duration, len(cs))
+	ops := make(map[string]int64, len(cs))
 	for round := range benchRounds {
 		order := slices.Clone(cs)
 		if round%2 == 1 {
@@ -178,16 +189,20 @@ func compare(b *testing.B, conc int, cs []contender, ratios []ratio) {
 					b.Fatalf("%s: %v", c.name, err)
 				}
 			}
-			rate, err := rateFor(conc, benchSlice, c.op)
+			before := cpu()
+			rate, done, err := rateFor(conc, benchSlice, c.op)
 			if err != nil {
 				b.Fatalf("%s: %v", c.name, err)
 			}
+			cpuUsed[c.name] += cpu() - before
+			ops[c.name] += done
 			rates[c.name] = append(rates[c.name], rate)
 		}
 	}
 	b.ReportMetric(0, "ns/op")
 	for _, c := range cs {
 		b.ReportMetric(median(rates[c.name]), c.name+"-ops/s")
+		b.ReportMetric(float64(cpuUsed[c.name].Microseconds())/float64(ops[c.name]), c.name+"-cpu-us/op")
 	}
 	for _, r := range ratios {
 		pct := make([]float64, benchRounds)
@@ -202,9 +217,9 @@ func compare(b *testing.B, conc int, cs []contender, ratios []ratio) {
 var errPoolEmpty = errors.New("no more prepared inputs")
 
 // rateFor runs op over conc goroutines until d has passed, benchMaxOps operations were started or op
-// ran out of inputs, and returns the operations completed per second. A slice that completed nothing
-// is an error, not a rate of zero.
-func rateFor(conc int, d time.Duration, op func() error) (float64, error) {
+// ran out of inputs, and returns the operations completed per second and their number. A slice that
+// completed nothing is an error, not a rate of zero.
+func rateFor(conc int, d time.Duration, op func() error) (float64, int64, error) {
 	var started, done atomic.Int64
 	var firstErr error
 	var once sync.Once
@@ -230,7 +245,7 @@ func rateFor(conc int, d time.Duration, op func() error) (float64, error) {
 	if firstErr == nil && done.Load() == 0 {
 		firstErr = errors.New("no operation completed")
 	}
-	return float64(done.Load()) / time.Since(start).Seconds(), firstErr
+	return float64(done.Load()) / time.Since(start).Seconds(), done.Load(), firstErr
 }
 
 // median returns the median of xs (the mean of the middle two for an even count).
@@ -304,4 +319,30 @@ func (in *instance) openInProcess(b *testing.B, tokenObjects bool) *keyring.Ring
 		b.Fatal(err)
 	}
 	return ring
+}
+
+// cpuTime returns a function that reads the CPU time (user and system) used so far by this process and
+// the instance's daemon together: what the machine spent, on both sides of the RPC, whatever the
+// scheduler did with the wall-clock time.
+func (in *instance) cpuTime(b *testing.B) func() time.Duration {
+	stat := fmt.Sprintf("/proc/%d/stat", in.proc.Pid)
+	return func() time.Duration {
+		var self syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &self); err != nil {
+			b.Fatal(err)
+		}
+		raw, err := os.ReadFile(stat)
+		if err != nil {
+			b.Fatal(err)
+		}
+		// Fields 14 and 15 (utime, stime, in clock ticks of 1/100 s on Linux) follow the command name,
+		// which ends at the last ')'.
+		f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+1:]))
+		utime, err1 := strconv.ParseInt(f[11], 10, 64)
+		stime, err2 := strconv.ParseInt(f[12], 10, 64)
+		if err1 != nil || err2 != nil {
+			b.Fatalf("%s: %q", stat, raw)
+		}
+		return time.Duration(self.Utime.Nano()+self.Stime.Nano()) + time.Duration(utime+stime)*10*time.Millisecond
+	}
 }
