@@ -51,14 +51,14 @@ func (s Store) Load(alg jose.Algorithm, bits int, id []byte) (crypto.Signer, err
 func (s Store) Destroy(id []byte) error { return s.t.Destroy(id) }
 
 // ReadRecords implements keyring.Store.
-func (s Store) ReadRecords() ([][]byte, error) {
+func (s Store) ReadRecords() ([]keyring.Record, error) {
 	recs, err := s.t.Records()
 	if err != nil {
 		return nil, err
 	}
-	out := make([][]byte, len(recs))
+	out := make([]keyring.Record, len(recs))
 	for i, r := range recs {
-		out[i] = r.Value
+		out[i] = keyring.Record{Name: r.Name, Value: r.Value}
 	}
 	return out, nil
 }

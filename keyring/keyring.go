@@ -31,13 +31,19 @@ type Store interface {
 	Load(alg jose.Algorithm, bits int, id []byte) (crypto.Signer, error)
 	// Destroy deletes the key pair with ID id; a missing one is not an error.
 	Destroy(id []byte) error
-	// ReadRecords returns every key record's value.
-	ReadRecords() ([][]byte, error)
+	// ReadRecords returns every key record.
+	ReadRecords() ([]Record, error)
 	// WriteRecord creates or replaces the record of key name.
 	WriteRecord(name string, value []byte) error
 	// Lock takes the lock of key name, shared by every process using the token, waiting a bounded time
 	// for it; the returned function releases it. Every read-modify-write of a record holds it.
 	Lock(name string) (unlock func() error, err error)
+}
+
+// Record is a key record as the Store holds it: the name it was written under (the key's) and its value.
+type Record struct {
+	Name  string
+	Value []byte
 }
 
 // Errors returned by the Ring; test them with errors.Is.
@@ -153,10 +159,11 @@ func (r *Ring) refreshLocked() error {
 	}
 	metas := map[string]*Meta{}
 	var errs []error
-	for _, b := range raw {
-		m, err := decodeMeta(b)
+	for _, rec := range raw {
+		m, err := decodeMeta(rec.Value)
 		if err != nil {
-			errs = append(errs, err)
+			// Named by the record's label, so that an operator can find the object in the token.
+			errs = append(errs, fmt.Errorf("record %q: %w", rec.Name, err))
 			continue
 		}
 		// Two records for one key are left by an interrupted write; the higher revision is the newer.

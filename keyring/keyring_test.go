@@ -216,7 +216,7 @@ type failingReads struct {
 	fail bool
 }
 
-func (f *failingReads) ReadRecords() ([][]byte, error) {
+func (f *failingReads) ReadRecords() ([]keyring.Record, error) {
 	if f.fail {
 		return nil, errors.New("token unreachable")
 	}
@@ -385,6 +385,28 @@ func TestOpenTolerant(t *testing.T) {
 	}
 	if _, _, err := r.Rotate("good", false); err != nil {
 		t.Errorf("Rotate(good) with another key broken = %v", err)
+	}
+}
+
+// TestUnreadableRecordNamed: a record that is not a key record (written by something else, or damaged)
+// stops a strict Open with an error that names the record, so that an operator can find the object in
+// the token; a tolerant Open reports it and opens with the other keys.
+func TestUnreadableRecordNamed(t *testing.T) {
+	store := keyringtest.NewMemoryStore()
+	mustCreate(t, openRing(t, store, keyring.Options{}), "good", keyring.DefaultSettings())
+	if err := store.WriteRecord("stray", []byte("not a key record")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := keyring.Open(store, keyring.Options{}); err == nil || !strings.Contains(err.Error(), `record "stray"`) {
+		t.Errorf("Open (strict) with a record that is not JSON = %v, want an error naming record \"stray\"", err)
+	}
+	var problems []error
+	r, err := keyring.Open(store, keyring.Options{LoadProblems: func(err error) { problems = append(problems, err) }})
+	if err != nil {
+		t.Fatalf("Open (tolerant) = %v", err)
+	}
+	if _, ok := r.Snapshot().Key("good"); !ok || len(problems) != 1 || !strings.Contains(problems[0].Error(), `record "stray"`) {
+		t.Errorf("tolerant Open: key good there = %v, problems %v; want good and one problem naming record \"stray\"", ok, problems)
 	}
 }
 

@@ -90,14 +90,14 @@ func (r *Ring) readMeta(name string) (*Meta, error) {
 		return nil, fmt.Errorf("keyring: read records: %w", err)
 	}
 	var cur *Meta
-	for _, b := range raw {
+	for _, rec := range raw {
 		var peek struct {
 			Name string `json:"name"`
 		}
-		if json.Unmarshal(b, &peek) != nil || peek.Name != name {
+		if json.Unmarshal(rec.Value, &peek) != nil || peek.Name != name {
 			continue
 		}
-		m, err := decodeMeta(b)
+		m, err := decodeMeta(rec.Value)
 		if err != nil {
 			return nil, err
 		}

@@ -87,12 +87,12 @@ func (m *MemoryStore) Destroy(id []byte) error {
 }
 
 // ReadRecords implements keyring.Store.
-func (m *MemoryStore) ReadRecords() ([][]byte, error) {
+func (m *MemoryStore) ReadRecords() ([]keyring.Record, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([][]byte, 0, len(m.records))
-	for _, v := range m.records {
-		out = append(out, v)
+	out := make([]keyring.Record, 0, len(m.records))
+	for name, v := range m.records {
+		out = append(out, keyring.Record{Name: name, Value: v})
 	}
 	return out, nil
 }
