@@ -74,6 +74,11 @@ type Options struct {
 	// passed to it. Administrative commands use it, so that one broken key does not stop changes to
 	// the others. Without it, Open fails: a daemon does not start with a key it cannot check.
 	LoadProblems func(error)
+	// MinPrepublish is the shortest time a staged rotation publishes a new version before it signs,
+	// whatever the key's own prepublish: the JWKS cache lifetime of the configuration in force, for keys
+	// whose settings were checked against a shorter one, so that no verifier meets a kid its cached JWKS
+	// lacks.
+	MinPrepublish time.Duration
 }
 
 // Ring is the loaded view of every key in the Store. It is safe for concurrent use; readers never block.
@@ -81,8 +86,10 @@ type Ring struct {
 	store   Store
 	now     func() time.Time
 	changed func()
-	mu      sync.Mutex // serialises writers and refreshes
-	snap    atomic.Pointer[Snapshot]
+	// minPrepublish is Options.MinPrepublish.
+	minPrepublish time.Duration
+	mu            sync.Mutex // serialises writers and refreshes
+	snap          atomic.Pointer[Snapshot]
 	// strict makes a refresh that meets key problems fail without publishing: only Open's first load
 	// (unless Options.LoadProblems is set). Guarded by mu.
 	strict bool
@@ -92,7 +99,7 @@ type Ring struct {
 
 // Open loads every key from store.
 func Open(store Store, opts Options) (*Ring, error) {
-	r := &Ring{store: store, now: opts.Now, changed: opts.Changed, strict: opts.LoadProblems == nil}
+	r := &Ring{store: store, now: opts.Now, changed: opts.Changed, minPrepublish: opts.MinPrepublish, strict: opts.LoadProblems == nil}
 	if r.now == nil {
 		r.now = time.Now
 	}

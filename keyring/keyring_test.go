@@ -550,3 +550,36 @@ func TestDestroyExpiredReportsWrittenOnly(t *testing.T) {
 		t.Errorf("k version 1 is %s, want destroyed", k.Versions[0].State)
 	}
 }
+
+// TestRotationPrepublishFloor: with Options.MinPrepublish (the JWKS max-age of the configuration in
+// force), a staged rotation, by hand or because it is due, publishes the new version at least that long
+// before it signs, even for a key whose own prepublish is shorter (set under an earlier configuration);
+// a longer prepublish of the key's own is kept, and an emergency rotation still signs at once.
+func TestRotationPrepublishFloor(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	r := openRing(t, keyringtest.NewMemoryStore(), keyring.Options{Now: func() time.Time { return now }, MinPrepublish: 5 * time.Minute})
+	short, long := keyring.DefaultSettings(), keyring.DefaultSettings()
+	short.Prepublish, long.Prepublish = keyring.Duration(time.Minute), keyring.Duration(10*time.Minute)
+	short.RotationPeriod = keyring.Duration(time.Hour)
+	mustCreate(t, r, "short", short)
+	mustCreate(t, r, "long", long)
+	mustCreate(t, r, "urgent", short)
+	for name, want := range map[string]time.Duration{"short": 5 * time.Minute, "long": 10 * time.Minute} {
+		if _, v, err := r.Rotate(name, false); err != nil || !v.ActivateAt.Equal(now.Add(want)) {
+			t.Errorf("Rotate(%s) = version activating at %v, %v; want %v", name, v.ActivateAt, err, now.Add(want))
+		}
+	}
+	if _, v, err := r.Rotate("urgent", true); err != nil || !v.ActivateAt.Equal(now) {
+		t.Errorf("emergency Rotate = version activating at %v, %v; want now", v.ActivateAt, err)
+	}
+	now = now.Add(2 * time.Hour)
+	if err := r.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	rotated, err := r.RotateDue(context.Background())
+	if err != nil || !slices.ContainsFunc(rotated, func(v keyring.KeyVersion) bool {
+		return v.Key == "short" && v.ActivateAt.Equal(now.Add(5*time.Minute))
+	}) {
+		t.Errorf("RotateDue = %+v, %v; want short's new version activating at %v", rotated, err, now.Add(5*time.Minute))
+	}
+}

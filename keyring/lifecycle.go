@@ -163,7 +163,7 @@ func (r *Ring) Rotate(name string, emergency bool) (*Key, *Version, error) {
 		if err := mustExist(name, cur); err != nil {
 			return nil, nil, err
 		}
-		activate := now.Add(cur.Prepublish.D())
+		activate := now.Add(r.prepublish(cur))
 		if emergency {
 			activate = now
 		}
@@ -234,6 +234,12 @@ func (r *Ring) Destroy(name string, n int) (*Key, error) {
 	})
 }
 
+// prepublish is how long a staged rotation of the key whose record is m publishes its new version
+// before it signs: the key's prepublish, or the ring's minimum if that is longer.
+func (r *Ring) prepublish(m *Meta) time.Duration {
+	return max(m.Prepublish.D(), r.minPrepublish)
+}
+
 // RotateDue staged-rotates every key whose active version is older than its rotation period and that
 // has no pending version. Each key is re-checked under its lock, so processes running it at the same
 // time (on one machine or several) rotate each due key exactly once. It returns the versions it added,
@@ -264,7 +270,7 @@ func (r *Ring) RotateDue(ctx context.Context) ([]KeyVersion, error) {
 			if !cur.due(now) {
 				return nil, nil, errNotDue
 			}
-			v, err := r.newVersion(cur, now, now.Add(cur.Prepublish.D()))
+			v, err := r.newVersion(cur, now, now.Add(r.prepublish(cur)))
 			if err != nil {
 				return nil, nil, err
 			}

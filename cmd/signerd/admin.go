@@ -55,7 +55,7 @@ func openRing(ctx context.Context, s *streams, cfgPath string, exclusive bool) (
 	}
 	// One broken key must not stop an administrator from changing the others (or a timer's
 	// rotate --due from rotating them): its problems are reported, and it is left as a refresh leaves it.
-	ring, err := keyring.Open(hsmstore.New(tok), keyring.Options{LoadProblems: func(err error) {
+	ring, err := keyring.Open(hsmstore.New(tok), keyring.Options{MinPrepublish: minPrepublish(cfg), LoadProblems: func(err error) {
 		fmt.Fprintf(s.stderr, "signerd: warning: %v\n", err)
 	}})
 	if err != nil {

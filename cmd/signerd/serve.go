@@ -118,7 +118,7 @@ func startDaemon(ctx context.Context, cfgPath string, cfg *config.Config, log *s
 		}
 	}
 	d.changed = make(chan struct{}, 1)
-	if d.ring, err = keyring.Open(hsmstore.New(d.tok), keyring.Options{Changed: d.notifyChanged}); err != nil {
+	if d.ring, err = keyring.Open(hsmstore.New(d.tok), keyring.Options{Changed: d.notifyChanged, MinPrepublish: minPrepublish(cfg)}); err != nil {
 		return nil, fmt.Errorf("keys in token %q: %w", d.tok.Label(), err)
 	}
 	policy, err := authz.Compile(cfg.Policy, d.ring.Snapshot().Exists)
