@@ -280,7 +280,9 @@ const emptyHashTail = `""}`
 // in: the canonical form of a line, which Record writes and Verify checks.
 func withHash(dst, unhashed []byte, h string) []byte {
 	dst = append(dst, unhashed[:len(unhashed)-len(emptyHashTail)]...)
-	return append(dst, `"`+h+`"}`...)
+	dst = append(dst, '"')
+	dst = append(dst, h...)
+	return append(dst, '"', '}')
 }
 
 func hashLine(line []byte) string {

@@ -13,22 +13,22 @@ import (
 // as U+FFFD (see appendString): every line it writes is one Verify rebuilds as it is
 // (TestAppendJSONIsMarshal, FuzzAppendJSON).
 func (e *Event) appendJSON(dst []byte) ([]byte, error) {
-	t, err := e.Time.MarshalJSON()
+	start := len(dst)
+	dst = append(dst, `{"`+FieldTime+`":"`...)
+	dst, err := e.Time.AppendText(dst)
 	if err != nil {
-		return dst, err
+		return dst[:start], err
 	}
-	dst = append(dst, `{"time":`...)
-	dst = append(dst, t...)
-	dst = append(dst, `,"seq":`...)
+	dst = append(dst, `","`+FieldSeq+`":`...)
 	dst = strconv.AppendUint(dst, e.Seq, 10)
-	dst = appendMember(dst, "identity", e.Identity, false)
-	dst = appendMember(dst, "op", e.Op, false)
-	dst = appendMember(dst, "key", e.Key, true)
-	dst = appendMember(dst, "kid", e.Kid, true)
-	dst = appendMember(dst, "alg", e.Alg, true)
-	dst = appendMember(dst, "input_sha256", e.Input, true)
+	dst = appendMember(dst, FieldIdentity, e.Identity, false)
+	dst = appendMember(dst, FieldOp, e.Op, false)
+	dst = appendMember(dst, FieldKey, e.Key, true)
+	dst = appendMember(dst, FieldKid, e.Kid, true)
+	dst = appendMember(dst, FieldAlg, e.Alg, true)
+	dst = appendMember(dst, FieldInput, e.Input, true)
 	if c := e.Claims; c != nil {
-		dst = append(dst, `,"claims":{`...)
+		dst = append(dst, `,"`+FieldClaims+`":{`...)
 		n := len(dst)
 		dst = appendMember(dst, "iss", c.Iss, true)
 		dst = appendMember(dst, "sub", c.Sub, true)
@@ -52,11 +52,11 @@ func (e *Event) appendJSON(dst []byte) ([]byte, error) {
 		}
 		dst = append(dst, '}')
 	}
-	dst = appendMember(dst, "outcome", e.Outcome, false)
-	dst = appendMember(dst, "code", e.Code, true)
-	dst = appendMember(dst, "reason", e.Reason, true)
-	dst = appendMember(dst, "prev", e.Prev, false)
-	dst = appendMember(dst, "hash", e.Hash, false)
+	dst = appendMember(dst, FieldOutcome, e.Outcome, false)
+	dst = appendMember(dst, FieldCode, e.Code, true)
+	dst = appendMember(dst, FieldReason, e.Reason, true)
+	dst = appendMember(dst, FieldPrev, e.Prev, false)
+	dst = appendMember(dst, FieldHash, e.Hash, false)
 	return append(dst, '}'), nil
 }
 

@@ -25,7 +25,7 @@ import (
 )
 
 // MaxTokenBytes caps a JWT given to VerifyJWT and one SignJWT makes (and so the claims given to it).
-const MaxTokenBytes = 64 << 10
+const MaxTokenBytes = signerv1.MaxTokenBytes
 
 var b64 = base64.RawURLEncoding
 
@@ -113,19 +113,9 @@ func (s *Server) signJWT(ctx context.Context, req *signerv1.SignJWTRequest, ev *
 }
 
 // signJWS signs a JWS signing input with version v in the JOSE form (raw r||s for ECDSA, PSS salt = hash
-// length), inside the in-flight bound. Like signWith, it writes the started line before it takes a
-// signing slot, so that no slot is held while the line is written out, and a request whose deadline
-// passed meanwhile gives up in acquire rather than reach the token.
+// length).
 func (s *Server) signJWS(ctx context.Context, v *keyring.LoadedVersion, signingInput string, ev *audit.Event) ([]byte, error) {
-	if err := s.auditStart(ev); err != nil {
-		return nil, err
-	}
-	if err := s.acquire(ctx); err != nil {
-		return nil, err
-	}
-	defer s.release()
-	sig, err := jose.NewSigningMethod(v.Key.Alg).Sign(signingInput, v.Signer)
-	return sig, s.signError(v, err)
+	return s.signInSlot(ctx, v, ev, func() ([]byte, error) { return jose.NewSigningMethod(v.Key.Alg).Sign(signingInput, v.Signer) })
 }
 
 // decodeClaims parses the caller's claims: one JSON object, numbers kept exact.

@@ -125,9 +125,17 @@ func (s *Server) sign(ctx context.Context, req *signerv1.SignRequest, ev *audit.
 	return &signerv1.SignResponse{Signature: sig, Kid: v.Kid, Alg: string(k.Alg), Version: uint32(v.Number)}, nil
 }
 
-// signWith signs in with version v, inside the in-flight bound, after auditing the attempt. The audit
-// line is written out before a signing slot is taken, so that no slot sits idle during the write.
+// signWith signs in with version v: its digest, or the message for EdDSA.
 func (s *Server) signWith(ctx context.Context, v *keyring.LoadedVersion, in []byte, ev *audit.Event) ([]byte, error) {
+	return s.signInSlot(ctx, v, ev, func() ([]byte, error) { return v.Signer.Sign(rand.Reader, in, v.Key.Alg.SignerOpts()) })
+}
+
+// signInSlot makes the signature sign makes with version v: after auditing the attempt, inside the
+// in-flight bound. The audit line is written out before a signing slot is taken, so that no slot sits
+// idle during the write, and a request whose deadline passed meanwhile gives up in acquire rather than
+// reach the token. A key pair destroyed in the token after the version was loaded (by another daemon or
+// an administrator's tool) is FAILED_PRECONDITION: retrying will not bring it back.
+func (s *Server) signInSlot(ctx context.Context, v *keyring.LoadedVersion, ev *audit.Event, sign func() ([]byte, error)) ([]byte, error) {
 	if err := s.auditStart(ev); err != nil {
 		return nil, err
 	}
@@ -135,20 +143,15 @@ func (s *Server) signWith(ctx context.Context, v *keyring.LoadedVersion, in []by
 		return nil, err
 	}
 	defer s.release()
-	sig, err := v.Signer.Sign(rand.Reader, in, v.Key.Alg.SignerOpts())
-	return sig, s.signError(v, err)
-}
-
-// signError is the error of a signature by version v as the caller should see it. A key pair destroyed
-// in the token after the version was loaded (by another daemon or an administrator's tool) is
-// FAILED_PRECONDITION: retrying will not bring it back. Other errors go to toStatus as they are.
-func (s *Server) signError(v *keyring.LoadedVersion, err error) error {
-	var m missingError
-	if errors.As(err, &m) && m.Missing() {
-		s.log.Error("key pair missing from the token", "key", v.Key.Name, "kid", v.Kid, "err", err)
-		return failedPrecondition("key %q version %d: its key pair is no longer in the token", v.Key.Name, v.Number)
+	sig, err := sign()
+	if err == nil {
+		return sig, nil
 	}
-	return err
+	if m := missingError(nil); errors.As(err, &m) && m.Missing() {
+		s.log.Error("key pair missing from the token", "key", v.Key.Name, "kid", v.Kid, "err", err)
+		return nil, failedPrecondition("key %q version %d: its key pair is no longer in the token", v.Key.Name, v.Number)
+	}
+	return sig, err
 }
 
 // auditStart records that a signature or a key change is about to be made and writes the line out

@@ -5,8 +5,10 @@ package signerv1
 const (
 	// MaxMessageBytes caps the message a caller may ask signerd to hash and sign (SignRequest.message).
 	MaxMessageBytes = 64 << 10
+	// MaxTokenBytes caps a JWT given to VerifyJWT and one SignJWT makes (and so the claims given to it).
+	MaxTokenBytes = MaxMessageBytes
 	// MaxRequestBytes caps one request message, framing included: room for a MaxMessageBytes message
-	// or token and the fields around it. gRPC refuses a larger one with RESOURCE_EXHAUSTED before any
+	// or a MaxTokenBytes token and the fields around it. gRPC refuses a larger one with RESOURCE_EXHAUSTED before any
 	// handler runs; on a SignStream that ends the whole stream, so client.Stream refuses it first.
 	MaxRequestBytes = MaxMessageBytes + 4<<10
 )
