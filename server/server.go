@@ -178,55 +178,92 @@ func (s *Server) guard(method string, call func() (any, error)) (resp any, err e
 // caller's rate limit. It returns ctx with the caller's identity, or the refusal as a status, which it
 // audits (see refusalSampler).
 func (s *Server) admit(ctx context.Context, method string, req any) (context.Context, error) {
-	id, err := s.peerIdentity(ctx)
-	if err == nil && !s.allowRate(id) {
-		err = &apiError{code: codes.ResourceExhausted, msg: "rate limit exceeded for " + id}
-	}
+	c, err := peerCaller(ctx)
 	if err != nil {
-		err = toStatus(s.log, err)
-		s.auditRefusal(id, method, req, err)
+		return nil, s.refuse(c.id, method, req, err)
+	}
+	if err := s.readmit(c, method, req); err != nil {
 		return nil, err
 	}
-	return context.WithValue(ctx, identityKey{}, id), nil
+	return c.context(ctx), nil
+}
+
+// readmit applies to one request of caller c what can change from one request of a connection to the
+// next: the certificate chain's validity period and the rate limit. A refusal is audited.
+func (s *Server) readmit(c caller, method string, req any) error {
+	err := s.current(c)
+	if err == nil && !s.allowRate(c.id) {
+		err = &apiError{code: codes.ResourceExhausted, msg: "rate limit exceeded for " + c.id}
+	}
+	if err != nil {
+		return s.refuse(c.id, method, req, err)
+	}
+	return nil
+}
+
+// refuse turns err, a refusal of a request of method by identity id, into its status and audits it
+// (see refusalSampler).
+func (s *Server) refuse(id, method string, req any, err error) error {
+	err = toStatus(s.log, err)
+	s.auditRefusal(id, method, req, err)
+	return err
 }
 
 // StreamInterceptor authenticates streaming calls (server reflection, SignStream, which admits each of
 // its requests again).
 func (s *Server) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if id, err := s.peerIdentity(ss.Context()); err != nil {
-			err = toStatus(s.log, err)
-			s.auditRefusal(id, info.FullMethod, nil, err)
-			return err
+		c, err := peerCaller(ss.Context())
+		if err == nil {
+			err = s.current(c)
+		}
+		if err != nil {
+			return s.refuse(c.id, info.FullMethod, nil, err)
 		}
 		return handler(srv, ss)
 	}
 }
 
-// peerIdentity reads the identity from the verified client certificate chain of the connection. The
-// chain was verified at the handshake, but a connection can outlive a certificate: each request checks
-// again that every certificate of the chain is within its validity period. A chain out of its period
-// is refused with the identity it names, for the audit trail.
-func (s *Server) peerIdentity(ctx context.Context) (string, error) {
+// caller is the client of a connection: the identity its verified certificate chains name, and the
+// chains. Both last as long as the connection.
+type caller struct {
+	id     string
+	chains [][]*x509.Certificate
+}
+
+// context returns ctx carrying c's identity, for identity.
+func (c caller) context(ctx context.Context) context.Context {
+	return context.WithValue(ctx, identityKey{}, c.id)
+}
+
+// peerCaller reads the caller from the verified client certificate chains of ctx's connection.
+func peerCaller(ctx context.Context) (caller, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return "", unauthenticated("no peer")
+		return caller{}, unauthenticated("no peer")
 	}
 	tlsInfo, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok {
-		return "", unauthenticated("mutual TLS required")
+		return caller{}, unauthenticated("mutual TLS required")
 	}
-	id, err := authz.IdentityFromChains(tlsInfo.State.VerifiedChains)
+	chains := tlsInfo.State.VerifiedChains
+	id, err := authz.IdentityFromChains(chains)
 	if err != nil {
-		return "", unauthenticated("no identity in client certificate")
+		return caller{}, unauthenticated("no identity in client certificate")
 	}
+	return caller{id: id, chains: chains}, nil
+}
+
+// current refuses caller c unless one of its chains is within its validity period: the chain was
+// verified at the handshake, but a connection can outlive a certificate, so each request checks again.
+func (s *Server) current(c caller) error {
 	now := s.now()
-	for _, chain := range tlsInfo.State.VerifiedChains {
+	for _, chain := range c.chains {
 		if chainValidAt(chain, now) {
-			return id, nil
+			return nil
 		}
 	}
-	return id, unauthenticated("client certificate chain expired or not yet valid; reconnect with a current certificate")
+	return unauthenticated("client certificate chain expired or not yet valid; reconnect with a current certificate")
 }
 
 // chainValidAt reports whether every certificate of chain is within its validity period at now.

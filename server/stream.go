@@ -19,13 +19,19 @@ import (
 const streamInFlight = 64
 
 // SignStream implements signer.v1.Signer: Sign for many requests over one stream, in flight together.
-// Each request goes through what a Sign call goes through (admit, then Sign: policy, input, signing
+// Each request goes through what a Sign call goes through (readmit, then Sign: policy, input, signing
 // bound, audit, one status mapping, guard), so that a stream is only a cheaper way to make Sign calls.
 //
 // The requests are handed to workers, started as needed up to streamInFlight and kept for the stream's
 // life: a goroutine per request would grow its stack anew to the depth of a token call every time.
 func (s *Server) SignStream(stream signerv1.Signer_SignStreamServer) error {
 	ctx := stream.Context()
+	// The caller is the connection's: found once, its certificate's validity checked for each request.
+	c, err := peerCaller(ctx)
+	if err != nil {
+		return s.refuse(c.id, signerv1.Signer_SignStream_FullMethodName, nil, err)
+	}
+	ctx = c.context(ctx)
 	var (
 		wg      sync.WaitGroup
 		sendMu  sync.Mutex // a gRPC stream takes one Send at a time
@@ -39,7 +45,7 @@ func (s *Server) SignStream(stream signerv1.Signer_SignStreamServer) error {
 	worker := func() {
 		defer wg.Done()
 		for r := range work {
-			out := s.streamSign(ctx, r)
+			out := s.streamSign(ctx, c, r)
 			sendMu.Lock()
 			// A failed Send means the stream is gone; Recv reports it and ends the loop.
 			_ = stream.Send(out)
@@ -81,19 +87,18 @@ type streamRequest struct {
 	read time.Time
 }
 
-// streamSign signs one request of a SignStream and returns its response.
-func (s *Server) streamSign(ctx context.Context, r streamRequest) *signerv1.SignStreamResponse {
+// streamSign signs one request of caller c's SignStream and returns its response; ctx carries c.
+func (s *Server) streamSign(ctx context.Context, c caller, r streamRequest) *signerv1.SignStreamResponse {
 	const method = signerv1.Signer_SignStream_FullMethodName
 	req := r.in.GetRequest()
 	resp, err := s.guard(method, func() (any, error) {
-		ctx, err := s.admit(ctx, method, req)
-		if err != nil {
+		if err := s.readmit(c, method, req); err != nil {
 			return nil, err
 		}
 		if t := r.in.GetTimeout(); t != nil {
 			if err := t.CheckValid(); err != nil || t.AsDuration() < 0 {
 				// Refused as a Sign input would be, and audited as one.
-				ev := audit.Event{Identity: identity(ctx), Op: string(authz.OpSign), Key: req.GetKey()}
+				ev := audit.Event{Identity: c.id, Op: string(authz.OpSign), Key: req.GetKey()}
 				return nil, s.record(&ev, invalidArgument("timeout: %ds %dns is negative or malformed", t.GetSeconds(), t.GetNanos()))
 			}
 			var cancel context.CancelFunc
