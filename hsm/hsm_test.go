@@ -193,7 +193,7 @@ func TestRecords(t *testing.T) {
 	if err := tk.PutRecord("a", []byte("uno")); err != nil {
 		t.Fatal(err)
 	}
-	recs, err := tk.Records()
+	recs, err := tk.Records("")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -111,14 +111,11 @@ func (l *tokenLock) acquire(s pkcs11.SessionHandle) error {
 			continue
 		}
 		other, err := l.value(s, h)
-		var syntax *json.SyntaxError
 		switch {
 		case errors.Is(err, errLockGone):
 			continue // destroyed meanwhile by its holder
-		case err == nil && other.Owner != l.owner && other.Expires <= now,
-			errors.As(err, &syntax):
-			// A dead holder's lock, or a lock object whose value is not JSON at all (its writer died
-			// while creating it): left there, it would hold the lock for ever, since it never expires.
+		case err == nil && other.Owner != l.owner && other.Expires <= now:
+			// A dead holder's lock (or a value no holder wrote, see value).
 			_ = l.t.p11.DestroyObject(s, h)
 			continue
 		}
@@ -214,15 +211,20 @@ func (l *tokenLock) destroyOwn(s pkcs11.SessionHandle, keep pkcs11.ObjectHandle)
 var errLockGone = errors.New("lock object gone")
 
 // value reads lock object h. Only a handle that names no object any more means it is gone; any other
-// failure is an error, so that a live lock the token failed to read is never taken for a free one.
+// failure to read it is an error, so that a live lock the token failed to read is never taken for a
+// free one. A value that is not a lock value (its writer died while creating it) is the zero value: no
+// holder's, long expired, so that every reader sees it as dead instead of holding the lock for ever.
 func (l *tokenLock) value(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) (lockValue, error) {
-	var v lockValue
 	attrs, err := l.t.p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
 	switch {
 	case hasCode(err, goneObjectCodes...):
-		return v, errLockGone
+		return lockValue{}, errLockGone
 	case err != nil:
-		return v, err
+		return lockValue{}, err
 	}
-	return v, json.Unmarshal(attrs[0].Value, &v)
+	var v lockValue
+	if json.Unmarshal(attrs[0].Value, &v) != nil {
+		return lockValue{}, nil
+	}
+	return v, nil
 }

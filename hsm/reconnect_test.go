@@ -154,7 +154,7 @@ func TestLockAcrossReconnect(t *testing.T) {
 	if err := unlock(); err != nil {
 		t.Fatalf("unlock after Reconnect = %v", err)
 	}
-	recs, err := tk.Records()
+	recs, err := tk.Records("")
 	if err != nil || len(recs) != 3 {
 		t.Errorf("Records after unlock = %d, %v; want the 3 records untouched", len(recs), err)
 	}
@@ -256,11 +256,12 @@ func TestLockLostNotRetaken(t *testing.T) {
 	}
 }
 
-// TestCorruptLockObjectIgnored: a lock object whose value is not JSON (its writer died creating it)
-// never expires, so it is removed rather than taken for a live holder's: the lock can be had.
+// TestCorruptLockObjectIgnored: a lock object whose value is not a lock value (not JSON, or JSON of
+// another shape: its writer died creating it) never expires, so it is taken for a dead holder's and
+// removed rather than for a live one's: the lock can be had.
 func TestCorruptLockObjectIgnored(t *testing.T) {
 	tk := newTestToken(t, "lock-corrupt")
-	for _, value := range []string{"{\"owner\":\"x\",\"exp", ""} {
+	for _, value := range []string{"{\"owner\":\"x\",\"exp", "", `"x"`, "[]", `{"owner":7}`} {
 		err := tk.local.write(func() error {
 			return tk.with("plant a lock object", func(s pkcs11.SessionHandle) error {
 				_, err := tk.createData(s, dataTemplate(lockApplication, "k"), []byte(value))

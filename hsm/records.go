@@ -18,12 +18,12 @@ type Record struct {
 	Value []byte
 }
 
-// Records returns every signerd record in the token.
-func (t *Token) Records() ([]Record, error) {
+// Records returns the signerd records in the token named name, or all of them if name is empty.
+func (t *Token) Records(name string) ([]Record, error) {
 	var out []Record
 	err := t.local.read(func() error {
 		return t.with("read records", func(s pkcs11.SessionHandle) error {
-			handles, err := t.findObjects(s, recordTemplate(""))
+			handles, err := t.findObjects(s, recordTemplate(name))
 			if err != nil {
 				return err
 			}

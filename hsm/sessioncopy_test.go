@@ -394,7 +394,7 @@ func TestLoggedOutIsNotMissing(t *testing.T) {
 	if _, err := tk.Find(spec, id); !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrNotFound) {
 		t.Errorf("Find when logged out = %v, want ErrUnavailable", err)
 	}
-	if recs, err := tk.Records(); !errors.Is(err, ErrUnavailable) {
+	if recs, err := tk.Records(""); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("Records when logged out = %d records, %v, want ErrUnavailable", len(recs), err)
 	}
 	if err := tk.Reconnect(); err != nil {
@@ -403,7 +403,7 @@ func TestLoggedOutIsNotMissing(t *testing.T) {
 	if _, err := tk.Find(spec, id); err != nil {
 		t.Errorf("Find after Reconnect = %v", err)
 	}
-	if recs, err := tk.Records(); err != nil || len(recs) != 1 {
+	if recs, err := tk.Records(""); err != nil || len(recs) != 1 {
 		t.Errorf("Records after Reconnect = %d records, %v, want 1", len(recs), err)
 	}
 	if _, err := tk.Find(spec, []byte("no such key")); !errors.Is(err, ErrNotFound) {

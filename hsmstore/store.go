@@ -51,8 +51,8 @@ func (s Store) Load(alg jose.Algorithm, bits int, id []byte) (crypto.Signer, err
 func (s Store) Destroy(id []byte) error { return s.t.Destroy(id) }
 
 // ReadRecords implements keyring.Store.
-func (s Store) ReadRecords() ([]keyring.Record, error) {
-	recs, err := s.t.Records()
+func (s Store) ReadRecords(name string) ([]keyring.Record, error) {
+	recs, err := s.t.Records(name)
 	if err != nil {
 		return nil, err
 	}

@@ -31,8 +31,9 @@ type Store interface {
 	Load(alg jose.Algorithm, bits int, id []byte) (crypto.Signer, error)
 	// Destroy deletes the key pair with ID id; a missing one is not an error.
 	Destroy(id []byte) error
-	// ReadRecords returns every key record.
-	ReadRecords() ([]Record, error)
+	// ReadRecords returns the records written under name (more than one if a replacement was
+	// interrupted), or every key record if name is empty.
+	ReadRecords(name string) ([]Record, error)
 	// WriteRecord creates or replaces the record of key name.
 	WriteRecord(name string, value []byte) error
 	// Lock takes the lock of key name, shared by every process using the token, waiting a bounded time
@@ -154,7 +155,7 @@ func (r *Ring) Refresh() error {
 }
 
 func (r *Ring) refreshLocked() error {
-	raw, err := r.store.ReadRecords()
+	raw, err := r.store.ReadRecords("")
 	if err != nil {
 		// The records cannot be read, but the clock still moves: states are derived again from the
 		// records already held (publish keeps every key a listing lacks), so that a grace period ends
@@ -167,10 +168,9 @@ func (r *Ring) refreshLocked() error {
 	metas := map[string]*Meta{}
 	var errs []error
 	for _, rec := range raw {
-		m, err := decodeMeta(rec.Value)
+		m, err := decodeMeta(rec.Name, rec.Value)
 		if err != nil {
-			// Named by the record's label, so that an operator can find the object in the token.
-			errs = append(errs, fmt.Errorf("record %q: %w", rec.Name, err))
+			errs = append(errs, err)
 			continue
 		}
 		// Two records for one key are left by an interrupted write; the higher revision is the newer.

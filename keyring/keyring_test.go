@@ -216,11 +216,11 @@ type failingReads struct {
 	fail bool
 }
 
-func (f *failingReads) ReadRecords() ([]keyring.Record, error) {
+func (f *failingReads) ReadRecords(name string) ([]keyring.Record, error) {
 	if f.fail {
 		return nil, errors.New("token unreachable")
 	}
-	return f.MemoryStore.ReadRecords()
+	return f.MemoryStore.ReadRecords(name)
 }
 
 // TestStatesFollowTheClockWhenReadsFail: while the token cannot be read, a refresh still re-derives

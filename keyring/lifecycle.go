@@ -85,19 +85,13 @@ func revision(m *Meta) uint64 {
 
 // readMeta reads key name's newest record from the store; nil if there is none.
 func (r *Ring) readMeta(name string) (*Meta, error) {
-	raw, err := r.store.ReadRecords()
+	raw, err := r.store.ReadRecords(name)
 	if err != nil {
 		return nil, fmt.Errorf("keyring: read records: %w", err)
 	}
 	var cur *Meta
 	for _, rec := range raw {
-		var peek struct {
-			Name string `json:"name"`
-		}
-		if json.Unmarshal(rec.Value, &peek) != nil || peek.Name != name {
-			continue
-		}
-		m, err := decodeMeta(rec.Value)
+		m, err := decodeMeta(rec.Name, rec.Value)
 		if err != nil {
 			return nil, err
 		}
@@ -351,7 +345,6 @@ func (r *Ring) DestroyExpired() ([]KeyVersion, error) {
 			if err := mustExist(name, cur); err != nil {
 				return nil, nil, err
 			}
-			destroyed = destroyed[:0]
 			n := 0
 			for i := range cur.Versions {
 				if cur.StateAt(i, now).State != Expired {

@@ -215,13 +215,18 @@ func (m *Meta) validate() error {
 	return errors.Join(errs...)
 }
 
-func decodeMeta(b []byte) (*Meta, error) {
+// decodeMeta decodes and checks the record the store holds under label, which must be its key's name.
+// Its errors name the record, so that an operator can find the object in the token.
+func decodeMeta(label string, b []byte) (*Meta, error) {
 	var m Meta
 	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("keyring: decode key record: %w", err)
+		return nil, fmt.Errorf("keyring: record %q: decode: %w", label, err)
+	}
+	if m.Name != label {
+		return nil, fmt.Errorf("keyring: record %q holds key %q", label, m.Name)
 	}
 	if err := m.validate(); err != nil {
-		return nil, fmt.Errorf("keyring: key record %q: %w", m.Name, err)
+		return nil, fmt.Errorf("keyring: record %q: %w", label, err)
 	}
 	return &m, nil
 }

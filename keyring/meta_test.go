@@ -3,6 +3,7 @@ package keyring
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -31,16 +32,16 @@ func FuzzDecodeMeta(f *testing.F) {
 			`"prepublish":"0s","grace":"0s","rotation_period":"720h0m0s","keep_retired":true`,
 			`"prepublish":"-1s","grace":"1h"`,
 		} {
-			f.Add(fmt.Sprintf(`{"format":1,"name":"k","alg":"ES256","revision":3,%s,"versions":[%s]}`, settings, vs))
+			f.Add("k", fmt.Sprintf(`{"format":1,"name":"k","alg":"ES256","revision":3,%s,"versions":[%s]}`, settings, vs))
 		}
 	}
-	f.Add(`{"format":1,"name":"r","alg":"RS256","bits":1024,"revision":1,"prepublish":"1m","grace":"1m","versions":[]}`)
-	f.Add(`{"format":2,"name":"k","alg":"ES256"}`)
-	f.Add(`{"format":1,"name":"K","alg":"none"}`)
-	f.Add(`{"format":1,"name":"k","alg":"ES256","grace":"9223372036854775807ns","versions":[{"n":1,"id":"zz"}]}`)
-	f.Add(`null`)
-	f.Fuzz(func(t *testing.T, record string) {
-		m, err := decodeMeta([]byte(record))
+	f.Add("r", `{"format":1,"name":"r","alg":"RS256","bits":1024,"revision":1,"prepublish":"1m","grace":"1m","versions":[]}`)
+	f.Add("k", `{"format":2,"name":"k","alg":"ES256"}`)
+	f.Add("K", `{"format":1,"name":"K","alg":"none"}`)
+	f.Add("k", `{"format":1,"name":"k","alg":"ES256","grace":"9223372036854775807ns","versions":[{"n":1,"id":"zz"}]}`)
+	f.Add("", `null`)
+	f.Fuzz(func(t *testing.T, label, record string) {
+		m, err := decodeMeta(label, []byte(record))
 		if err != nil {
 			return
 		}
@@ -48,7 +49,7 @@ func FuzzDecodeMeta(f *testing.F) {
 		if err != nil {
 			t.Fatalf("decodeMeta(%s) accepted a record it cannot write: %v", record, err)
 		}
-		again, err := decodeMeta(b)
+		again, err := decodeMeta(m.Name, b)
 		if err != nil {
 			t.Fatalf("decodeMeta(%s) accepted a record whose rewrite %s it refuses: %v", record, b, err)
 		}
@@ -78,4 +79,16 @@ func FuzzDecodeMeta(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestDecodeMetaLabel: a record is its key's only under the key's name; one that another name's object
+// holds is refused, naming that object, rather than taken for the key it says.
+func TestDecodeMetaLabel(t *testing.T) {
+	rec := []byte(`{"format":1,"name":"k","alg":"ES256","revision":1,"prepublish":"1m","grace":"1m","versions":[]}`)
+	if _, err := decodeMeta("k", rec); err != nil {
+		t.Fatalf("decodeMeta(k) = %v", err)
+	}
+	if _, err := decodeMeta("j", rec); err == nil || !strings.Contains(err.Error(), `record "j" holds key "k"`) {
+		t.Errorf("decodeMeta(j) of key k's record = %v, want a refusal naming record j", err)
+	}
 }

@@ -87,12 +87,14 @@ func (m *MemoryStore) Destroy(id []byte) error {
 }
 
 // ReadRecords implements keyring.Store.
-func (m *MemoryStore) ReadRecords() ([]keyring.Record, error) {
+func (m *MemoryStore) ReadRecords(name string) ([]keyring.Record, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]keyring.Record, 0, len(m.records))
-	for name, v := range m.records {
-		out = append(out, keyring.Record{Name: name, Value: v})
+	for n, v := range m.records {
+		if name == "" || n == name {
+			out = append(out, keyring.Record{Name: n, Value: v})
+		}
 	}
 	return out, nil
 }
