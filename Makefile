@@ -1,5 +1,6 @@
 # signerd developer commands. `make run` starts a local instance on SoftHSM2; `make test` runs every test
-# against a real SoftHSM2 token (HSM tests fail, rather than skip, when SoftHSM2 is missing).
+# against a real SoftHSM2 token (HSM tests fail, rather than skip, when SoftHSM2 is missing; so does the
+# JOSE interop test without node/npm and the npm registry).
 GO        ?= go
 BIN       := bin
 DEV_DIR   ?= .signerd-dev

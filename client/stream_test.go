@@ -140,7 +140,7 @@ func TestStreamSignHonoursCtxWhileSendBlocked(t *testing.T) {
 			select {
 			case <-closed:
 			case <-time.After(2 * time.Second):
-				t.Errorf("Close had not returned after 2s (blocked behind sendMu held by a blocked Send)")
+				t.Errorf("Close had not returned after 2s (waiting for a Send blocked by flow control)")
 			}
 			close(release)
 			return

@@ -171,8 +171,9 @@ func devSetup(dir, addr, httpAddr string) (string, error) {
 	if err := ensureDevToken(pinFile, soPINFile); err != nil {
 		return "", err
 	}
-	// The token's lock file lives with the token, so that dev instances of other users (whose tokens
-	// have the same label) never share one.
+	// The token's lock file lives with the token: the default one is per user, module and token label, and
+	// every dev token has the same label, so a user's dev instances in other directories (separate
+	// SoftHSM stores) would otherwise wait on each other for nothing.
 	lockFile := filepath.Join(dir, "token.lock")
 	if err := ensureDevKeys(pin, lockFile); err != nil {
 		return "", err

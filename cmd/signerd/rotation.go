@@ -44,8 +44,8 @@ func (d *daemon) rotatingLocked() bool {
 func (d *daemon) startRotation() {
 	d.rotMu.Lock()
 	defer d.rotMu.Unlock()
-	if d.rotatingLocked() {
-		return // one round at a time
+	if d.stopping || d.rotatingLocked() {
+		return // none once the daemon stops; one round at a time
 	}
 	if r := d.rotation; r != nil { // ended: its outcome
 		d.rotation = nil
@@ -66,10 +66,12 @@ func (d *daemon) startRotation() {
 	}()
 }
 
-// cancelRotation cancels the auto_rotate round under way, if any: it stops before its next key.
+// cancelRotation cancels the auto_rotate round under way, if any (it stops before its next key), and
+// starts no other: the daemon is stopping.
 func (d *daemon) cancelRotation() {
 	d.rotMu.Lock()
 	defer d.rotMu.Unlock()
+	d.stopping = true
 	if d.rotation != nil {
 		d.rotation.cancel()
 	}

@@ -77,10 +77,12 @@ type daemon struct {
 	// started is the configuration the daemon started with: what a reload cannot change stays as it.
 	started *config.Config
 	// rotation is the auto_rotate round under way, if any; rotateAfter holds the next round back after
-	// one failed. rotMu guards both: the maintenance goroutine starts rounds, a stop cancels them.
+	// one failed; stopping, once set by a stop, starts no more. rotMu guards the three: the maintenance
+	// goroutine starts rounds, a stop cancels them.
 	rotMu       sync.Mutex
 	rotation    *rotationRound
 	rotateAfter time.Time
+	stopping    bool
 	// taskSince is when the maintenance task under way started (Unix nanoseconds), 0 between tasks.
 	taskSince atomic.Int64
 }
@@ -271,13 +273,7 @@ func (d *daemon) run(ctx context.Context, refresh time.Duration, hup <-chan os.S
 		}
 	}
 	close(quit)
-	select {
-	case <-maintained:
-		d.stop(true)
-	case <-time.After(maintenanceWait):
-		d.log.Error("key refresh or token check still inside the token; stopping without it")
-		d.stop(false)
-	}
+	d.stop(maintained)
 	return err
 }
 
@@ -347,10 +343,10 @@ func (d *daemon) watchMaintenance() {
 }
 
 // stop drains the servers: health NOT_SERVING, then both listeners stop gracefully within one
-// stopTimeout (then hard), so that the whole stop stays inside systemd's TimeoutStopSec. When the
-// maintenance goroutine has not ended (maintained false), it is inside the token: the token is then
-// left unclosed, as with requests stuck in it.
-func (d *daemon) stop(maintained bool) {
+// stopTimeout (then hard), so that the whole stop stays inside systemd's TimeoutStopSec. It then waits
+// for the auto_rotate round and the maintenance goroutine (closed maintained when it ends) to end; one
+// that does not is inside the token, which is then left unclosed, as with requests stuck in it.
+func (d *daemon) stop(maintained <-chan struct{}) {
 	d.setHealth(false)
 	d.cancelRotation() // no new key after the one being generated, if any
 	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
@@ -384,7 +380,10 @@ func (d *daemon) stop(maintained bool) {
 		d.release(false)
 		return
 	}
-	if !maintained {
+	select {
+	case <-maintained:
+	case <-time.After(maintenanceWait):
+		d.log.Error("key refresh or token check still inside the token; stopping without it")
 		d.release(false)
 		return
 	}
