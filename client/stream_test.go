@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto"
 	"errors"
-	"io"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,19 +15,6 @@ import (
 	"github.com/signerd/signerd/jose"
 	signerv1 "github.com/signerd/signerd/proto/signer/v1"
 )
-
-// heldSigner blocks every Sign until release is closed.
-type heldSigner struct {
-	crypto.Signer
-	inside  *atomic.Int32
-	release chan struct{}
-}
-
-func (h heldSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
-	h.inside.Add(1)
-	<-h.release
-	return h.Signer.Sign(r, d, o)
-}
 
 // streamServer starts a clienttest server with ES256 key "k" signing through wrap, and a Stream on it.
 func streamServer(t *testing.T, wrap func(crypto.Signer) crypto.Signer) (*client.Client, *client.Stream) {
@@ -56,15 +41,15 @@ func msgReq(n int) *signerv1.SignRequest {
 // TestStreamOversizedRequestFailsAlone: a request larger than the server's MaxRecvMsgSize is refused
 // with RESOURCE_EXHAUSTED as a unary Sign is, and the stream (with a request in flight) goes on.
 func TestStreamOversizedRequestFailsAlone(t *testing.T) {
-	var inside atomic.Int32
-	release := make(chan struct{})
-	_, st := streamServer(t, func(s crypto.Signer) crypto.Signer { return heldSigner{s, &inside, release} })
+	gate := clienttest.NewGate()
+	defer gate.Open()
+	_, st := streamServer(t, gate.Wrap)
 	inFlight := make(chan error, 1)
 	go func() {
 		_, err := st.Sign(context.Background(), msgReq(1))
 		inFlight <- err
 	}()
-	for inside.Load() < 1 {
+	for gate.Inside() < 1 {
 		time.Sleep(10 * time.Millisecond)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -73,7 +58,7 @@ func TestStreamOversizedRequestFailsAlone(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Errorf("oversized Sign = %v, want ResourceExhausted", err)
 	}
-	close(release)
+	gate.Open()
 	if err := <-inFlight; err != nil {
 		t.Errorf("in-flight Sign on the same stream = %v, want a signature (a refused request must fail alone)", err)
 	}
@@ -104,16 +89,9 @@ func TestStreamUnmarshalableRequestFailsAlone(t *testing.T) {
 // busy, the token is slow), the flow-control window fills and Send blocks; Sign must still return at
 // its ctx's deadline, and Close must still end the stream.
 func TestStreamSignHonoursCtxWhileSendBlocked(t *testing.T) {
-	var inside atomic.Int32
-	release := make(chan struct{})
-	_, st := streamServer(t, func(s crypto.Signer) crypto.Signer { return heldSigner{s, &inside, release} })
-	defer func() {
-		select {
-		case <-release:
-		default:
-			close(release)
-		}
-	}()
+	gate := clienttest.NewGate()
+	defer gate.Open()
+	_, st := streamServer(t, gate.Wrap)
 	// Enough 60 KiB requests to fill 64 workers, the server's receive window and the client's write
 	// quota; each with a short ctx.
 	const n = 160
@@ -142,11 +120,10 @@ func TestStreamSignHonoursCtxWhileSendBlocked(t *testing.T) {
 			case <-time.After(2 * time.Second):
 				t.Errorf("Close had not returned after 2s (waiting for a Send blocked by flow control)")
 			}
-			close(release)
 			return
 		}
 	}
-	close(release)
+	gate.Open()
 	if err := st.Close(); err != nil && !errors.Is(err, client.ErrStreamClosed) {
 		t.Errorf("Close = %v", err)
 	}

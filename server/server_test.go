@@ -106,25 +106,12 @@ func TestBackendFailures(t *testing.T) {
 	}
 }
 
-// slowSigner signs once release is closed, counting the calls that reached it.
-type slowSigner struct {
-	crypto.Signer
-	inside  *atomic.Int32
-	release chan struct{}
-}
-
-func (s slowSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
-	s.inside.Add(1)
-	<-s.release
-	return s.Signer.Sign(r, d, o)
-}
-
 // TestDeadlineWhileWaitingForSlot fills every signing slot and checks that a request whose deadline
 // passes while it waits gets DEADLINE_EXCEEDED without reaching the key.
 func TestDeadlineWhileWaitingForSlot(t *testing.T) {
-	var inside atomic.Int32
-	release := make(chan struct{})
-	c := wrappedServer(t, func(s crypto.Signer) crypto.Signer { return slowSigner{s, &inside, release} })
+	gate := clienttest.NewGate()
+	defer gate.Open()
+	c := wrappedServer(t, gate.Wrap)
 	req := &signerv1.SignRequest{Key: "k", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}
 	done := make(chan error, 4)
 	for range 4 { // clienttest's MaxInFlight
@@ -133,10 +120,9 @@ func TestDeadlineWhileWaitingForSlot(t *testing.T) {
 			done <- err
 		}()
 	}
-	for deadline := time.Now().Add(30 * time.Second); inside.Load() < 4; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); gate.Inside() < 4; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			close(release)
-			t.Fatalf("%d signs reached the key after 30s, want 4", inside.Load())
+			t.Fatalf("%d signs reached the key after 30s, want 4", gate.Inside())
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
@@ -144,10 +130,10 @@ func TestDeadlineWhileWaitingForSlot(t *testing.T) {
 	if _, err := c.Signer().Sign(ctx, req); status.Code(err) != codes.DeadlineExceeded {
 		t.Errorf("Sign while all slots are busy = %v, want DeadlineExceeded", err)
 	}
-	if n := inside.Load(); n != 4 {
+	if n := gate.Inside(); n != 4 {
 		t.Errorf("%d signs reached the key, want 4: the one that waited for a slot must not", n)
 	}
-	close(release)
+	gate.Open()
 	for range 4 {
 		if err := <-done; err != nil {
 			t.Errorf("slow Sign = %v", err)
