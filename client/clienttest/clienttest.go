@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -62,8 +63,12 @@ type Server struct {
 	// Store holds the software keys behind Ring; set Store.Wrap before creating keys to inject faults.
 	Store *keyringtest.MemoryStore
 
-	dir string
+	dir     string
+	streams *atomic.Int64
 }
+
+// Streams returns how many streaming calls (SignStream, reflection) the server has accepted.
+func (s *Server) Streams() int { return int(s.streams.Load()) }
 
 // NewServer starts a server that authorizes callers with policy (use [DefaultPolicy] for one that allows
 // everything to [Identity]). The server stops, and its audit log is closed, when the test ends. Any
@@ -107,10 +112,15 @@ func NewServer(tb testing.TB, policy authz.Policy) *Server {
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    ca.Pool(),
 	}
+	streams := new(atomic.Int64)
+	count := func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		streams.Add(1)
+		return handler(srv, ss)
+	}
 	g := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(serverTLS)),
 		grpc.UnaryInterceptor(srv.UnaryInterceptor()),
-		grpc.StreamInterceptor(srv.StreamInterceptor()),
+		grpc.ChainStreamInterceptor(srv.StreamInterceptor(), count),
 		grpc.MaxRecvMsgSize(server.MaxRequestBytes),
 	)
 	srv.Register(g)
@@ -124,7 +134,7 @@ func NewServer(tb testing.TB, policy authz.Policy) *Server {
 	go func() { _ = g.Serve(lis) }()
 	tb.Cleanup(g.Stop)
 
-	s := &Server{Addr: lis.Addr().String(), CA: ca, Ring: ring, Store: store, dir: tb.TempDir()}
+	s := &Server{Addr: lis.Addr().String(), CA: ca, Ring: ring, Store: store, dir: tb.TempDir(), streams: streams}
 	s.CACertFile = filepath.Join(s.dir, "ca.pem")
 	if err := os.WriteFile(s.CACertFile, ca.CertPEM(), 0o644); err != nil {
 		tb.Fatalf("write CA certificate: %v", err)

@@ -15,7 +15,7 @@ import (
 )
 
 func TestBench(t *testing.T) {
-	setup(t, jose.ES256, jose.RS256, jose.EdDSA)
+	srv := setup(t, jose.ES256, jose.RS256, jose.EdDSA)
 	tests := []struct {
 		key, op string
 	}{
@@ -24,6 +24,7 @@ func TestBench(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.key+"/"+tt.op, func(t *testing.T) {
+			streams := srv.Streams()
 			out := mustRun(t, "", "bench", "--key", tt.key, "--op", tt.op, "--concurrency", "1,4", "--duration", "2s", "--requests", "40", "--json")
 			var results []benchResult
 			if err := json.Unmarshal([]byte(out), &results); err != nil {
@@ -39,6 +40,11 @@ func TestBench(t *testing.T) {
 				if !(0 < r.P50 && r.P50 <= r.P90 && r.P90 <= r.P99 && r.P99 <= r.Max) {
 					t.Errorf("result %+v: latencies out of order", r)
 				}
+			}
+			// sign-stream's requests travel on SignStream calls (one per concurrency level), the
+			// others' as unary calls.
+			if opened, stream := srv.Streams()-streams, tt.op == benchSignStream; (opened > 0) != stream {
+				t.Errorf("bench --op %s opened %d streams", tt.op, opened)
 			}
 		})
 	}
