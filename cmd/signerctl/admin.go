@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/signerd/signerd/internal/cli"
 	"github.com/signerd/signerd/jose"
 	signerv1 "github.com/signerd/signerd/proto/signer/v1"
 )
@@ -26,7 +27,7 @@ import (
 // The administration commands call signerd's KeyAdmin service. Each prints one line of key=value pairs
 // (easy to cut, grep or read into shell variables), or with --json the key as `keys --json` shows it.
 
-func keysCreateFlags(fs *flag.FlagSet) func(*cli, []string) error {
+func keysCreateFlags(fs *flag.FlagSet) func(*invocation, []string) error {
 	var (
 		name, alg                         string
 		bits                              uint
@@ -41,25 +42,22 @@ func keysCreateFlags(fs *flag.FlagSet) func(*cli, []string) error {
 	fs.DurationVar(&rotationPeriod, "rotation-period", 0, "age of the active version at which 'signerd keys rotate --due' rotates the key (default: never)")
 	fs.BoolVar(&keepRetired, "keep-retired", false, "keep versions past their grace in the token instead of destroying them")
 	fs.BoolVar(&asJSON, "json", false, "print the key as JSON, with its versions and settings")
-	return func(cl *cli, args []string) error {
-		if err := noArgs(args); err != nil {
-			return err
-		}
+	return func(cl *invocation, _ []string) error {
 		if name == "" {
-			return usagef("--name is required")
+			return cli.Usagef("--name is required")
 		}
 		if alg == "" {
-			return usagef("--alg is required")
+			return cli.Usagef("--alg is required")
 		}
 		a, err := jose.ParseAlgorithm(alg)
 		if err != nil {
-			return usagef("--alg %q: want one of %s", alg, algList())
+			return cli.Usagef("--alg %q: want one of %s", alg, algList())
 		}
 		if bits != 0 && a.KeyType() != jose.KeyRSA {
-			return usagef("--bits is for RSA keys, not %s", a)
+			return cli.Usagef("--bits is for RSA keys, not %s", a)
 		}
 		if bits > math.MaxUint32 {
-			return usagef("--bits %d: too large", bits)
+			return cli.Usagef("--bits %d: too large", bits)
 		}
 		req := &signerv1.CreateKeyRequest{Name: name, Alg: string(a), RsaBits: uint32(bits)}
 		// Only the settings given are sent: signerd fills in its defaults for the others.
@@ -99,7 +97,7 @@ func keysCreateFlags(fs *flag.FlagSet) func(*cli, []string) error {
 	}
 }
 
-func keysRotateFlags(fs *flag.FlagSet) func(*cli, []string) error {
+func keysRotateFlags(fs *flag.FlagSet) func(*invocation, []string) error {
 	var (
 		name              string
 		emergency, asJSON bool
@@ -107,8 +105,8 @@ func keysRotateFlags(fs *flag.FlagSet) func(*cli, []string) error {
 	fs.StringVar(&name, "name", "", "`name` of the key (required)")
 	fs.BoolVar(&emergency, "emergency", false, "activate the new version now and revoke the active (and any pending) version at once, instead of a staged rotation")
 	fs.BoolVar(&asJSON, "json", false, `print {"key": KEY, "version": NEW VERSION} as JSON`)
-	return func(cl *cli, args []string) error {
-		if err := needName(name, args); err != nil {
+	return func(cl *invocation, _ []string) error {
+		if err := needName(name); err != nil {
 			return err
 		}
 		resp, err := callAdmin(cl, func(ctx context.Context, ka signerv1.KeyAdminClient) (*signerv1.RotateKeyResponse, error) {
@@ -128,14 +126,14 @@ func keysRotateFlags(fs *flag.FlagSet) func(*cli, []string) error {
 	}
 }
 
-func keysRevokeFlags(fs *flag.FlagSet) func(*cli, []string) error {
+func keysRevokeFlags(fs *flag.FlagSet) func(*invocation, []string) error {
 	return versionChangeFlags(fs, "revoke", func(ctx context.Context, ka signerv1.KeyAdminClient, key string, n uint32) (*signerv1.KeyInfo, error) {
 		resp, err := ka.RevokeVersion(ctx, &signerv1.RevokeVersionRequest{Key: key, Version: n})
 		return resp.GetKey(), err
 	})
 }
 
-func keysDestroyFlags(fs *flag.FlagSet) func(*cli, []string) error {
+func keysDestroyFlags(fs *flag.FlagSet) func(*invocation, []string) error {
 	return versionChangeFlags(fs, "destroy", func(ctx context.Context, ka signerv1.KeyAdminClient, key string, n uint32) (*signerv1.KeyInfo, error) {
 		resp, err := ka.DestroyVersion(ctx, &signerv1.DestroyVersionRequest{Key: key, Version: n})
 		return resp.GetKey(), err
@@ -143,7 +141,7 @@ func keysDestroyFlags(fs *flag.FlagSet) func(*cli, []string) error {
 }
 
 // versionChangeFlags defines the flags of revoke and destroy, which change one version of a key.
-func versionChangeFlags(fs *flag.FlagSet, verb string, change func(ctx context.Context, ka signerv1.KeyAdminClient, key string, n uint32) (*signerv1.KeyInfo, error)) func(*cli, []string) error {
+func versionChangeFlags(fs *flag.FlagSet, verb string, change func(ctx context.Context, ka signerv1.KeyAdminClient, key string, n uint32) (*signerv1.KeyInfo, error)) func(*invocation, []string) error {
 	var (
 		name   string
 		n      uint
@@ -152,15 +150,15 @@ func versionChangeFlags(fs *flag.FlagSet, verb string, change func(ctx context.C
 	fs.StringVar(&name, "name", "", "`name` of the key (required)")
 	fs.UintVar(&n, "version", 0, "`number` of the version to "+verb+" (required; see 'keys list --all')")
 	fs.BoolVar(&asJSON, "json", false, "print the key as JSON, with its versions and settings")
-	return func(cl *cli, args []string) error {
-		if err := needName(name, args); err != nil {
+	return func(cl *invocation, _ []string) error {
+		if err := needName(name); err != nil {
 			return err
 		}
 		if n == 0 {
-			return usagef("--version is required (1 or more)")
+			return cli.Usagef("--version is required (1 or more)")
 		}
 		if n > math.MaxUint32 {
-			return usagef("--version %d: too large", n)
+			return cli.Usagef("--version %d: too large", n)
 		}
 		k, err := callAdmin(cl, func(ctx context.Context, ka signerv1.KeyAdminClient) (*signerv1.KeyInfo, error) {
 			return change(ctx, ka, name, uint32(n))
@@ -180,7 +178,7 @@ func versionChangeFlags(fs *flag.FlagSet, verb string, change func(ctx context.C
 }
 
 // listAllKeys prints every key with every version, from KeyAdmin.ListKeys.
-func (cl *cli) listAllKeys(asJSON bool) error {
+func (cl *invocation) listAllKeys(asJSON bool) error {
 	resp, err := callAdmin(cl, func(ctx context.Context, ka signerv1.KeyAdminClient) (*signerv1.ListKeysResponse, error) {
 		return ka.ListKeys(ctx, &signerv1.ListKeysRequest{})
 	})
@@ -226,20 +224,10 @@ func version(k *signerv1.KeyInfo, n uint32) (*signerv1.VersionInfo, error) {
 	return nil, fmt.Errorf("signerd returned key %q without version %d", k.GetName(), n)
 }
 
-// needName checks the --name flag of an administration command, which takes no positional arguments.
-func needName(name string, args []string) error {
-	if err := noArgs(args); err != nil {
-		return err
-	}
+// needName checks the --name flag of an administration command.
+func needName(name string) error {
 	if name == "" {
-		return usagef("--name is required")
-	}
-	return nil
-}
-
-func noArgs(args []string) error {
-	if len(args) > 0 {
-		return usagef("unexpected argument %q", args[0])
+		return cli.Usagef("--name is required")
 	}
 	return nil
 }
@@ -255,7 +243,7 @@ func algList() string {
 
 // callAdmin makes one KeyAdmin call with the administrator's certificate, within the command's deadline.
 // An error from signerd comes back as "Code: message".
-func callAdmin[R any](cl *cli, call func(context.Context, signerv1.KeyAdminClient) (R, error)) (R, error) {
+func callAdmin[R any](cl *invocation, call func(context.Context, signerv1.KeyAdminClient) (R, error)) (R, error) {
 	var zero R
 	certFile, keyFile, fallback, err := cl.adminCredentials()
 	if err != nil {
@@ -284,16 +272,16 @@ func callAdmin[R any](cl *cli, call func(context.Context, signerv1.KeyAdminClien
 
 // adminCredentials returns the certificate and key files to call KeyAdmin with: the administrator's,
 // or the client's (fallback) when neither administrator file is set. It checks the connection settings.
-func (cl *cli) adminCredentials() (certFile, keyFile string, fallback bool, err error) {
+func (cl *invocation) adminCredentials() (certFile, keyFile string, fallback bool, err error) {
 	switch {
 	case cl.adminCert != "" && cl.adminKey != "":
 		certFile, keyFile = cl.adminCert, cl.adminKey
 	case cl.adminCert != "":
-		return "", "", false, usagef("an administrator certificate but no key: set %s or give --admin-key before the command", envAdminKey)
+		return "", "", false, cli.Usagef("an administrator certificate but no key: set %s or give --admin-key before the command", envAdminKey)
 	case cl.adminKey != "":
-		return "", "", false, usagef("an administrator key but no certificate: set %s or give --admin-cert before the command", envAdminCert)
+		return "", "", false, cli.Usagef("an administrator key but no certificate: set %s or give --admin-cert before the command", envAdminCert)
 	case cl.cert == "" && cl.key == "":
-		return "", "", false, usagef("no admin-cert: set %s and %s, or give --admin-cert and --admin-key before the command", envAdminCert, envAdminKey)
+		return "", "", false, cli.Usagef("no admin-cert: set %s and %s, or give --admin-cert and --admin-key before the command", envAdminCert, envAdminKey)
 	default:
 		certFile, keyFile, fallback = cl.cert, cl.key, true
 	}
@@ -328,7 +316,7 @@ func adminTLS(addr, caFile, certFile, keyFile string, fallback bool) (*tls.Confi
 	hostport := addr[strings.LastIndex(addr, "/")+1:]
 	host, _, err := net.SplitHostPort(hostport)
 	if err != nil || host == "" {
-		return nil, usagef("--addr %q: want host:port", addr)
+		return nil, cli.Usagef("--addr %q: want host:port", addr)
 	}
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS13,

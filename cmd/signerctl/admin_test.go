@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/signerd/signerd/client/clienttest"
+	"github.com/signerd/signerd/internal/cli"
 	"github.com/signerd/signerd/jose"
 	"github.com/signerd/signerd/keyring"
 )
@@ -240,33 +241,33 @@ func TestKeysAdminErrors(t *testing.T) {
 		code   int
 		stderr string // prefix of the one-line error
 	}{
-		{"client certificate: list", noAdmin, []string{"keys", "list", "--all"}, exitFailure, `signerctl: keys list: PermissionDenied: identity "svc" is not an administrator (with the client certificate: set SIGNERD_ADMIN_CERT`},
-		{"client certificate: create", noAdmin, []string{"keys", "create", "--name", "new", "--alg", "ES256"}, exitFailure, "signerctl: keys create: PermissionDenied: "},
-		{"client certificate: rotate", noAdmin, []string{"keys", "rotate", "--name", "api"}, exitFailure, "signerctl: keys rotate: PermissionDenied: "},
-		{"client certificate: revoke", noAdmin, []string{"keys", "revoke", "--name", "api", "--version", "1"}, exitFailure, "signerctl: keys revoke: PermissionDenied: "},
-		{"client certificate: destroy", noAdmin, []string{"keys", "destroy", "--name", "staged", "--version", "1"}, exitFailure, "signerctl: keys destroy: PermissionDenied: "},
-		{"non-admin --admin-cert", nil, append(clientAsAdmin, "keys", "rotate", "--name", "api", "--emergency"), exitFailure, `signerctl: keys rotate: PermissionDenied: identity "svc" is not an administrator` + "\n"},
-		{"admin cert without key", map[string]string{envAdminKey: ""}, []string{"keys", "list", "--all"}, exitUsage, "signerctl: keys list: an administrator certificate but no key: set SIGNERD_ADMIN_KEY"},
-		{"admin key without cert", nil, []string{"--admin-cert", "", "keys", "list", "--all"}, exitUsage, "signerctl: keys list: an administrator key but no certificate"},
-		{"no certificate at all", map[string]string{envAdminCert: "", envAdminKey: "", envCert: "", envKey: ""}, []string{"keys", "rotate", "--name", "api"}, exitUsage, "signerctl: keys rotate: no admin-cert: set SIGNERD_ADMIN_CERT and SIGNERD_ADMIN_KEY"},
-		{"no address", map[string]string{envAddr: ""}, []string{"keys", "list", "--all"}, exitUsage, "signerctl: keys list: no addr: set SIGNERD_ADDR"},
-		{"missing admin key file", nil, []string{"--admin-key", filepath.Join(t.TempDir(), "none.pem"), "keys", "list", "--all"}, exitFailure, "signerctl: keys list: load administrator certificate: "},
-		{"create without name", nil, []string{"keys", "create", "--alg", "ES256"}, exitUsage, "signerctl: keys create: --name is required"},
-		{"create without alg", nil, []string{"keys", "create", "--name", "new"}, exitUsage, "signerctl: keys create: --alg is required"},
-		{"create unknown alg", nil, []string{"keys", "create", "--name", "new", "--alg", "HS256"}, exitUsage, `signerctl: keys create: --alg "HS256": want one of RS256`},
-		{"create bits for EC", nil, []string{"keys", "create", "--name", "new", "--alg", "ES256", "--bits", "2048"}, exitUsage, "signerctl: keys create: --bits is for RSA keys, not ES256"},
-		{"create bad name", nil, []string{"keys", "create", "--name", "Bad_Name", "--alg", "ES256"}, exitFailure, "signerctl: keys create: InvalidArgument: "},
-		{"create existing", nil, []string{"keys", "create", "--name", "api", "--alg", "ES256"}, exitFailure, "signerctl: keys create: AlreadyExists: "},
-		{"create negative grace", nil, []string{"keys", "create", "--name", "new", "--alg", "ES256", "--grace", "-1h"}, exitFailure, "signerctl: keys create: InvalidArgument: settings: grace: negative"},
-		{"rotate without name", nil, []string{"keys", "rotate"}, exitUsage, "signerctl: keys rotate: --name is required"},
-		{"rotate missing key", nil, []string{"keys", "rotate", "--name", "missing"}, exitFailure, "signerctl: keys rotate: NotFound: "},
-		{"rotate while pending", nil, []string{"keys", "rotate", "--name", "staged"}, exitFailure, "signerctl: keys rotate: FailedPrecondition: "},
-		{"revoke without version", nil, []string{"keys", "revoke", "--name", "api"}, exitUsage, "signerctl: keys revoke: --version is required"},
-		{"revoke missing version", nil, []string{"keys", "revoke", "--name", "api", "--version", "9"}, exitFailure, "signerctl: keys revoke: NotFound: "},
-		{"destroy active", nil, []string{"keys", "destroy", "--name", "api", "--version", "1"}, exitFailure, "signerctl: keys destroy: FailedPrecondition: "},
-		{"destroy pending", nil, []string{"keys", "destroy", "--name", "staged", "--version", "2"}, exitFailure, "signerctl: keys destroy: FailedPrecondition: "},
-		{"destroy argument", nil, []string{"keys", "destroy", "--name", "api", "--version", "1", "extra"}, exitUsage, `signerctl: keys destroy: unexpected argument "extra"`},
-		{"unknown keys command", nil, []string{"keys", "frobnicate"}, exitUsage, `signerctl: keys: unknown keys command "frobnicate"`},
+		{"client certificate: list", noAdmin, []string{"keys", "list", "--all"}, cli.ExitFailure, `signerctl: keys list: PermissionDenied: identity "svc" is not an administrator (with the client certificate: set SIGNERD_ADMIN_CERT`},
+		{"client certificate: create", noAdmin, []string{"keys", "create", "--name", "new", "--alg", "ES256"}, cli.ExitFailure, "signerctl: keys create: PermissionDenied: "},
+		{"client certificate: rotate", noAdmin, []string{"keys", "rotate", "--name", "api"}, cli.ExitFailure, "signerctl: keys rotate: PermissionDenied: "},
+		{"client certificate: revoke", noAdmin, []string{"keys", "revoke", "--name", "api", "--version", "1"}, cli.ExitFailure, "signerctl: keys revoke: PermissionDenied: "},
+		{"client certificate: destroy", noAdmin, []string{"keys", "destroy", "--name", "staged", "--version", "1"}, cli.ExitFailure, "signerctl: keys destroy: PermissionDenied: "},
+		{"non-admin --admin-cert", nil, append(clientAsAdmin, "keys", "rotate", "--name", "api", "--emergency"), cli.ExitFailure, `signerctl: keys rotate: PermissionDenied: identity "svc" is not an administrator` + "\n"},
+		{"admin cert without key", map[string]string{envAdminKey: ""}, []string{"keys", "list", "--all"}, cli.ExitUsage, "signerctl: keys list: an administrator certificate but no key: set SIGNERD_ADMIN_KEY"},
+		{"admin key without cert", nil, []string{"--admin-cert", "", "keys", "list", "--all"}, cli.ExitUsage, "signerctl: keys list: an administrator key but no certificate"},
+		{"no certificate at all", map[string]string{envAdminCert: "", envAdminKey: "", envCert: "", envKey: ""}, []string{"keys", "rotate", "--name", "api"}, cli.ExitUsage, "signerctl: keys rotate: no admin-cert: set SIGNERD_ADMIN_CERT and SIGNERD_ADMIN_KEY"},
+		{"no address", map[string]string{envAddr: ""}, []string{"keys", "list", "--all"}, cli.ExitUsage, "signerctl: keys list: no addr: set SIGNERD_ADDR"},
+		{"missing admin key file", nil, []string{"--admin-key", filepath.Join(t.TempDir(), "none.pem"), "keys", "list", "--all"}, cli.ExitFailure, "signerctl: keys list: load administrator certificate: "},
+		{"create without name", nil, []string{"keys", "create", "--alg", "ES256"}, cli.ExitUsage, "signerctl: keys create: --name is required"},
+		{"create without alg", nil, []string{"keys", "create", "--name", "new"}, cli.ExitUsage, "signerctl: keys create: --alg is required"},
+		{"create unknown alg", nil, []string{"keys", "create", "--name", "new", "--alg", "HS256"}, cli.ExitUsage, `signerctl: keys create: --alg "HS256": want one of RS256`},
+		{"create bits for EC", nil, []string{"keys", "create", "--name", "new", "--alg", "ES256", "--bits", "2048"}, cli.ExitUsage, "signerctl: keys create: --bits is for RSA keys, not ES256"},
+		{"create bad name", nil, []string{"keys", "create", "--name", "Bad_Name", "--alg", "ES256"}, cli.ExitFailure, "signerctl: keys create: InvalidArgument: "},
+		{"create existing", nil, []string{"keys", "create", "--name", "api", "--alg", "ES256"}, cli.ExitFailure, "signerctl: keys create: AlreadyExists: "},
+		{"create negative grace", nil, []string{"keys", "create", "--name", "new", "--alg", "ES256", "--grace", "-1h"}, cli.ExitFailure, "signerctl: keys create: InvalidArgument: settings: grace: negative"},
+		{"rotate without name", nil, []string{"keys", "rotate"}, cli.ExitUsage, "signerctl: keys rotate: --name is required"},
+		{"rotate missing key", nil, []string{"keys", "rotate", "--name", "missing"}, cli.ExitFailure, "signerctl: keys rotate: NotFound: "},
+		{"rotate while pending", nil, []string{"keys", "rotate", "--name", "staged"}, cli.ExitFailure, "signerctl: keys rotate: FailedPrecondition: "},
+		{"revoke without version", nil, []string{"keys", "revoke", "--name", "api"}, cli.ExitUsage, "signerctl: keys revoke: --version is required"},
+		{"revoke missing version", nil, []string{"keys", "revoke", "--name", "api", "--version", "9"}, cli.ExitFailure, "signerctl: keys revoke: NotFound: "},
+		{"destroy active", nil, []string{"keys", "destroy", "--name", "api", "--version", "1"}, cli.ExitFailure, "signerctl: keys destroy: FailedPrecondition: "},
+		{"destroy pending", nil, []string{"keys", "destroy", "--name", "staged", "--version", "2"}, cli.ExitFailure, "signerctl: keys destroy: FailedPrecondition: "},
+		{"destroy argument", nil, []string{"keys", "destroy", "--name", "api", "--version", "1", "extra"}, cli.ExitUsage, `signerctl: keys destroy: unexpected argument "extra"`},
+		{"unknown keys command", nil, []string{"keys", "frobnicate"}, cli.ExitUsage, `signerctl: keys: unknown command "frobnicate": want list, create, rotate, revoke or destroy`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/signerd/signerd/client"
+	"github.com/signerd/signerd/internal/cli"
 	"github.com/signerd/signerd/jose"
 	signerv1 "github.com/signerd/signerd/proto/signer/v1"
 )
@@ -46,7 +47,7 @@ type benchResult struct {
 	FirstError string `json:"first_error,omitempty"`
 }
 
-func benchFlags(fs *flag.FlagSet) func(*cli, []string) error {
+func benchFlags(fs *flag.FlagSet) func(*invocation, []string) error {
 	var (
 		key, op, levels string
 		duration        time.Duration
@@ -59,8 +60,8 @@ func benchFlags(fs *flag.FlagSet) func(*cli, []string) error {
 	fs.DurationVar(&duration, "duration", 5*time.Second, "how long to measure each concurrency level")
 	fs.IntVar(&requests, "requests", 0, "stop a level after this many requests, if sooner than --duration (0: no limit)")
 	fs.BoolVar(&asJSON, "json", false, "print a JSON array of results instead of a table")
-	return func(cl *cli, args []string) error {
-		if err := needKey(key, args); err != nil {
+	return func(cl *invocation, _ []string) error {
+		if err := needKey(key); err != nil {
 			return err
 		}
 		concs, err := parseLevels(levels)
@@ -68,10 +69,10 @@ func benchFlags(fs *flag.FlagSet) func(*cli, []string) error {
 			return err
 		}
 		if duration <= 0 {
-			return usagef("--duration %v: want a positive duration", duration)
+			return cli.Usagef("--duration %v: want a positive duration", duration)
 		}
 		if requests < 0 {
-			return usagef("--requests %d: want 0 (no limit) or more", requests)
+			return cli.Usagef("--requests %d: want 0 (no limit) or more", requests)
 		}
 		c, err := cl.dial()
 		if err != nil {
@@ -111,12 +112,12 @@ func parseLevels(s string) ([]int, error) {
 	for _, f := range strings.Split(s, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 1 || n > 10000 {
-			return nil, usagef("--concurrency %q: want a comma-separated list of numbers from 1 to 10000", s)
+			return nil, cli.Usagef("--concurrency %q: want a comma-separated list of numbers from 1 to 10000", s)
 		}
 		out = append(out, n)
 	}
 	if len(out) > maxBenchLevels {
-		return nil, usagef("--concurrency: %d levels, at most %d", len(out), maxBenchLevels)
+		return nil, cli.Usagef("--concurrency: %d levels, at most %d", len(out), maxBenchLevels)
 	}
 	return out, nil
 }
@@ -124,7 +125,7 @@ func parseLevels(s string) ([]int, error) {
 // benchCall prepares op on key and returns one request of it. Preparing makes one untimed call that
 // checks the key and the caller's grant (and mints the token that jwt-verify verifies).
 // For sign-stream, the stream lasts as long as c.
-func (cl *cli) benchCall(c *client.Client, op, key string) (func(context.Context) error, error) {
+func (cl *invocation) benchCall(c *client.Client, op, key string) (func(context.Context) error, error) {
 	s := c.Signer()
 	ctx, cancel := cl.context()
 	defer cancel()
@@ -166,7 +167,7 @@ func (cl *cli) benchCall(c *client.Client, op, key string) (func(context.Context
 		call := func(ctx context.Context) error { _, err := s.VerifyJWT(ctx, req); return err }
 		return call, rpcErr(call(ctx))
 	}
-	return nil, usagef("--op %q: want %s, %s, %s or %s", op, benchSign, benchSignStream, benchJWTSign, benchJWTVerify)
+	return nil, cli.Usagef("--op %q: want %s, %s, %s or %s", op, benchSign, benchSignStream, benchJWTSign, benchJWTVerify)
 }
 
 // runLevel keeps conc requests in flight for d, or until limit requests have started (limit > 0), each
@@ -230,7 +231,7 @@ func runLevel(call func(context.Context) error, conc int, d time.Duration, limit
 	return r
 }
 
-func writeBenchTable(cl *cli, results []benchResult) error {
+func writeBenchTable(cl *invocation, results []benchResult) error {
 	tw := tabwriter.NewWriter(cl.stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "op\tconcurrency\trequests\terrors\tops/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\t")
 	for _, r := range results {

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/signerd/signerd/internal/cli"
 	"github.com/signerd/signerd/jose"
 )
 
@@ -65,15 +66,15 @@ func TestBenchErrors(t *testing.T) {
 		code   int
 		stderr string
 	}{
-		{"no key", []string{"bench"}, exitUsage, "signerctl: bench: --key is required"},
-		{"unknown op", []string{"bench", "--key", "es256", "--op", "decrypt"}, exitUsage, `signerctl: bench: --op "decrypt"`},
-		{"zero concurrency", []string{"bench", "--key", "es256", "--concurrency", "0"}, exitUsage, `signerctl: bench: --concurrency "0"`},
-		{"bad concurrency list", []string{"bench", "--key", "es256", "--concurrency", "1,,8"}, exitUsage, `signerctl: bench: --concurrency "1,,8"`},
-		{"too many levels", []string{"bench", "--key", "es256", "--concurrency", strings.Repeat("1,", maxBenchLevels) + "1"}, exitUsage, "signerctl: bench: --concurrency: 17 levels"},
-		{"zero duration", []string{"bench", "--key", "es256", "--duration", "0s"}, exitUsage, "signerctl: bench: --duration 0s"},
-		{"negative requests", []string{"bench", "--key", "es256", "--requests", "-1"}, exitUsage, "signerctl: bench: --requests -1"},
-		{"missing key", []string{"bench", "--key", "missing"}, exitFailure, "signerctl: bench: NotFound: "},
-		{"not granted", []string{"--cert", strangerCert, "--key", strangerKey, "bench", "--key", "es256"}, exitFailure, "signerctl: bench: PermissionDenied: "},
+		{"no key", []string{"bench"}, cli.ExitUsage, "signerctl: bench: --key is required"},
+		{"unknown op", []string{"bench", "--key", "es256", "--op", "decrypt"}, cli.ExitUsage, `signerctl: bench: --op "decrypt"`},
+		{"zero concurrency", []string{"bench", "--key", "es256", "--concurrency", "0"}, cli.ExitUsage, `signerctl: bench: --concurrency "0"`},
+		{"bad concurrency list", []string{"bench", "--key", "es256", "--concurrency", "1,,8"}, cli.ExitUsage, `signerctl: bench: --concurrency "1,,8"`},
+		{"too many levels", []string{"bench", "--key", "es256", "--concurrency", strings.Repeat("1,", maxBenchLevels) + "1"}, cli.ExitUsage, "signerctl: bench: --concurrency: 17 levels"},
+		{"zero duration", []string{"bench", "--key", "es256", "--duration", "0s"}, cli.ExitUsage, "signerctl: bench: --duration 0s"},
+		{"negative requests", []string{"bench", "--key", "es256", "--requests", "-1"}, cli.ExitUsage, "signerctl: bench: --requests -1"},
+		{"missing key", []string{"bench", "--key", "missing"}, cli.ExitFailure, "signerctl: bench: NotFound: "},
+		{"not granted", []string{"--cert", strangerCert, "--key", strangerKey, "bench", "--key", "es256"}, cli.ExitFailure, "signerctl: bench: PermissionDenied: "},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

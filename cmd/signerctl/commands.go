@@ -19,6 +19,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/signerd/signerd/internal/cli"
 	"github.com/signerd/signerd/jose"
 	signerv1 "github.com/signerd/signerd/proto/signer/v1"
 )
@@ -36,14 +37,14 @@ func (in *inputFlags) define(fs *flag.FlagSet) {
 }
 
 // read returns the digest or the message, and whether it is a digest.
-func (in *inputFlags) read(cl *cli) (data []byte, isDigest bool, err error) {
+func (in *inputFlags) read(cl *invocation) (data []byte, isDigest bool, err error) {
 	switch {
 	case in.digest != "" && in.messageFile != "":
-		return nil, false, usagef("give --digest or --message-file, not both")
+		return nil, false, cli.Usagef("give --digest or --message-file, not both")
 	case in.digest != "":
 		d, err := hex.DecodeString(strings.TrimSpace(in.digest))
 		if err != nil {
-			return nil, false, usagef("--digest: not hex: %v", err)
+			return nil, false, cli.Usagef("--digest: not hex: %v", err)
 		}
 		return d, true, nil
 	case in.messageFile != "":
@@ -62,10 +63,10 @@ func (in *inputFlags) signatureFormat() (signerv1.SignatureFormat, error) {
 	case "jose", "raw":
 		return signerv1.SignatureFormat_SIGNATURE_FORMAT_JOSE, nil
 	}
-	return 0, usagef("--format %q: want der or jose", in.format)
+	return 0, cli.Usagef("--format %q: want der or jose", in.format)
 }
 
-func signFlags(fs *flag.FlagSet) func(*cli, []string) error {
+func signFlags(fs *flag.FlagSet) func(*invocation, []string) error {
 	var (
 		key    string
 		in     inputFlags
@@ -74,8 +75,8 @@ func signFlags(fs *flag.FlagSet) func(*cli, []string) error {
 	fs.StringVar(&key, "key", "", "`name` of the signerd key (required)")
 	in.define(fs)
 	fs.BoolVar(&asJSON, "json", false, "print a JSON object with signature, kid, alg and version instead of the bare signature")
-	return func(cl *cli, args []string) error {
-		if err := needKey(key, args); err != nil {
+	return func(cl *invocation, _ []string) error {
+		if err := needKey(key); err != nil {
 			return err
 		}
 		format, err := in.signatureFormat()
@@ -113,7 +114,7 @@ func signFlags(fs *flag.FlagSet) func(*cli, []string) error {
 
 // call dials signerd, runs one RPC on the Signer service within the command's deadline, and closes the
 // connection; an error status comes back as an *rpcError.
-func call[T any](cl *cli, rpc func(context.Context, signerv1.SignerClient) (T, error)) (T, error) {
+func call[T any](cl *invocation, rpc func(context.Context, signerv1.SignerClient) (T, error)) (T, error) {
 	var zero T
 	c, err := cl.dial()
 	if err != nil {
@@ -129,7 +130,7 @@ func call[T any](cl *cli, rpc func(context.Context, signerv1.SignerClient) (T, e
 	return resp, nil
 }
 
-func verifyFlags(fs *flag.FlagSet) func(*cli, []string) error {
+func verifyFlags(fs *flag.FlagSet) func(*invocation, []string) error {
 	var (
 		key, signature, kid string
 		in                  inputFlags
@@ -140,16 +141,16 @@ func verifyFlags(fs *flag.FlagSet) func(*cli, []string) error {
 	fs.StringVar(&kid, "kid", "", "verify with this `kid` only, instead of every published version")
 	fs.BoolVar(&asJSON, "json", false, `print {"valid": true, "kid": KID} or {"valid": false} instead of a line (exit status as without it)`)
 	in.define(fs)
-	return func(cl *cli, args []string) error {
-		if err := needKey(key, args); err != nil {
+	return func(cl *invocation, _ []string) error {
+		if err := needKey(key); err != nil {
 			return err
 		}
 		if signature == "" {
-			return usagef("--signature is required")
+			return cli.Usagef("--signature is required")
 		}
 		sig, err := decodeBase64(signature)
 		if err != nil {
-			return usagef("--signature: %v", err)
+			return cli.Usagef("--signature: %v", err)
 		}
 		format, err := in.signatureFormat()
 		if err != nil {
@@ -191,7 +192,7 @@ func verifyFlags(fs *flag.FlagSet) func(*cli, []string) error {
 	}
 }
 
-func jwtSignFlags(fs *flag.FlagSet) func(*cli, []string) error {
+func jwtSignFlags(fs *flag.FlagSet) func(*invocation, []string) error {
 	var (
 		key, claims, claimsFile string
 		ttl                     time.Duration
@@ -202,18 +203,18 @@ func jwtSignFlags(fs *flag.FlagSet) func(*cli, []string) error {
 	fs.StringVar(&claimsFile, "claims-file", "", "`file` holding the claims")
 	fs.DurationVar(&ttl, "ttl", 0, "lifetime of the token, in whole seconds (default: the grant's default)")
 	fs.BoolVar(&asJSON, "json", false, "print a JSON object with token, kid and expires_at instead of the bare token")
-	return func(cl *cli, args []string) error {
-		if err := needKey(key, args); err != nil {
+	return func(cl *invocation, _ []string) error {
+		if err := needKey(key); err != nil {
 			return err
 		}
 		if ttl < 0 || ttl%time.Second != 0 {
-			return usagef("--ttl %v: want a positive whole number of seconds", ttl)
+			return cli.Usagef("--ttl %v: want a positive whole number of seconds", ttl)
 		}
 		var raw []byte
 		var err error
 		switch {
 		case claims != "" && claimsFile != "":
-			return usagef("give --claims or --claims-file, not both")
+			return cli.Usagef("give --claims or --claims-file, not both")
 		case claims != "":
 			raw = []byte(claims)
 		case claimsFile != "":
@@ -252,14 +253,14 @@ func jwtSignFlags(fs *flag.FlagSet) func(*cli, []string) error {
 	}
 }
 
-func jwtVerifyFlags(fs *flag.FlagSet) func(*cli, []string) error {
+func jwtVerifyFlags(fs *flag.FlagSet) func(*invocation, []string) error {
 	var (
 		audience string
 		asJSON   bool
 	)
 	fs.StringVar(&audience, "audience", "", "require this `aud` value in the token")
 	fs.BoolVar(&asJSON, "json", false, "print a JSON object with claims, kid and key instead of the claims alone")
-	return func(cl *cli, args []string) error {
+	return func(cl *invocation, args []string) error {
 		var token string
 		switch len(args) {
 		case 0:
@@ -271,11 +272,11 @@ func jwtVerifyFlags(fs *flag.FlagSet) func(*cli, []string) error {
 		case 1:
 			token = args[0]
 		default:
-			return usagef("want at most one token, got %d arguments", len(args))
+			return cli.Usagef("want at most one token, got %d arguments", len(args))
 		}
 		token = strings.TrimSpace(token)
 		if token == "" {
-			return usagef("no token: give it as an argument or on standard input")
+			return cli.Usagef("no token: give it as an argument or on standard input")
 		}
 		resp, err := call(cl, func(ctx context.Context, s signerv1.SignerClient) (*signerv1.VerifyJWTResponse, error) {
 			return s.VerifyJWT(ctx, &signerv1.VerifyJWTRequest{Token: token, Audience: audience})
@@ -294,7 +295,7 @@ func jwtVerifyFlags(fs *flag.FlagSet) func(*cli, []string) error {
 	}
 }
 
-func pubkeyFlags(fs *flag.FlagSet) func(*cli, []string) error {
+func pubkeyFlags(fs *flag.FlagSet) func(*invocation, []string) error {
 	var (
 		key, kid string
 		asJWK    bool
@@ -302,8 +303,8 @@ func pubkeyFlags(fs *flag.FlagSet) func(*cli, []string) error {
 	fs.StringVar(&key, "key", "", "`name` of the signerd key (required)")
 	fs.StringVar(&kid, "kid", "", "the published version with this `kid` (default: the active version)")
 	fs.BoolVar(&asJWK, "jwk", false, "print the JSON Web Key instead of PEM")
-	return func(cl *cli, args []string) error {
-		if err := needKey(key, args); err != nil {
+	return func(cl *invocation, _ []string) error {
+		if err := needKey(key); err != nil {
 			return err
 		}
 		resp, err := call(cl, func(ctx context.Context, s signerv1.SignerClient) (*signerv1.GetPublicKeyResponse, error) {
@@ -320,14 +321,11 @@ func pubkeyFlags(fs *flag.FlagSet) func(*cli, []string) error {
 	}
 }
 
-func keysFlags(fs *flag.FlagSet) func(*cli, []string) error {
+func keysFlags(fs *flag.FlagSet) func(*invocation, []string) error {
 	var asJSON, all bool
 	fs.BoolVar(&asJSON, "json", false, "print JSON, with every published version, instead of a table")
 	fs.BoolVar(&all, "all", false, "list every key with every version, its state and timestamps, with the administrator's certificate")
-	return func(cl *cli, args []string) error {
-		if len(args) > 0 {
-			return usagef("unexpected argument %q", args[0])
-		}
+	return func(cl *invocation, _ []string) error {
 		if all {
 			return cl.listAllKeys(asJSON)
 		}
@@ -436,19 +434,16 @@ func timeOf(set bool, asTime func() time.Time) *time.Time {
 	return &t
 }
 
-func jwksFlags(fs *flag.FlagSet) func(*cli, []string) error {
+func jwksFlags(fs *flag.FlagSet) func(*invocation, []string) error {
 	var jwksURL string
 	fs.StringVar(&jwksURL, "url", os.Getenv(envJWKSURL), "https `URL` of the JWK Set; $"+envJWKSURL+" by default")
-	return func(cl *cli, args []string) error {
-		if len(args) > 0 {
-			return usagef("unexpected argument %q", args[0])
-		}
+	return func(cl *invocation, _ []string) error {
 		if jwksURL == "" {
-			return usagef("no JWKS URL: set %s or --url", envJWKSURL)
+			return cli.Usagef("no JWKS URL: set %s or --url", envJWKSURL)
 		}
 		u, err := url.Parse(jwksURL)
 		if err != nil || u.Scheme != "https" || u.Host == "" {
-			return usagef("--url %q: want an https URL", jwksURL)
+			return cli.Usagef("--url %q: want an https URL", jwksURL)
 		}
 		body, err := cl.fetchJWKS(u)
 		if err != nil {
@@ -464,7 +459,7 @@ func jwksFlags(fs *flag.FlagSet) func(*cli, []string) error {
 
 // fetchJWKS gets the JWK Set at u over HTTPS, trusting the --cacert file when one is set and the system
 // roots otherwise. A JWKS is public: no client certificate is sent.
-func (cl *cli) fetchJWKS(u *url.URL) ([]byte, error) {
+func (cl *invocation) fetchJWKS(u *url.URL) ([]byte, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if cl.caCert != "" {
 		pemBytes, err := os.ReadFile(cl.caCert)
@@ -514,13 +509,10 @@ func (cl *cli) fetchJWKS(u *url.URL) ([]byte, error) {
 	return body, nil
 }
 
-// needKey checks the --key flag of a command that takes no positional arguments.
-func needKey(key string, args []string) error {
-	if len(args) > 0 {
-		return usagef("unexpected argument %q", args[0])
-	}
+// needKey checks the --key flag.
+func needKey(key string) error {
 	if key == "" {
-		return usagef("--key is required")
+		return cli.Usagef("--key is required")
 	}
 	return nil
 }

@@ -24,8 +24,8 @@
 // bounded time (and, with --requests, a bounded count).
 //
 // signerctl exits 0 on success, 1 when the operation fails or a signature does not verify, and 2 for a
-// usage error. Failures print one line, "signerctl: COMMAND: ...", with the gRPC status code and
-// message when the server refused.
+// usage error. A failure prints "signerctl: COMMAND: ..." on standard error, with the gRPC status code
+// and message when the server refused; a usage error's line ends with where to read the command's usage.
 package main
 
 import (
@@ -35,24 +35,17 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc/status"
 
 	"github.com/signerd/signerd/client"
+	"github.com/signerd/signerd/internal/cli"
 )
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
-
-// Exit codes.
-const (
-	exitOK      = 0
-	exitFailure = 1 // the operation failed, or the signature or token is invalid
-	exitUsage   = 2
-)
 
 // Environment variables that configure the connection.
 const (
@@ -70,36 +63,33 @@ const (
 // 64 KiB, and tokens and claims are far smaller.
 const maxInput = 64 << 10
 
+// runFunc runs a command once its flags are parsed; args are its positional arguments.
+type runFunc = func(cl *invocation, args []string) error
+
 // command is one signerctl command.
-type command struct {
-	name     string // as typed: "sign", "jwt sign"
-	summary  string
-	synopsis string // the arguments after the name
-	// flags defines the command's flags on fs and returns a function that runs the command.
-	flags func(fs *flag.FlagSet) func(cl *cli, args []string) error
-}
+type command = cli.Command[runFunc]
 
 // commands returns every command, in the order usage lists them.
 func commands() []command {
 	return []command{
-		{name: "sign", summary: "sign a digest or a message", synopsis: "--key NAME [--digest HEX | --message-file FILE | < MESSAGE] [--format der|jose] [--json]", flags: signFlags},
-		{name: "verify", summary: "verify a signature", synopsis: "--key NAME --signature BASE64 [--kid KID] [--digest HEX | --message-file FILE | < MESSAGE] [--format der|jose] [--json]", flags: verifyFlags},
-		{name: "jwt sign", summary: "have signerd issue a JWT", synopsis: "--key NAME [--claims JSON | --claims-file FILE | < CLAIMS] [--ttl DURATION] [--json]", flags: jwtSignFlags},
-		{name: "jwt verify", summary: "verify a JWT and print its claims", synopsis: "[--audience AUD] [--json] [TOKEN | < TOKEN]", flags: jwtVerifyFlags},
-		{name: "pubkey", summary: "print a key's public key", synopsis: "--key NAME [--kid KID] [--jwk]", flags: pubkeyFlags},
-		{name: "keys", summary: "list the keys you may use", synopsis: "[--all] [--json]", flags: keysFlags},
-		{name: "keys list", summary: "list the keys you may use; with --all, every key and version (admin)", synopsis: "[--all] [--json]", flags: keysFlags},
-		{name: "keys create", summary: "create a key, whose version 1 signs at once (admin)", synopsis: "--name NAME --alg ALG [--bits N] [--prepublish D] [--grace D] [--rotation-period D] [--keep-retired] [--json]", flags: keysCreateFlags},
-		{name: "keys rotate", summary: "add a new version to a key (admin)", synopsis: "--name NAME [--emergency] [--json]", flags: keysRotateFlags},
-		{name: "keys revoke", summary: "withdraw a version of a key at once (admin)", synopsis: "--name NAME --version N [--json]", flags: keysRevokeFlags},
-		{name: "keys destroy", summary: "delete a retired or revoked version from the token (admin)", synopsis: "--name NAME --version N [--json]", flags: keysDestroyFlags},
-		{name: "jwks", summary: "fetch and print the published JWK Set", synopsis: "[--url URL]", flags: jwksFlags},
-		{name: "bench", summary: "measure a key's throughput and latency through signerd", synopsis: "--key NAME [--op sign|sign-stream|jwt-sign|jwt-verify] [--concurrency 1,8,32] [--duration D] [--requests N] [--json]", flags: benchFlags},
+		{Name: "sign", Summary: "sign a digest or a message", Synopsis: "--key NAME [--digest HEX | --message-file FILE | < MESSAGE] [--format der|jose] [--json]", Flags: signFlags},
+		{Name: "verify", Summary: "verify a signature", Synopsis: "--key NAME --signature BASE64 [--kid KID] [--digest HEX | --message-file FILE | < MESSAGE] [--format der|jose] [--json]", Flags: verifyFlags},
+		{Name: "jwt sign", Summary: "have signerd issue a JWT", Synopsis: "--key NAME [--claims JSON | --claims-file FILE | < CLAIMS] [--ttl DURATION] [--json]", Flags: jwtSignFlags},
+		{Name: "jwt verify", Summary: "verify a JWT and print its claims", Synopsis: "[--audience AUD] [--json] [TOKEN | < TOKEN]", Args: true, Flags: jwtVerifyFlags},
+		{Name: "pubkey", Summary: "print a key's public key", Synopsis: "--key NAME [--kid KID] [--jwk]", Flags: pubkeyFlags},
+		{Name: "keys", Summary: "list the keys you may use", Synopsis: "[--all] [--json]", Flags: keysFlags},
+		{Name: "keys list", Summary: "list the keys you may use; with --all, every key and version (admin)", Synopsis: "[--all] [--json]", Flags: keysFlags},
+		{Name: "keys create", Summary: "create a key, whose version 1 signs at once (admin)", Synopsis: "--name NAME --alg ALG [--bits N] [--prepublish D] [--grace D] [--rotation-period D] [--keep-retired] [--json]", Flags: keysCreateFlags},
+		{Name: "keys rotate", Summary: "add a new version to a key (admin)", Synopsis: "--name NAME [--emergency] [--json]", Flags: keysRotateFlags},
+		{Name: "keys revoke", Summary: "withdraw a version of a key at once (admin)", Synopsis: "--name NAME --version N [--json]", Flags: keysRevokeFlags},
+		{Name: "keys destroy", Summary: "delete a retired or revoked version from the token (admin)", Synopsis: "--name NAME --version N [--json]", Flags: keysDestroyFlags},
+		{Name: "jwks", Summary: "fetch and print the published JWK Set", Synopsis: "[--url URL]", Flags: jwksFlags},
+		{Name: "bench", Summary: "measure a key's throughput and latency through signerd", Synopsis: "--key NAME [--op sign|sign-stream|jwt-sign|jwt-verify] [--concurrency 1,8,32] [--duration D] [--requests N] [--json]", Flags: benchFlags},
 	}
 }
 
-// cli is one invocation: its streams and connection settings.
-type cli struct {
+// invocation is one run of signerctl: its streams and connection settings.
+type invocation struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 
@@ -110,21 +100,12 @@ type cli struct {
 	timeout             time.Duration
 }
 
-// usageError is a mistake in the command line; signerctl exits 2 for it.
-type usageError struct{ msg string }
-
-func (e *usageError) Error() string { return e.msg }
-
-func usagef(format string, args ...any) error {
-	return &usageError{msg: fmt.Sprintf(format, args...)}
-}
-
 // errInvalid reports a signature or token that does not verify; the command has printed why.
-var errInvalid = errors.New("invalid")
+var errInvalid = fmt.Errorf("invalid: %w", cli.ErrReported)
 
-// run runs signerctl with args (without the program name) and returns the exit code.
+// run runs signerctl with args (without the program name) and returns the exit status.
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	cl := &cli{stdin: stdin, stdout: stdout, stderr: stderr}
+	cl := &invocation{stdin: stdin, stdout: stdout, stderr: stderr}
 	global := flag.NewFlagSet("signerctl", flag.ContinueOnError)
 	global.SetOutput(io.Discard)
 	global.StringVar(&cl.addr, "addr", os.Getenv(envAddr), "signerd `host:port`; $"+envAddr+" by default")
@@ -134,147 +115,36 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	global.StringVar(&cl.adminCert, "admin-cert", os.Getenv(envAdminCert), "PEM administrator certificate `file` for the keys administration commands; $"+envAdminCert+" by default, else the client certificate")
 	global.StringVar(&cl.adminKey, "admin-key", os.Getenv(envAdminKey), "PEM administrator private key `file`; $"+envAdminKey+" by default, else the client key")
 	global.DurationVar(&cl.timeout, "timeout", 30*time.Second, "deadline of the whole command (for bench: of each request)")
-	err := global.Parse(args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		cl.usage(stdout, global)
-		return exitOK
-	case err != nil:
-		return cl.fail("", usagef("%v", err))
-	}
-	args = global.Args()
-	if len(args) == 0 {
-		cl.usage(stderr, global)
-		return exitUsage
-	}
-	if args[0] == "help" {
-		cl.usage(stdout, global)
-		return exitOK
-	}
-	name := args[0]
-	rest := args[1:]
-	switch {
-	case name == "jwt":
-		if len(rest) == 0 || (rest[0] != "sign" && rest[0] != "verify") {
-			if len(rest) > 0 && (rest[0] == "-h" || rest[0] == "--help" || rest[0] == "help") {
-				cl.usage(stdout, global)
-				return exitOK
-			}
-			return cl.fail("jwt", usagef("want 'jwt sign' or 'jwt verify'"))
-		}
-		name, rest = "jwt "+rest[0], rest[1:]
-	case name == "keys" && len(rest) > 0 && !strings.HasPrefix(rest[0], "-"):
-		// Bare "keys" (with flags only) keeps its meaning: the keys the caller may use.
-		switch rest[0] {
-		case "list", "create", "rotate", "revoke", "destroy":
-			name, rest = "keys "+rest[0], rest[1:]
-		case "help":
-			cl.usage(stdout, global)
-			return exitOK
-		default:
-			return cl.fail("keys", usagef("unknown keys command %q: want list, create, rotate, revoke or destroy", rest[0]))
-		}
-	}
-	for _, c := range commands() {
-		if c.name == name {
-			return cl.runCommand(c, rest)
-		}
-	}
-	return cl.fail("", usagef("unknown command %q (run 'signerctl -h' for the list)", name))
-}
-
-// runCommand parses the command's flags, runs it and turns its error into an exit code.
-func (cl *cli) runCommand(c command, args []string) int {
-	fs := flag.NewFlagSet("signerctl "+c.name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	runFn := c.flags(fs)
-	positional, err := parseInterleaved(fs, args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		fmt.Fprintf(cl.stdout, "Usage: signerctl [connection flags] %s %s\n\n%s.\n\nFlags:\n", c.name, c.synopsis, upperFirst(c.summary))
-		fs.SetOutput(cl.stdout)
-		fs.PrintDefaults()
-		return exitOK
-	case err != nil:
-		return cl.fail(c.name, usagef("%v", err))
-	}
-	if err := runFn(cl, positional); err != nil {
-		return cl.fail(c.name, err)
-	}
-	return exitOK
-}
-
-// parseInterleaved parses flags that may come before, between or after positional arguments, and
-// returns the positional ones. Everything after "--" is positional.
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var positional []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		rest := fs.Args()
-		// fs.Parse stops at the first positional argument, or just after a "--", which it consumes.
-		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
-			return append(positional, rest...), nil
-		}
-		if len(rest) == 0 {
-			return positional, nil
-		}
-		positional = append(positional, rest[0])
-		args = rest[1:]
-	}
-}
-
-// fail prints err as one line and returns its exit code.
-func (cl *cli) fail(cmd string, err error) int {
-	if errors.Is(err, errInvalid) {
-		return exitFailure
-	}
-	prefix := "signerctl: "
-	if cmd != "" {
-		prefix += cmd + ": "
-	}
-	msg := strings.Join(strings.Fields(err.Error()), " ") // one line, whatever the server said
-	var ue *usageError
-	if errors.As(err, &ue) {
-		hint := "signerctl -h"
-		if cmd != "" {
-			hint = "signerctl " + cmd + " -h"
-		}
-		fmt.Fprintf(cl.stderr, "%s%s (see '%s')\n", prefix, msg, hint)
-		return exitUsage
-	}
-	fmt.Fprintf(cl.stderr, "%s%s\n", prefix, msg)
-	return exitFailure
-}
-
-// usage prints the top-level usage to w.
-func (cl *cli) usage(w io.Writer, global *flag.FlagSet) {
-	fmt.Fprint(w, `Usage: signerctl [connection flags] COMMAND [flags]
-
-signerctl calls signerd's gRPC API over mutual TLS.
-
-Commands:
-`)
-	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-13s %s\n", c.name, c.summary)
-	}
-	fmt.Fprint(w, `
-Connection flags, given before the command (each defaults to an environment variable;
+	p := &cli.Program[runFunc]{
+		Name:     "signerctl",
+		Usage:    "signerctl [connection flags]",
+		Intro:    "signerctl calls signerd's gRPC API over mutual TLS.",
+		Commands: commands(),
+		More: func(w io.Writer) {
+			fmt.Fprint(w, `connection flags, given before the command (each defaults to an environment variable;
 'signerd dev' writes them into DIR/env). The keys administration commands use the
 administrator's certificate, or the client certificate when none is set:
 `)
-	global.SetOutput(w)
-	global.PrintDefaults()
-	global.SetOutput(io.Discard)
-	fmt.Fprint(w, `
-Exit status: 0 on success, 1 on failure or an invalid signature or token, 2 for a usage error.
-Run 'signerctl COMMAND -h' for a command's flags.
-`)
+			global.SetOutput(w)
+			global.PrintDefaults()
+			global.SetOutput(io.Discard)
+		},
+		Call:   func(run runFunc, args []string) error { return run(cl, args) },
+		Stdout: stdout,
+		Stderr: stderr,
+	}
+	switch err := global.Parse(args); {
+	case errors.Is(err, flag.ErrHelp):
+		p.PrintUsage(stdout)
+		return cli.ExitOK
+	case err != nil:
+		return p.Fail("", cli.Usagef("%v", err))
+	}
+	return p.Main(global.Args())
 }
 
 // dial connects to signerd with the connection settings.
-func (cl *cli) dial() (*client.Client, error) {
+func (cl *invocation) dial() (*client.Client, error) {
 	if err := cl.checkConnection(true); err != nil {
 		return nil, err
 	}
@@ -287,7 +157,7 @@ func (cl *cli) dial() (*client.Client, error) {
 
 // checkConnection reports the first connection setting that is missing; the client certificate and key
 // only when withClientCert is set.
-func (cl *cli) checkConnection(withClientCert bool) error {
+func (cl *invocation) checkConnection(withClientCert bool) error {
 	settings := []struct{ value, env, flag string }{
 		{cl.addr, envAddr, "--addr"},
 		{cl.caCert, envCACert, "--cacert"},
@@ -300,14 +170,14 @@ func (cl *cli) checkConnection(withClientCert bool) error {
 	}
 	for _, setting := range settings {
 		if setting.value == "" {
-			return usagef("no %s: set %s or give %s before the command", setting.flag[2:], setting.env, setting.flag)
+			return cli.Usagef("no %s: set %s or give %s before the command", setting.flag[2:], setting.env, setting.flag)
 		}
 	}
 	return nil
 }
 
 // context returns the deadline of the command.
-func (cl *cli) context() (context.Context, context.CancelFunc) {
+func (cl *invocation) context() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), cl.timeout)
 }
 
@@ -327,12 +197,4 @@ func rpcErr(err error) error {
 		return &rpcError{st: st, err: err}
 	}
 	return err
-}
-
-// upperFirst capitalizes the first letter of an ASCII string.
-func upperFirst(s string) string {
-	if s == "" {
-		return s
-	}
-	return strings.ToUpper(s[:1]) + s[1:]
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/signerd/signerd/client/clienttest"
 	"github.com/signerd/signerd/devca"
+	"github.com/signerd/signerd/internal/cli"
 	"github.com/signerd/signerd/jose"
 )
 
@@ -62,7 +63,7 @@ func signerctl(t *testing.T, stdin string, args ...string) result {
 func mustRun(t *testing.T, stdin string, args ...string) string {
 	t.Helper()
 	r := signerctl(t, stdin, args...)
-	if r.code != exitOK {
+	if r.code != cli.ExitOK {
 		t.Fatalf("signerctl %q = exit %d, stderr %q, want exit 0", args, r.code, r.stderr)
 	}
 	return r.stdout
@@ -131,14 +132,14 @@ func TestSignVerify(t *testing.T) {
 					verify := append([]string{"verify", "--key", keyName(alg), "--format", format, "--signature", strings.TrimSpace(out)}, in.args...)
 					r := signerctl(t, in.stdin, verify...)
 					kid, _ := jose.Thumbprint(pub)
-					if r.code != exitOK || r.stdout != "valid kid="+kid+"\n" {
+					if r.code != cli.ExitOK || r.stdout != "valid kid="+kid+"\n" {
 						t.Errorf("signerctl %q = exit %d, stdout %q, stderr %q, want exit 0, %q", verify, r.code, r.stdout, r.stderr, "valid kid="+kid+"\n")
 					}
 					if in.name == "digest" {
 						return
 					}
 					r = signerctl(t, "another message", append(verify[:len(verify):len(verify)], "--message-file", os.DevNull)...)
-					if r.code != exitFailure || r.stderr != "invalid signature\n" || r.stdout != "" {
+					if r.code != cli.ExitFailure || r.stderr != "invalid signature\n" || r.stdout != "" {
 						t.Errorf("signerctl verify (other message) = exit %d, stdout %q, stderr %q, want exit 1, %q", r.code, r.stdout, r.stderr, "invalid signature\n")
 					}
 				})
@@ -173,16 +174,16 @@ func TestSignJSON(t *testing.T) {
 	}
 	// The signature may be given in any base64 alphabet.
 	urlSig := base64.RawURLEncoding.EncodeToString(sig)
-	if r := signerctl(t, "hello", "verify", "--key", "es256", "--signature", urlSig, "--kid", kid); r.code != exitOK {
+	if r := signerctl(t, "hello", "verify", "--key", "es256", "--signature", urlSig, "--kid", kid); r.code != cli.ExitOK {
 		t.Errorf("signerctl verify (base64url signature) = exit %d, stderr %q, want exit 0", r.code, r.stderr)
 	}
 	// verify --json: an object on stdout either way; the exit status still tells valid from invalid.
 	want := fmt.Sprintf("{\n  \"valid\": true,\n  \"kid\": %q\n}\n", kid)
-	if r := signerctl(t, "hello", "verify", "--key", "es256", "--signature", got.Signature, "--json"); r.code != exitOK || r.stdout != want {
+	if r := signerctl(t, "hello", "verify", "--key", "es256", "--signature", got.Signature, "--json"); r.code != cli.ExitOK || r.stdout != want {
 		t.Errorf("signerctl verify --json = exit %d, stdout %q, stderr %q, want exit 0, %q", r.code, r.stdout, r.stderr, want)
 	}
 	want = "{\n  \"valid\": false\n}\n"
-	if r := signerctl(t, "other", "verify", "--key", "es256", "--signature", got.Signature, "--json"); r.code != exitFailure || r.stdout != want {
+	if r := signerctl(t, "other", "verify", "--key", "es256", "--signature", got.Signature, "--json"); r.code != cli.ExitFailure || r.stdout != want {
 		t.Errorf("signerctl verify --json (other message) = exit %d, stdout %q, stderr %q, want exit 1, %q", r.code, r.stdout, r.stderr, want)
 	}
 }
@@ -248,7 +249,7 @@ func TestJWTRoundTrip(t *testing.T) {
 	sig[0] ^= 1
 	parts[2] = base64.RawURLEncoding.EncodeToString(sig)
 	r := signerctl(t, strings.Join(parts, "."), "jwt", "verify")
-	if r.code != exitFailure || r.stdout != "" || !strings.HasPrefix(r.stderr, "signerctl: jwt verify: Unauthenticated: ") {
+	if r.code != cli.ExitFailure || r.stdout != "" || !strings.HasPrefix(r.stderr, "signerctl: jwt verify: Unauthenticated: ") {
 		t.Errorf("signerctl jwt verify (tampered) = exit %d, stdout %q, stderr %q, want exit 1 and an Unauthenticated error", r.code, r.stdout, r.stderr)
 	}
 }
@@ -339,9 +340,9 @@ func TestJWKS(t *testing.T) {
 		args []string
 		code int
 	}{
-		{"flag URL", []string{"jwks", "--url", hs.URL}, exitOK},
-		{"http URL", []string{"jwks", "--url", strings.Replace(hs.URL, "https:", "http:", 1)}, exitUsage},
-		{"untrusted server", []string{"--cacert", foreignFile, "jwks"}, exitFailure},
+		{"flag URL", []string{"jwks", "--url", hs.URL}, cli.ExitOK},
+		{"http URL", []string{"jwks", "--url", strings.Replace(hs.URL, "https:", "http:", 1)}, cli.ExitUsage},
+		{"untrusted server", []string{"--cacert", foreignFile, "jwks"}, cli.ExitFailure},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -372,29 +373,29 @@ func TestErrors(t *testing.T) {
 		code   int
 		stderr string // prefix of the one-line error
 	}{
-		{"missing key", nil, []string{"sign", "--key", "missing", "--digest", digest}, "", exitFailure, `signerctl: sign: NotFound: key "missing" does not exist`},
-		{"identity not granted", nil, []string{"--cert", strangerCert, "--key", strangerKey, "sign", "--key", "es256", "--digest", digest}, "", exitFailure, "signerctl: sign: PermissionDenied: "},
-		{"server not trusted", nil, []string{"--cacert", foreignFile, "keys"}, "", exitFailure, "signerctl: keys: Unavailable: "},
-		{"short digest", nil, []string{"sign", "--key", "es256", "--digest", "abcd"}, "", exitFailure, "signerctl: sign: InvalidArgument: "},
-		{"digest for EdDSA", nil, []string{"sign", "--key", "eddsa", "--digest", digest}, "", exitFailure, "signerctl: sign: InvalidArgument: "},
-		{"malformed signature", nil, []string{"verify", "--key", "es256", "--signature", "AAAA", "--digest", digest}, "", exitFailure, "signerctl: verify: InvalidArgument: "},
-		{"unknown kid", nil, []string{"pubkey", "--key", "es256", "--kid", "nope"}, "", exitFailure, "signerctl: pubkey: NotFound: "},
-		{"message too large", nil, []string{"sign", "--key", "es256"}, strings.Repeat("x", maxInput+1), exitFailure, "signerctl: sign: read standard input: more than 64 KiB"},
-		{"claims not an object", nil, []string{"jwt", "sign", "--key", "es256", "--claims", "[1]"}, "", exitFailure, "signerctl: jwt sign: claims: not a JSON object"},
-		{"digest not hex", nil, []string{"sign", "--key", "es256", "--digest", "zz"}, "", exitUsage, "signerctl: sign: --digest: not hex"},
-		{"digest and file", nil, []string{"sign", "--key", "es256", "--digest", digest, "--message-file", os.DevNull}, "", exitUsage, "signerctl: sign: give --digest or --message-file"},
-		{"no key name", nil, []string{"sign", "--digest", digest}, "", exitUsage, "signerctl: sign: --key is required"},
-		{"no signature", nil, []string{"verify", "--key", "es256", "--digest", digest}, "", exitUsage, "signerctl: verify: --signature is required"},
-		{"bad format", nil, []string{"sign", "--key", "es256", "--format", "pem"}, "", exitUsage, `signerctl: sign: --format "pem"`},
-		{"fractional ttl", nil, []string{"jwt", "sign", "--key", "es256", "--claims", "{}", "--ttl", "1.5s"}, "", exitUsage, "signerctl: jwt sign: --ttl 1.5s"},
-		{"unknown flag", nil, []string{"keys", "--nope"}, "", exitUsage, "signerctl: keys: flag provided but not defined: -nope"},
-		{"unknown command", nil, []string{"frobnicate"}, "", exitUsage, `signerctl: unknown command "frobnicate"`},
-		{"jwt without subcommand", nil, []string{"jwt"}, "", exitUsage, "signerctl: jwt: want 'jwt sign' or 'jwt verify'"},
-		{"no token", nil, []string{"jwt", "verify"}, " \n", exitUsage, "signerctl: jwt verify: no token"},
-		{"no address", map[string]string{envAddr: ""}, []string{"keys"}, "", exitUsage, "signerctl: keys: no addr: set SIGNERD_ADDR or give --addr"},
-		{"flag overrides environment", map[string]string{envAddr: "127.0.0.1:1"}, []string{"--addr", srv.Addr, "keys"}, "", exitOK, ""},
-		{"server down", map[string]string{envAddr: "127.0.0.1:1"}, []string{"--timeout", "5s", "keys"}, "", exitFailure, "signerctl: keys: Unavailable: "},
-		{"no JWKS URL", nil, []string{"jwks"}, "", exitUsage, "signerctl: jwks: no JWKS URL"},
+		{"missing key", nil, []string{"sign", "--key", "missing", "--digest", digest}, "", cli.ExitFailure, `signerctl: sign: NotFound: key "missing" does not exist`},
+		{"identity not granted", nil, []string{"--cert", strangerCert, "--key", strangerKey, "sign", "--key", "es256", "--digest", digest}, "", cli.ExitFailure, "signerctl: sign: PermissionDenied: "},
+		{"server not trusted", nil, []string{"--cacert", foreignFile, "keys"}, "", cli.ExitFailure, "signerctl: keys: Unavailable: "},
+		{"short digest", nil, []string{"sign", "--key", "es256", "--digest", "abcd"}, "", cli.ExitFailure, "signerctl: sign: InvalidArgument: "},
+		{"digest for EdDSA", nil, []string{"sign", "--key", "eddsa", "--digest", digest}, "", cli.ExitFailure, "signerctl: sign: InvalidArgument: "},
+		{"malformed signature", nil, []string{"verify", "--key", "es256", "--signature", "AAAA", "--digest", digest}, "", cli.ExitFailure, "signerctl: verify: InvalidArgument: "},
+		{"unknown kid", nil, []string{"pubkey", "--key", "es256", "--kid", "nope"}, "", cli.ExitFailure, "signerctl: pubkey: NotFound: "},
+		{"message too large", nil, []string{"sign", "--key", "es256"}, strings.Repeat("x", maxInput+1), cli.ExitFailure, "signerctl: sign: read standard input: more than 64 KiB"},
+		{"claims not an object", nil, []string{"jwt", "sign", "--key", "es256", "--claims", "[1]"}, "", cli.ExitFailure, "signerctl: jwt sign: claims: not a JSON object"},
+		{"digest not hex", nil, []string{"sign", "--key", "es256", "--digest", "zz"}, "", cli.ExitUsage, "signerctl: sign: --digest: not hex"},
+		{"digest and file", nil, []string{"sign", "--key", "es256", "--digest", digest, "--message-file", os.DevNull}, "", cli.ExitUsage, "signerctl: sign: give --digest or --message-file"},
+		{"no key name", nil, []string{"sign", "--digest", digest}, "", cli.ExitUsage, "signerctl: sign: --key is required"},
+		{"no signature", nil, []string{"verify", "--key", "es256", "--digest", digest}, "", cli.ExitUsage, "signerctl: verify: --signature is required"},
+		{"bad format", nil, []string{"sign", "--key", "es256", "--format", "pem"}, "", cli.ExitUsage, `signerctl: sign: --format "pem"`},
+		{"fractional ttl", nil, []string{"jwt", "sign", "--key", "es256", "--claims", "{}", "--ttl", "1.5s"}, "", cli.ExitUsage, "signerctl: jwt sign: --ttl 1.5s"},
+		{"unknown flag", nil, []string{"keys", "--nope"}, "", cli.ExitUsage, "signerctl: keys: flag provided but not defined: -nope"},
+		{"unknown command", nil, []string{"frobnicate"}, "", cli.ExitUsage, `signerctl: unknown command "frobnicate"`},
+		{"jwt without subcommand", nil, []string{"jwt"}, "", cli.ExitUsage, "signerctl: jwt: want sign or verify"},
+		{"no token", nil, []string{"jwt", "verify"}, " \n", cli.ExitUsage, "signerctl: jwt verify: no token"},
+		{"no address", map[string]string{envAddr: ""}, []string{"keys"}, "", cli.ExitUsage, "signerctl: keys: no addr: set SIGNERD_ADDR or give --addr"},
+		{"flag overrides environment", map[string]string{envAddr: "127.0.0.1:1"}, []string{"--addr", srv.Addr, "keys"}, "", cli.ExitOK, ""},
+		{"server down", map[string]string{envAddr: "127.0.0.1:1"}, []string{"--timeout", "5s", "keys"}, "", cli.ExitFailure, "signerctl: keys: Unavailable: "},
+		{"no JWKS URL", nil, []string{"jwks"}, "", cli.ExitUsage, "signerctl: jwks: no JWKS URL"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -405,7 +406,7 @@ func TestErrors(t *testing.T) {
 			if r.code != tt.code {
 				t.Errorf("signerctl %q = exit %d, stderr %q, want exit %d", tt.args, r.code, r.stderr, tt.code)
 			}
-			if tt.code == exitOK {
+			if tt.code == cli.ExitOK {
 				return
 			}
 			if !strings.HasPrefix(r.stderr, tt.stderr) || strings.Count(r.stderr, "\n") != 1 {
@@ -424,32 +425,40 @@ func TestHelp(t *testing.T) {
 		code int
 		want string // in stdout for exit 0, stderr otherwise
 	}{
-		{[]string{"-h"}, exitOK, "Usage: signerctl [connection flags] COMMAND [flags]"},
-		{[]string{"--help"}, exitOK, "jwt verify"},
-		{[]string{"help"}, exitOK, "SIGNERD_CACERT"},
-		{[]string{"sign", "-h"}, exitOK, "Usage: signerctl [connection flags] sign --key NAME"},
-		{[]string{"jwt", "sign", "--help"}, exitOK, "-claims-file"},
-		{[]string{"jwt", "verify", "-h"}, exitOK, "-audience"},
-		{[]string{"-h"}, exitOK, "keys destroy"},
-		{[]string{"-h"}, exitOK, "SIGNERD_ADMIN_CERT"},
-		{[]string{"keys", "help"}, exitOK, "keys rotate"},
-		{[]string{"keys", "-h"}, exitOK, "Usage: signerctl [connection flags] keys [--all] [--json]"},
-		{[]string{"keys", "list", "-h"}, exitOK, "-all"},
-		{[]string{"keys", "create", "-h"}, exitOK, "-rotation-period"},
-		{[]string{"keys", "rotate", "--help"}, exitOK, "-emergency"},
-		{[]string{"keys", "destroy", "-h"}, exitOK, "Usage: signerctl [connection flags] keys destroy --name NAME --version N"},
-		{nil, exitUsage, "Usage: signerctl"},
+		{[]string{"-h"}, cli.ExitOK, "usage: signerctl [connection flags] COMMAND [flags]"},
+		{[]string{"--help"}, cli.ExitOK, "jwt verify"},
+		{[]string{"help"}, cli.ExitOK, "SIGNERD_CACERT"},
+		{[]string{"sign", "-h"}, cli.ExitOK, "usage: signerctl [connection flags] sign --key NAME"},
+		{[]string{"jwt", "sign", "--help"}, cli.ExitOK, "-claims-file"},
+		{[]string{"jwt", "verify", "-h"}, cli.ExitOK, "-audience"},
+		{[]string{"-h"}, cli.ExitOK, "keys destroy"},
+		{[]string{"-h"}, cli.ExitOK, "SIGNERD_ADMIN_CERT"},
+		{[]string{"keys", "help"}, cli.ExitOK, "keys rotate"},
+		{[]string{"keys", "-h"}, cli.ExitOK, "usage: signerctl [connection flags] keys [--all] [--json]"},
+		{[]string{"keys", "list", "-h"}, cli.ExitOK, "-all"},
+		{[]string{"keys", "create", "-h"}, cli.ExitOK, "-rotation-period"},
+		{[]string{"keys", "rotate", "--help"}, cli.ExitOK, "-emergency"},
+		{[]string{"keys", "destroy", "-h"}, cli.ExitOK, "usage: signerctl [connection flags] keys destroy --name NAME --version N"},
+		{nil, cli.ExitUsage, "usage: signerctl"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			r := signerctl(t, "", tt.args...)
 			out := r.stdout
-			if tt.code != exitOK {
+			if tt.code != cli.ExitOK {
 				out = r.stderr
 			}
 			if r.code != tt.code || !strings.Contains(out, tt.want) {
 				t.Errorf("signerctl %q = exit %d, stdout %q, stderr %q, want exit %d and %q", tt.args, r.code, r.stdout, r.stderr, tt.code, tt.want)
 			}
 		})
+	}
+}
+
+// The command table is sound: each usage line names exactly the flags its command defines.
+func TestCommands(t *testing.T) {
+	p := cli.Program[runFunc]{Name: "signerctl", Commands: commands()}
+	if err := p.Check(); err != nil {
+		t.Error(err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/signerd/signerd/config"
 	"github.com/signerd/signerd/hsm"
 	"github.com/signerd/signerd/hsmstore"
+	"github.com/signerd/signerd/internal/cli"
 	"github.com/signerd/signerd/jose"
 	"github.com/signerd/signerd/keyring"
 	"github.com/signerd/signerd/server/authz"
@@ -26,7 +27,7 @@ import (
 // token meanwhile; the token-wide key locks still order it with other machines.
 func openRing(ctx context.Context, s *streams, cfgPath string, exclusive bool) (*keyring.Ring, *config.Config, func(), error) {
 	if cfgPath == "" {
-		return nil, nil, nil, usagef("--config is required")
+		return nil, nil, nil, cli.Usagef("--config is required")
 	}
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
@@ -114,18 +115,18 @@ func keysCreateFlags(fs *flag.FlagSet) func(context.Context, *streams, []string)
 	return func(ctx context.Context, s *streams, _ []string) error {
 		switch {
 		case *name == "":
-			return usagef("--name is required")
+			return cli.Usagef("--name is required")
 		case !keyring.ValidName(*name):
-			return usagef("--name %q: want [a-z0-9][a-z0-9-]{0,62}", *name)
+			return cli.Usagef("--name %q: want [a-z0-9][a-z0-9-]{0,62}", *name)
 		case *alg == "":
-			return usagef("--alg is required")
+			return cli.Usagef("--alg is required")
 		}
 		a, err := jose.ParseAlgorithm(*alg)
 		if err != nil {
-			return usagef("--alg %q: want one of %s", *alg, algList())
+			return cli.Usagef("--alg %q: want one of %s", *alg, algList())
 		}
 		if *bits != 0 && a.KeyType() != jose.KeyRSA {
-			return usagef("--bits is for RSA keys, not %s", a)
+			return cli.Usagef("--bits is for RSA keys, not %s", a)
 		}
 		st := keyring.Settings{Prepublish: keyring.Duration(*prepublish), Grace: keyring.Duration(*grace),
 			RotationPeriod: keyring.Duration(*period), KeepRetired: *keep}
@@ -157,7 +158,7 @@ func keysPublicFlags(fs *flag.FlagSet) func(context.Context, *streams, []string)
 	name := nameFlag(fs)
 	return func(ctx context.Context, s *streams, _ []string) error {
 		if *name == "" {
-			return usagef("--name is required")
+			return cli.Usagef("--name is required")
 		}
 		return withRing(ctx, s, *cfgPath, false, func(ring *keyring.Ring, _ *config.Config) error {
 			k, ok := ring.Snapshot().Key(*name)
@@ -184,9 +185,9 @@ func keysRotateFlags(fs *flag.FlagSet) func(context.Context, *streams, []string)
 	return func(ctx context.Context, s *streams, _ []string) error {
 		switch {
 		case *due && (*name != "" || *emergency):
-			return usagef("--due rotates every due key; it takes no --name or --emergency")
+			return cli.Usagef("--due rotates every due key; it takes no --name or --emergency")
 		case !*due && *name == "":
-			return usagef("give --name or --due")
+			return cli.Usagef("give --name or --due")
 		}
 		return withRing(ctx, s, *cfgPath, true, func(ring *keyring.Ring, _ *config.Config) error {
 			if *due {
@@ -233,9 +234,9 @@ func versionCommand(fs *flag.FlagSet, done string, op func(*keyring.Ring, string
 	return func(ctx context.Context, s *streams, _ []string) error {
 		switch {
 		case *name == "":
-			return usagef("--name is required")
+			return cli.Usagef("--name is required")
 		case *version < 1:
-			return usagef("--version is required (1 or more)")
+			return cli.Usagef("--version is required (1 or more)")
 		}
 		return withRing(ctx, s, *cfgPath, true, func(ring *keyring.Ring, _ *config.Config) error {
 			k, err := op(ring, *name, *version)
@@ -327,7 +328,7 @@ func tokenInitFlags(fs *flag.FlagSet) func(context.Context, *streams, []string) 
 	fs.StringVar(&user.Env, "pin-env", "", "environment `variable` holding the user PIN")
 	return func(_ context.Context, s *streams, _ []string) error {
 		if *label == "" {
-			return usagef("--label is required")
+			return cli.Usagef("--label is required")
 		}
 		// PINSource.Read names the config's fields (pin_file, pin_env) when none or both are set:
 		// here they are flags.
@@ -337,9 +338,9 @@ func tokenInitFlags(fs *flag.FlagSet) func(context.Context, *streams, []string) 
 		}{{so, "--so-pin-file", "--so-pin-env"}, {user, "--pin-file", "--pin-env"}} {
 			switch {
 			case p.src.File == "" && p.src.Env == "":
-				return usagef("give %s or %s", p.file, p.env)
+				return cli.Usagef("give %s or %s", p.file, p.env)
 			case p.src.File != "" && p.src.Env != "":
-				return usagef("give %s or %s, not both", p.file, p.env)
+				return cli.Usagef("give %s or %s, not both", p.file, p.env)
 			}
 		}
 		soPIN, err := so.Read()

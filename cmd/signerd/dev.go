@@ -18,6 +18,7 @@ import (
 	"github.com/signerd/signerd/devca"
 	"github.com/signerd/signerd/hsm"
 	"github.com/signerd/signerd/hsmstore"
+	"github.com/signerd/signerd/internal/cli"
 	"github.com/signerd/signerd/jose"
 	"github.com/signerd/signerd/keyring"
 	"github.com/signerd/signerd/server/wellknown"
@@ -68,10 +69,10 @@ func runDev(ctx context.Context, s *streams, dir, addr, httpAddr string) error {
 	for name, a := range map[string]string{"--addr": addr, "--http-addr": httpAddr} {
 		host, _, err := net.SplitHostPort(a)
 		if err != nil {
-			return usagef("%s: %v", name, err)
+			return cli.Usagef("%s: %v", name, err)
 		}
 		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-			return usagef("%s: signerd dev listens on loopback only, got %q", name, host)
+			return cli.Usagef("%s: signerd dev listens on loopback only, got %q", name, host)
 		}
 	}
 	abs, err := filepath.Abs(dir)

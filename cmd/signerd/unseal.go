@@ -15,6 +15,7 @@ import (
 
 	"github.com/signerd/signerd/config"
 	"github.com/signerd/signerd/hsm"
+	"github.com/signerd/signerd/internal/cli"
 	"github.com/signerd/signerd/unseal"
 )
 
@@ -32,9 +33,9 @@ func unsealFlags(fs *flag.FlagSet) func(context.Context, *streams, []string) err
 func runUnseal(ctx context.Context, s *streams, socket, cfgPath string, timeout time.Duration) error {
 	switch {
 	case socket == "" && cfgPath == "":
-		return usagef("give --socket or --config")
+		return cli.Usagef("give --socket or --config")
 	case socket != "" && cfgPath != "":
-		return usagef("give --socket or --config, not both")
+		return cli.Usagef("give --socket or --config, not both")
 	case cfgPath != "":
 		cfg, err := config.Load(cfgPath)
 		if err != nil {
