@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+
+	"github.com/signerd/signerd/internal/safedir"
 )
 
 // localLock serialises object-store work among the processes of one machine that use the same token:
@@ -73,9 +75,9 @@ func lockFile(cfg Config) (string, error) {
 }
 
 // lockDir returns, creating it if needed, the directory of default lock files: $XDG_RUNTIME_DIR/signerd,
-// else signerd-UID in the temporary directory. It must be a directory (not a link) of this user's that
-// no one else may enter: in a shared directory such as /tmp, another user could create the lock file
-// first and hold it, and every token operation here would wait on them for ever.
+// else signerd-UID in the temporary directory. It must be one of this user's that safedir.CheckOwn
+// accepts: in a shared directory such as /tmp, another user could create the lock file first and hold
+// it, and every token operation here would wait on them for ever.
 func lockDir() (string, error) {
 	dir := filepath.Join(os.TempDir(), fmt.Sprintf("signerd-%d", os.Geteuid()))
 	if rt := os.Getenv("XDG_RUNTIME_DIR"); filepath.IsAbs(rt) {
@@ -84,18 +86,8 @@ func lockDir() (string, error) {
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return "", fmt.Errorf("hsm: lock directory: %w", err)
 	}
-	fi, err := os.Lstat(dir)
-	if err != nil {
-		return "", fmt.Errorf("hsm: lock directory: %w", err)
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	switch {
-	case !fi.IsDir():
-		return "", fmt.Errorf("hsm: lock directory %s is not a directory; set hsm.lock_file", dir)
-	case !ok || int(st.Uid) != os.Geteuid():
-		return "", fmt.Errorf("hsm: lock directory %s belongs to another user; set hsm.lock_file", dir)
-	case fi.Mode().Perm()&0o077 != 0:
-		return "", fmt.Errorf("hsm: lock directory %s is open to other users (mode %v); set hsm.lock_file", dir, fi.Mode().Perm())
+	if err := safedir.CheckOwn(dir); err != nil {
+		return "", fmt.Errorf("hsm: lock directory: %w; set hsm.lock_file", err)
 	}
 	return dir, nil
 }

@@ -11,9 +11,9 @@ import (
 )
 
 // TestDefaultLockFileIsPrivate: without a configured lock file, the token's lock file is in a directory
-// of this user's that no one else may enter ($XDG_RUNTIME_DIR/signerd, else signerd-UID in the
+// of this user's that no one else may write to ($XDG_RUNTIME_DIR/signerd, else signerd-UID in the
 // temporary directory), so that another user cannot create it first and hold it. A directory there
-// that is another user's, open to others or not a directory is refused with an error saying to set
+// that is another user's, writable by others or not a directory is refused with an error saying to set
 // hsm.lock_file, rather than used; a lock file that is a symbolic link is refused, not followed.
 func TestDefaultLockFileIsPrivate(t *testing.T) {
 	cfg := Config{Module: DefaultModule, TokenLabel: "t"}
@@ -44,11 +44,11 @@ func TestDefaultLockFileIsPrivate(t *testing.T) {
 	}
 	t.Setenv("XDG_RUNTIME_DIR", "")
 
-	if err := os.Chmod(dir, 0o755); err != nil {
+	if err := os.Chmod(dir, 0o775); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := lockFile(cfg); err == nil || !strings.Contains(err.Error(), "open to other users") || !strings.Contains(err.Error(), "hsm.lock_file") {
-		t.Errorf("lockFile (directory mode 0755) = %v, want an error: open to other users; set hsm.lock_file", err)
+	if _, err := lockFile(cfg); err == nil || !strings.Contains(err.Error(), "writable by its group or others") || !strings.Contains(err.Error(), "hsm.lock_file") {
+		t.Errorf("lockFile (directory mode 0775) = %v, want an error: writable by its group or others; set hsm.lock_file", err)
 	}
 	if err := os.Chmod(dir, 0o700); err != nil {
 		t.Fatal(err)
@@ -57,8 +57,8 @@ func TestDefaultLockFileIsPrivate(t *testing.T) {
 		if err := os.Chown(dir, 65534, 65534); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := lockFile(cfg); err == nil || !strings.Contains(err.Error(), "belongs to another user") {
-			t.Errorf("lockFile (directory of uid 65534) = %v, want an error: belongs to another user", err)
+		if _, err := lockFile(cfg); err == nil || !strings.Contains(err.Error(), "belongs to uid 65534") {
+			t.Errorf("lockFile (directory of uid 65534) = %v, want an error: belongs to uid 65534", err)
 		}
 	}
 	if err := os.RemoveAll(dir); err != nil {

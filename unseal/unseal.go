@@ -20,6 +20,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/signerd/signerd/internal/safedir"
 )
 
 // MaxPIN bounds a PIN on the wire; PKCS#11 PINs are far shorter.
@@ -91,81 +93,18 @@ func ValidPath(path string) error {
 }
 
 // checkPath reports whether path can be an unseal socket: absolute, short enough for a socket address,
-// in a directory that is no symbolic link and that neither its group nor others may write to (in a
-// shared directory such as /tmp another user could bind the path first and collect the PIN), below
-// directories that are as safe (checkAncestors). It returns the directory's owner, for the caller to
-// check against whom it trusts.
+// in a directory safedir.Check accepts (in a shared directory such as /tmp another user could bind the
+// path first and collect the PIN). It returns the directory's owner, for the caller to check against
+// whom it trusts.
 func checkPath(path string) (dirOwner uint32, err error) {
 	if err := ValidPath(path); err != nil {
 		return 0, fmt.Errorf("unseal socket: %w", err)
 	}
-	dir := filepath.Dir(path)
-	if err := checkAncestors(dir); err != nil {
-		return 0, err
+	dirOwner, err = safedir.Check(filepath.Dir(path))
+	if err != nil {
+		return 0, fmt.Errorf("unseal socket: %w: use a directory only signerd's user can write, such as systemd's RuntimeDirectory", err)
 	}
-	fi, err := os.Lstat(dir)
-	switch {
-	case err != nil:
-		return 0, fmt.Errorf("unseal socket: %w", err)
-	case !fi.IsDir():
-		return 0, fmt.Errorf("unseal socket: %s is not a directory (a symbolic link is refused)", dir)
-	case fi.Mode().Perm()&0o022 != 0:
-		return 0, fmt.Errorf("unseal socket: directory %s is writable by its group or others (mode %v): use one only signerd's user can write, such as systemd's RuntimeDirectory", dir, fi.Mode().Perm())
-	}
-	return ownerOf(fi)
-}
-
-// checkAncestors checks the directories above dir, as written and with symbolic links resolved: none
-// may be writable by its group or others, or else another user could put a directory of their own in
-// dir's place (/tmp/signerd, made first by someone else, passes every check of its own). A sticky one,
-// such as /tmp, is allowed when the entry below it on the path is root's or this process's user's:
-// others cannot remove or rename that.
-func checkAncestors(dir string) error {
-	chains := [][]string{ancestors(dir)}
-	if real, err := filepath.EvalSymlinks(dir); err == nil && real != dir {
-		chains = append(chains, ancestors(real))
-	}
-	for _, chain := range chains {
-		for i, a := range chain[1:] {
-			fi, err := os.Stat(a)
-			if err != nil {
-				return fmt.Errorf("unseal socket: %w", err)
-			}
-			if fi.Mode().Perm()&0o022 == 0 {
-				continue
-			}
-			below := chain[i] // chain runs from dir upwards
-			if fi.Mode()&fs.ModeSticky != 0 {
-				if bi, err := os.Lstat(below); err == nil {
-					if owner, err := ownerOf(bi); err == nil && (owner == 0 || int(owner) == os.Geteuid()) {
-						continue
-					}
-				}
-				return fmt.Errorf("unseal socket: %s is in %s, which others may write to (mode %v), and is neither root's nor this user's: another user may have made it; use a directory only signerd's user can write, such as systemd's RuntimeDirectory", below, a, fi.Mode().Perm()|fi.Mode()&fs.ModeSticky)
-			}
-			return fmt.Errorf("unseal socket: %s is below %s, which its group or others may write to (mode %v): use a directory only signerd's user can write, such as systemd's RuntimeDirectory", dir, a, fi.Mode().Perm())
-		}
-	}
-	return nil
-}
-
-// ancestors returns dir and the directories above it, up to the root, in that order.
-func ancestors(dir string) []string {
-	out := []string{filepath.Clean(dir)}
-	for d := out[0]; d != filepath.Dir(d); {
-		d = filepath.Dir(d)
-		out = append(out, d)
-	}
-	return out
-}
-
-// ownerOf returns the uid owning the file fi describes.
-func ownerOf(fi fs.FileInfo) (uint32, error) {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return 0, fmt.Errorf("unseal socket: %s: no owner", fi.Name())
-	}
-	return st.Uid, nil
+	return dirOwner, nil
 }
 
 // removeStale removes a socket at path that nobody listens on.
@@ -325,8 +264,8 @@ func CheckSocket(path string) (owner uint32, err error) {
 	case fi.Mode().Type() != fs.ModeSocket:
 		return 0, fmt.Errorf("unseal socket: %s is not a socket", path)
 	}
-	if owner, err = ownerOf(fi); err != nil {
-		return 0, err
+	if owner, err = safedir.Owner(fi); err != nil {
+		return 0, fmt.Errorf("unseal socket: %w", err)
 	}
 	if dirOwner != 0 && dirOwner != owner {
 		return 0, fmt.Errorf("unseal socket: directory %s belongs neither to root nor to the socket's owner (uid %d)", filepath.Dir(path), owner)

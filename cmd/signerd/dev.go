@@ -19,6 +19,7 @@ import (
 	"github.com/signerd/signerd/hsm"
 	"github.com/signerd/signerd/hsmstore"
 	"github.com/signerd/signerd/internal/cli"
+	"github.com/signerd/signerd/internal/safedir"
 	"github.com/signerd/signerd/jose"
 	"github.com/signerd/signerd/keyring"
 	"github.com/signerd/signerd/server/wellknown"
@@ -114,22 +115,16 @@ Ctrl-C stops it; the token and keys stay in %[4]s for next time.
 	return d.run(ctx, cfg.RefreshInterval, hup)
 }
 
-// lockDevDir creates dir if needed, checks that it is this user's and writable by nobody else (it will
-// hold a PIN and keys), and takes its lock for as long as this process runs: a second `signerd dev` on
-// the same directory would otherwise rewrite the certificates under the first one.
+// lockDevDir creates dir if needed, checks that it is this user's and that no one else can change it
+// (safedir.CheckOwn: it will hold a PIN and keys), and takes its lock for as long as this process runs:
+// a second `signerd dev` on the same directory would otherwise rewrite the certificates under the
+// first one.
 func lockDevDir(dir string) (func(), error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return nil, err
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Getuid() {
-		return nil, fmt.Errorf("%s belongs to another user; signerd dev needs a directory of its own", dir)
-	}
-	if fi.Mode().Perm()&0o022 != 0 {
-		return nil, fmt.Errorf("%s is writable by other users (mode %v); signerd dev keeps a PIN and keys there", dir, fi.Mode().Perm())
+	if err := safedir.CheckOwn(dir); err != nil {
+		return nil, fmt.Errorf("%w; signerd dev keeps a PIN and keys there", err)
 	}
 	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
