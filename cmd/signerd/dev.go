@@ -17,7 +17,6 @@ import (
 	"github.com/signerd/signerd/config"
 	"github.com/signerd/signerd/devca"
 	"github.com/signerd/signerd/hsm"
-	"github.com/signerd/signerd/hsmstore"
 	"github.com/signerd/signerd/internal/cli"
 	"github.com/signerd/signerd/internal/safedir"
 	"github.com/signerd/signerd/jose"
@@ -87,7 +86,7 @@ func runDev(ctx context.Context, s *streams, dir, addr, httpAddr string) error {
 	defer unlock()
 	hup, stopHup := reloadSignal()
 	defer stopHup()
-	cfgPath, err := devSetup(abs, addr, httpAddr)
+	cfgPath, err := devSetup(ctx, s, abs, addr, httpAddr)
 	if err != nil {
 		return fmt.Errorf("dev setup in %s: %w", abs, err)
 	}
@@ -139,7 +138,7 @@ func lockDevDir(dir string) (func(), error) {
 
 // devSetup creates or reuses everything under dir (which lockDevDir made) and returns the config
 // file's path.
-func devSetup(dir, addr, httpAddr string) (string, error) {
+func devSetup(ctx context.Context, s *streams, dir, addr, httpAddr string) (string, error) {
 	conf := filepath.Join(dir, "softhsm2.conf")
 	tokens := filepath.Join(dir, "tokens")
 	if err := os.MkdirAll(tokens, 0o700); err != nil {
@@ -160,23 +159,16 @@ func devSetup(dir, addr, httpAddr string) (string, error) {
 	if err := writeIfMissing(soPINFile, []byte(randomSecret()), 0o600); err != nil {
 		return "", err
 	}
-	pin, err := hsm.PINSource{File: pinFile}.Read()
-	if err != nil {
+	if err := ensureDevToken(pinFile, soPINFile); err != nil {
 		return "", err
 	}
-	if err := ensureDevToken(pinFile, soPINFile); err != nil {
+	if err := issueDevCerts(dir); err != nil {
 		return "", err
 	}
 	// The token's lock file lives with the token: the default one is per user, module and token label, and
 	// every dev token has the same label, so a user's dev instances in other directories (separate
 	// SoftHSM stores) would otherwise wait on each other for nothing.
 	lockFile := filepath.Join(dir, "token.lock")
-	if err := ensureDevKeys(pin, lockFile); err != nil {
-		return "", err
-	}
-	if err := issueDevCerts(dir); err != nil {
-		return "", err
-	}
 	cfgPath := filepath.Join(dir, "signerd.yaml")
 	cfg := fmt.Sprintf(`# Written by "signerd dev" on every start.
 listen: %q
@@ -208,6 +200,9 @@ audit:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return "", err
 	}
+	if err := ensureDevKeys(ctx, s, cfgPath); err != nil {
+		return "", err
+	}
 	return cfgPath, nil
 }
 
@@ -234,27 +229,20 @@ func ensureDevToken(pinFile, soPINFile string) error {
 	return err
 }
 
-// ensureDevKeys creates whichever dev keys the token lacks.
-func ensureDevKeys(pin, lockFile string) error {
-	tok, err := hsm.Open(hsm.Config{Module: hsm.DefaultModule, TokenLabel: devToken, PIN: pin,
-		MaxSessions: 4, PoolWaitTimeout: 10 * time.Second, LockFile: lockFile})
-	if err != nil {
-		return err
-	}
-	defer func() { _ = tok.Close() }()
-	ring, err := keyring.Open(hsmstore.New(tok), keyring.Options{})
-	if err != nil {
-		return err
-	}
-	for _, k := range devKeys {
-		if ring.Snapshot().Exists(k.name) {
-			continue
+// ensureDevKeys creates whichever dev keys the token lacks, opening the token from the dev config as
+// `signerd keys create --config` would.
+func ensureDevKeys(ctx context.Context, s *streams, cfgPath string) error {
+	return withRing(ctx, s, cfgPath, false, func(ring *keyring.Ring, _ *config.Config) error {
+		for _, k := range devKeys {
+			if ring.Snapshot().Exists(k.name) {
+				continue
+			}
+			if _, err := ring.Create(k.name, k.alg, devRSABits, devSettings); err != nil && !errors.Is(err, keyring.ErrExists) {
+				return err
+			}
 		}
-		if _, err := ring.Create(k.name, k.alg, devRSABits, devSettings); err != nil && !errors.Is(err, keyring.ErrExists) {
-			return err
-		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // issueDevCerts makes a fresh dev CA, a server certificate for loopback and a client certificate for
@@ -275,11 +263,11 @@ func issueDevCerts(dir string) error {
 	if err := srv.WriteFiles(filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem")); err != nil {
 		return err
 	}
-	cli, err := ca.Issue(devca.Request{CommonName: devClient, Client: true, Validity: 30 * 24 * time.Hour})
+	clientCert, err := ca.Issue(devca.Request{CommonName: devClient, Client: true, Validity: 30 * 24 * time.Hour})
 	if err != nil {
 		return err
 	}
-	if err := cli.WriteFiles(filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")); err != nil {
+	if err := clientCert.WriteFiles(filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")); err != nil {
 		return err
 	}
 	adm, err := ca.Issue(devca.Request{CommonName: devAdmin, Client: true, Validity: 30 * 24 * time.Hour})

@@ -273,6 +273,9 @@ func (d *daemon) run(ctx context.Context, refresh time.Duration, hup <-chan os.S
 		}
 	}
 	close(quit)
+	if err == nil {
+		d.log.Info("signerd stopping: no new requests; waiting for those under way", "timeout", stopTimeout)
+	}
 	d.stop(maintained)
 	return err
 }
@@ -388,6 +391,7 @@ func (d *daemon) stop(maintained <-chan struct{}) {
 		return
 	}
 	d.close()
+	d.log.Info("signerd stopped")
 }
 
 // close releases everything startDaemon opened; the token goes last.
