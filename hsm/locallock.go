@@ -83,6 +83,11 @@ func lockDir() (string, error) {
 	if rt := os.Getenv("XDG_RUNTIME_DIR"); filepath.IsAbs(rt) {
 		dir = filepath.Join(rt, "signerd")
 	}
+	// A relative TMPDIR would give processes started in different directories different locks.
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("hsm: lock directory: %w", err)
+	}
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return "", fmt.Errorf("hsm: lock directory: %w", err)
 	}

@@ -37,6 +37,14 @@ func TestDefaultLockFileIsPrivate(t *testing.T) {
 	}
 	l.close()
 
+	// A relative TMPDIR is made absolute: processes started in different directories share one lock.
+	t.Chdir(tmp)
+	t.Setenv("TMPDIR", ".")
+	if rel, err := lockFile(cfg); err != nil || rel != path {
+		t.Errorf("lockFile with TMPDIR=. in %s = %s, %v; want %s", tmp, rel, err, path)
+	}
+	t.Setenv("TMPDIR", tmp)
+
 	runtime := t.TempDir()
 	t.Setenv("XDG_RUNTIME_DIR", runtime)
 	if path, err := lockFile(cfg); err != nil || filepath.Dir(path) != filepath.Join(runtime, "signerd") {

@@ -101,7 +101,10 @@ func checkPath(path string) (dirOwner uint32, err error) {
 		return 0, fmt.Errorf("unseal socket: %w", err)
 	}
 	dirOwner, err = safedir.Check(filepath.Dir(path))
-	if err != nil {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return 0, fmt.Errorf("unseal socket: %w", err)
+	case err != nil:
 		return 0, fmt.Errorf("unseal socket: %w: use a directory only signerd's user can write, such as systemd's RuntimeDirectory", err)
 	}
 	return dirOwner, nil
@@ -249,7 +252,9 @@ func (answerError) Is(target error) bool { return target == ErrRefused }
 
 // CheckSocket reports whether path is a socket a PIN may be sent to: a socket, in a directory as
 // checkPath wants that belongs to root or to the socket's owner. It returns the socket's owner. An
-// administrator's client checks it before asking for the PIN.
+// administrator's client checks it before asking for the PIN. (The directories above must be root's or
+// this user's, not the socket owner's: whoever bound a socket owns it, the daemon or someone posing as
+// it, so its owner is no one to trust for the path.)
 func CheckSocket(path string) (owner uint32, err error) {
 	dirOwner, err := checkPath(path)
 	if err != nil {

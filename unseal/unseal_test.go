@@ -192,6 +192,11 @@ func TestUnsafePaths(t *testing.T) {
 	}
 	_, err = CheckSocket(filepath.Join(dir, "none.sock"))
 	mustFail(t, "CheckSocket(missing)", err, "still sealed?")
+	_, err = Listen(filepath.Join(dir, "missing", "unseal.sock"), nil)
+	mustFail(t, "Listen in a missing directory", err, "no such file or directory")
+	if strings.Contains(err.Error(), "use a directory") {
+		t.Errorf("Listen in a missing directory = %v: advice on choosing a directory, for one that is only missing", err)
+	}
 }
 
 // A directory that belongs to another user could be that user's to rebind the socket in: the daemon

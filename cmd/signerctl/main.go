@@ -35,6 +35,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/status"
@@ -75,7 +76,7 @@ func commands() []command {
 		{Name: "sign", Summary: "sign a digest or a message", Synopsis: "--key NAME [--digest HEX | --message-file FILE | < MESSAGE] [--format der|jose] [--json]", Flags: signFlags},
 		{Name: "verify", Summary: "verify a signature", Synopsis: "--key NAME --signature BASE64 [--kid KID] [--digest HEX | --message-file FILE | < MESSAGE] [--format der|jose] [--json]", Flags: verifyFlags},
 		{Name: "jwt sign", Summary: "have signerd issue a JWT", Synopsis: "--key NAME [--claims JSON | --claims-file FILE | < CLAIMS] [--ttl DURATION] [--json]", Flags: jwtSignFlags},
-		{Name: "jwt verify", Summary: "verify a JWT and print its claims", Synopsis: "[--audience AUD] [--json] [TOKEN | < TOKEN]", Args: true, Flags: jwtVerifyFlags},
+		{Name: "jwt verify", Summary: "verify a JWT and print its claims", Synopsis: "[--audience AUD] [--json] [TOKEN | < TOKEN]", Args: cli.ArgsAnywhere, Flags: jwtVerifyFlags},
 		{Name: "pubkey", Summary: "print a key's public key", Synopsis: "--key NAME [--kid KID] [--jwk]", Flags: pubkeyFlags},
 		{Name: "keys", Summary: "list the keys you may use", Synopsis: "[--all] [--json]", Flags: keysFlags},
 		{Name: "keys list", Summary: "list the keys you may use; with --all, every key and version (admin)", Synopsis: "[--all] [--json]", Flags: keysFlags},
@@ -187,7 +188,10 @@ type rpcError struct {
 	err error
 }
 
-func (e *rpcError) Error() string { return fmt.Sprintf("%s: %s", e.st.Code(), e.st.Message()) }
+// Error is the code and the server's message on one line, whatever the message holds.
+func (e *rpcError) Error() string {
+	return fmt.Sprintf("%s: %s", e.st.Code(), strings.Join(strings.Fields(e.st.Message()), " "))
+}
 
 func (e *rpcError) Unwrap() error { return e.err }
 

@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/signerd/signerd/client/clienttest"
 	"github.com/signerd/signerd/devca"
 	"github.com/signerd/signerd/internal/cli"
@@ -460,5 +463,13 @@ func TestCommands(t *testing.T) {
 	p := cli.Program[runFunc]{Name: "signerctl", Commands: commands()}
 	if err := p.Check(); err != nil {
 		t.Error(err)
+	}
+}
+
+// A server's message is printed on the failure's one line, whatever it holds.
+func TestRPCErrorOneLine(t *testing.T) {
+	err := rpcErr(status.Error(codes.Internal, "first\nsecond\t third"))
+	if got, want := err.Error(), "Internal: first second third"; got != want {
+		t.Errorf("rpcErr(...).Error() = %q, want %q", got, want)
 	}
 }

@@ -232,7 +232,7 @@ func ensureDevToken(pinFile, soPINFile string) error {
 // ensureDevKeys creates whichever dev keys the token lacks, opening the token from the dev config as
 // `signerd keys create --config` would.
 func ensureDevKeys(ctx context.Context, s *streams, cfgPath string) error {
-	return withRing(ctx, s, cfgPath, false, func(ring *keyring.Ring, _ *config.Config) error {
+	return withRing(ctx, s, cfgPath, true, func(ring *keyring.Ring, _ *config.Config) error {
 		for _, k := range devKeys {
 			if ring.Snapshot().Exists(k.name) {
 				continue

@@ -65,7 +65,7 @@ func commands() []command {
 		{Name: "keys destroy", Summary: "delete a retired or revoked version from the token", Synopsis: "--config FILE --name NAME --version N", Flags: keysDestroyFlags},
 		{Name: "token list", Summary: "list the module's slots and tokens, and the algorithms each supports", Synopsis: "[--module PATH]", Flags: tokenListFlags},
 		{Name: "token init", Summary: "initialise a token in the module's first free slot", Synopsis: "--label LABEL (--so-pin-file F | --so-pin-env VAR) (--pin-file F | --pin-env VAR) [--module PATH]", Flags: tokenInitFlags},
-		{Name: "audit verify", Summary: "check every line's hash and its link to the line before", Synopsis: "FILE...", Args: true, Flags: auditVerifyFlags},
+		{Name: "audit verify", Summary: "check every line's hash and its link to the line before", Synopsis: "FILE...", Args: cli.ArgsAfterFlags, Flags: auditVerifyFlags},
 	}
 }
 

@@ -238,6 +238,10 @@ func TestAuditVerifyFiles(t *testing.T) {
 		t.Errorf("audit verify: stderr lines\n%q\nwant\n%q", lines, want)
 	}
 
+	// What follows the first file is a file, even if it looks like a flag: never help and exit 0.
+	if code, stdout, stderr := runArgs(t, "audit", "verify", good, "-h"); code != cli.ExitFailure || !strings.Contains(stdout, good+": 3 events") || !strings.Contains(stderr, "signerd: audit verify: -h: no such file") {
+		t.Errorf("audit verify GOOD -h = exit %d, stdout %q, stderr %q; want exit 1 with -h read as a missing file", code, stdout, stderr)
+	}
 	if code, stdout, stderr := runArgs(t, "audit", "verify", good, good); code != cli.ExitOK || stderr != "" || strings.Count(stdout, "chain intact\n") != 2 {
 		t.Errorf("audit verify of good trails = exit %d, stdout %q, stderr %q; want exit 0 and a line for each", code, stdout, stderr)
 	}

@@ -273,7 +273,9 @@ func (d *daemon) run(ctx context.Context, refresh time.Duration, hup <-chan os.S
 		}
 	}
 	close(quit)
-	if err == nil {
+	if err != nil {
+		d.log.Error("signerd stopping after a listener failed", "err", err)
+	} else {
 		d.log.Info("signerd stopping: no new requests; waiting for those under way", "timeout", stopTimeout)
 	}
 	d.stop(maintained)

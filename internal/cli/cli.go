@@ -16,6 +16,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Exit statuses.
@@ -39,15 +41,26 @@ func Usagef(format string, args ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, args...)}
 }
 
+// Args says where a command's positional arguments may go.
+type Args int
+
+const (
+	NoArgs Args = iota // the command takes none
+	// ArgsAfterFlags: after the command's flags, the first argument that is not a flag ending them
+	// (the flag package's rule), so that a file whose name starts with "-" after it is read as a file.
+	ArgsAfterFlags
+	// ArgsAnywhere: before, among or after the command's flags; "--" ends the flags.
+	ArgsAnywhere
+)
+
 // Command is one command of a program. R is what its flags give the program to run it with: a
 // function of the program's own making, so that each program chooses what a command receives.
 type Command[R any] struct {
 	Name     string // as typed: "serve", "keys create"
 	Summary  string // what it does: lower case, no final period
 	Synopsis string // its flags and arguments, after the name
-	// Args is set for a command that takes positional arguments; they may come before, among or
-	// after its flags. A command without it refuses any.
-	Args bool
+	// Args says whether the command takes positional arguments, and where; NoArgs refuses any.
+	Args Args
 	// Flags defines the command's flags, and only those, on fs and returns what runs the command,
 	// which checks the flags before it opens or asks for anything.
 	Flags func(fs *flag.FlagSet) R
@@ -113,14 +126,20 @@ func (p *Program[R]) run(c Command[R], args []string) int {
 	fs := flag.NewFlagSet(p.Name+" "+c.Name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	runner := c.Flags(fs)
-	positional, err := parseInterleaved(fs, args)
+	var positional []string
+	var err error
+	if c.Args == ArgsAnywhere {
+		positional, err = parseInterleaved(fs, args)
+	} else if err = fs.Parse(args); err == nil {
+		positional = fs.Args()
+	}
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		p.printHelp(c, fs)
 		return ExitOK
 	case err != nil:
 		return p.Fail(c.Name, Usagef("%v", err))
-	case len(positional) > 0 && !c.Args:
+	case len(positional) > 0 && c.Args == NoArgs:
 		return p.Fail(c.Name, Usagef("unexpected argument %q", positional[0]))
 	}
 	if err := p.Call(runner, positional); err != nil {
@@ -220,18 +239,26 @@ func (p *Program[R]) subcommands(group string) []string {
 
 var synopsisFlag = regexp.MustCompile(`--[a-z][a-z0-9-]*`)
 
-// Check reports what is wrong with the program's commands, for its tests: a name given twice, a
-// summary that is not lower case without a final period, a synopsis that does not name exactly the
-// flags its command defines.
+// Check reports what is wrong with the program's commands, for its tests: a name that cannot be typed
+// (not one or two words, a word that asks for help, a name given twice), positional arguments on a
+// command that is also a group (its first one would be read as a subcommand), a summary that is not
+// lower case without a final period, a synopsis that does not name exactly the flags its command
+// defines.
 func (p *Program[R]) Check() error {
 	var errs []error
 	seen := map[string]bool{}
 	for _, c := range p.Commands {
-		if seen[c.Name] {
+		words := strings.Fields(c.Name)
+		switch {
+		case len(words) < 1 || len(words) > 2 || strings.Join(words, " ") != c.Name || slices.ContainsFunc(words, func(w string) bool { return isHelp(w) || strings.HasPrefix(w, "-") }):
+			errs = append(errs, fmt.Errorf("%s %q: want one or two words, none a flag or help", p.Name, c.Name))
+		case seen[c.Name]:
 			errs = append(errs, fmt.Errorf("%s %s: defined twice", p.Name, c.Name))
+		case len(words) == 1 && c.Args != NoArgs && len(p.subcommands(c.Name)) > 0:
+			errs = append(errs, fmt.Errorf("%s %s: takes positional arguments and is a group: the first would be read as a subcommand", p.Name, c.Name))
 		}
 		seen[c.Name] = true
-		if c.Summary == "" || strings.HasSuffix(c.Summary, ".") || upperFirst(c.Summary) == c.Summary {
+		if c.Summary == "" || strings.HasSuffix(c.Summary, ".") || capitalized(strings.Fields(c.Summary)[0]) {
 			errs = append(errs, fmt.Errorf("%s %s: summary %q: want lower case without a final period", p.Name, c.Name, c.Summary))
 		}
 		var named []string
@@ -248,6 +275,12 @@ func (p *Program[R]) Check() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// capitalized reports whether word is written as a sentence's first word ("Lists"; not "JWKS", "x509").
+func capitalized(word string) bool {
+	first, n := utf8.DecodeRuneInString(word)
+	return unicode.IsUpper(first) && strings.ToUpper(word[n:]) != word[n:]
 }
 
 // FlagNames returns the names of the flags that c defines.

@@ -22,7 +22,7 @@ type runner = func(args []string) error
 // testProgram returns a program of a few commands, which record in *got what they ran with; "fail"
 // fails with the error of its --with flag.
 func testProgram(got *ran, stdout, stderr *bytes.Buffer) *Program[runner] {
-	cmd := func(name string, args bool) Command[runner] {
+	cmd := func(name string, args Args) Command[runner] {
 		return Command[runner]{
 			Name: name, Summary: "do " + name, Synopsis: "[--n N]", Args: args,
 			Flags: func(fs *flag.FlagSet) runner {
@@ -54,7 +54,7 @@ func testProgram(got *ran, stdout, stderr *bytes.Buffer) *Program[runner] {
 	return &Program[runner]{
 		Name:     "prog",
 		Usage:    "prog [global]",
-		Commands: []Command[runner]{cmd("run", true), cmd("keys", false), cmd("keys list", false), cmd("keys make", false), cmd("token init", false), failing},
+		Commands: []Command[runner]{cmd("run", ArgsAnywhere), cmd("files", ArgsAfterFlags), cmd("keys", NoArgs), cmd("keys list", NoArgs), cmd("keys make", NoArgs), cmd("token init", NoArgs), failing},
 		More:     func(w io.Writer) { fmt.Fprintln(w, "global flags here") },
 		Call:     func(r runner, args []string) error { return r(args) },
 		Stdout:   stdout,
@@ -72,6 +72,8 @@ func TestProgramMain(t *testing.T) {
 	}{
 		{args: []string{"run", "a", "--n", "3", "b"}, ran: ran{name: "run", args: []string{"a", "b"}, n: 3}},
 		{args: []string{"run", "--n=1", "--", "--n"}, ran: ran{name: "run", args: []string{"--n"}, n: 1}},
+		{args: []string{"files", "--n", "5", "a", "--n", "-h"}, ran: ran{name: "files", args: []string{"a", "--n", "-h"}, n: 5}},
+		{args: []string{"files", "--", "-a"}, ran: ran{name: "files", args: []string{"-a"}}},
 		{args: []string{"keys", "--n", "2"}, ran: ran{name: "keys", n: 2}},
 		{args: []string{"keys", "list"}, ran: ran{name: "keys list"}},
 		{args: []string{"keys", "make", "--n", "4"}, ran: ran{name: "keys make", n: 4}},
@@ -132,14 +134,27 @@ func TestCheck(t *testing.T) {
 	if err := p.Check(); err != nil {
 		t.Fatalf("Check() = %v, want nil", err)
 	}
+	p.Commands[0].Summary = "JWKS and PIN: capitals that are no sentence's"
+	if err := p.Check(); err != nil {
+		t.Fatalf("Check() = %v, want nil", err)
+	}
 	p.Commands[0].Synopsis = "--n N --m M"
-	p.Commands[1].Summary = "Lists keys."
-	p.Commands = append(p.Commands, p.Commands[2])
+	p.Commands[1].Summary = "Lists files"
+	p.Commands[2].Args = ArgsAnywhere // keys, a group
+	p.Commands[3].Summary = "list keys."
+	bad := func(name string) Command[runner] { c := p.Commands[4]; c.Name = name; return c }
+	p.Commands = append(p.Commands, p.Commands[3], bad("keys help"), bad("a b c"), bad("keys  x"), bad("--x"))
 	err := p.Check()
 	for _, want := range []string{
 		`prog run: synopsis names flags ["m" "n"], the command defines ["n"]`,
-		`prog keys: summary "Lists keys.": want lower case without a final period`,
+		`prog files: summary "Lists files": want lower case without a final period`,
+		"prog keys: takes positional arguments and is a group",
+		`prog keys list: summary "list keys.": want lower case without a final period`,
 		"prog keys list: defined twice",
+		`prog "keys help": want one or two words, none a flag or help`,
+		`prog "a b c": want one or two words`,
+		`prog "keys  x": want one or two words`,
+		`prog "--x": want one or two words`,
 	} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Check() = %v, want it to say %q", err, want)

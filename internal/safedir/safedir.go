@@ -13,11 +13,12 @@ import (
 )
 
 // Check reports whether dir is safe: a directory, not a symbolic link, that neither its group nor
-// others may write to, below directories none of which lets another user replace it (a directory
-// others may write to does, unless it is sticky, as /tmp is, and the entry below it on the path is
-// root's or this process's user's: others can neither remove nor rename that). The directories above
-// dir are checked as written and with symbolic links resolved. Check returns dir's owner, for the
-// caller to hold against whom it trusts.
+// others may write to, below directories none of which lets another user replace it. A directory above
+// must be root's or this process's user's (its owner can always change it), and neither its group nor
+// others may write to it, unless it is sticky, as /tmp is, and the entry below it on the path is root's
+// or this user's: others can neither remove nor rename that. The
+// directories above dir are checked as written and with symbolic links resolved. Check returns dir's
+// owner, for the caller to hold against whom it trusts.
 func Check(dir string) (owner uint32, err error) {
 	dir, err = filepath.Abs(dir)
 	if err != nil {
@@ -63,6 +64,9 @@ func checkAncestors(dir string) error {
 			if err != nil {
 				return err
 			}
+			if owner, err := Owner(fi); err != nil || !trusted(owner) {
+				return fmt.Errorf("%s is below %s, which belongs to uid %d: that user could replace it", dir, a, owner)
+			}
 			if fi.Mode().Perm()&0o022 == 0 {
 				continue
 			}
@@ -71,7 +75,7 @@ func checkAncestors(dir string) error {
 				return fmt.Errorf("%s is below %s, which its group or others may write to (mode %v)", dir, a, fi.Mode().Perm())
 			}
 			if bi, err := os.Lstat(below); err == nil {
-				if owner, err := Owner(bi); err == nil && (owner == 0 || int(owner) == os.Geteuid()) {
+				if owner, err := Owner(bi); err == nil && trusted(owner) {
 					continue
 				}
 			}
@@ -80,6 +84,9 @@ func checkAncestors(dir string) error {
 	}
 	return nil
 }
+
+// trusted reports whether uid is root's or this process's effective user's.
+func trusted(uid uint32) bool { return uid == 0 || int(uid) == os.Geteuid() }
 
 // ancestors returns dir and the directories above it, up to the root, in that order.
 func ancestors(dir string) []string {

@@ -85,8 +85,11 @@ func TestCheck(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := CheckOwn(sub); err == nil || !strings.Contains(err.Error(), "is neither root's nor this user's") {
+	if err := CheckOwn(theirs); err == nil || !strings.Contains(err.Error(), "is neither root's nor this user's: another user may have made it") {
 		t.Errorf("CheckOwn(mallory's directory in a sticky one) = %v, want it refused as possibly another user's", err)
+	}
+	if _, err := Check(sub); err == nil || !strings.Contains(err.Error(), "which belongs to uid 65534: that user could replace it") {
+		t.Errorf("Check(a directory in mallory's) = %v, want it refused: mallory could replace it", err)
 	}
 	if err := os.Chown(theirs, 0, 0); err != nil {
 		t.Fatal(err)
