@@ -22,11 +22,7 @@ func streamServer(t *testing.T, wrap func(crypto.Signer) crypto.Signer) (*client
 	srv := clienttest.NewServer(t, clienttest.DefaultPolicy())
 	srv.Store.Wrap = wrap
 	srv.CreateKey(t, "k", jose.ES256)
-	c, err := client.Dial(srv.Addr, client.Options{TLSConfig: srv.ClientTLS})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
+	c := srv.Dial(t)
 	st, err := c.SignStream(context.Background())
 	if err != nil {
 		t.Fatal(err)

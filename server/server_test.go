@@ -51,12 +51,7 @@ func wrappedServer(t *testing.T, wrap func(crypto.Signer) crypto.Signer) *client
 	srv := clienttest.NewServer(t, clienttest.DefaultPolicy())
 	srv.Store.Wrap = wrap
 	srv.CreateKey(t, "k", jose.ES256)
-	c, err := client.Dial(srv.Addr, client.Options{TLSConfig: srv.ClientTLS})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	return c
+	return srv.Dial(t)
 }
 
 // TestBackendFailures injects failures at the key seam and checks the status callers see: retryable

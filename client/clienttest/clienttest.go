@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/signerd/signerd/audit"
+	"github.com/signerd/signerd/client"
 	"github.com/signerd/signerd/config"
 	"github.com/signerd/signerd/devca"
 	"github.com/signerd/signerd/jose"
@@ -146,6 +147,17 @@ func NewServer(tb testing.TB, policy authz.Policy) *Server {
 	}
 	s.ClientTLS = &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: ca.Pool(), Certificates: []tls.Certificate{cert}}
 	return s
+}
+
+// Dial returns a client of the server with the certificate of [Identity], closed when the test ends.
+func (s *Server) Dial(tb testing.TB) *client.Client {
+	tb.Helper()
+	c, err := client.Dial(s.Addr, client.Options{TLSConfig: s.ClientTLS})
+	if err != nil {
+		tb.Fatalf("client.Dial(%s) = %v", s.Addr, err)
+	}
+	tb.Cleanup(func() { _ = c.Close() })
+	return c
 }
 
 // IssueClient issues a client certificate with subject CN identity and writes it and its key to files in
