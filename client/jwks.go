@@ -43,7 +43,8 @@ const (
 // finds them through both.
 var (
 	// ErrUnknownKid means the JWKS has no usable key with the token's kid, even after a refetch, or the
-	// token has no kid.
+	// token has no kid. While the set cannot be fetched, a kid not cached is reported with the fetch's
+	// failure instead: an outage is not to pass for a made-up kid.
 	ErrUnknownKid = errors.New("client: no key with this kid in the JWKS")
 	// ErrAlgMismatch means the token's alg header differs from the alg of the JWK with its kid.
 	ErrAlgMismatch = errors.New("client: token alg does not match the key's alg")
@@ -69,13 +70,15 @@ type JWKSKeyfunc struct {
 	now        func() time.Time
 
 	// fetching is held during a fetch, so that concurrent misses wait for one fetch rather than each
-	// start one; tokens whose keys are cached and fresh never wait for it.
+	// start one; tokens whose keys are cached and fresh never wait for it, and neither do those whose
+	// keys are stale but still usable while another token's fetch is under way.
 	fetching sync.Mutex
 	// mu guards the fields below; it is never held during a fetch.
 	mu      sync.Mutex
 	keys    map[string]jwksKey
 	expires time.Time // when keys go stale
 	fetched time.Time // when the last fetch started; zero before the first
+	lastErr error     // why the last fetch failed; nil if it succeeded
 }
 
 // jwksKey is one usable key of the set.
@@ -151,7 +154,14 @@ func (j *JWKSKeyfunc) lookup(kid string) (jwksKey, error) {
 	if k, ok := j.cached(kid, j.now()); ok {
 		return k, nil
 	}
-	j.fetching.Lock()
+	if !j.fetching.TryLock() {
+		// A fetch is under way: a key still within the stale window answers now rather than after it
+		// (which, from a JWKS server that does not answer, is the whole fetch timeout).
+		if k, ok := j.usable(kid, j.now()); ok {
+			return k, nil
+		}
+		j.fetching.Lock()
+	}
 	defer j.fetching.Unlock()
 	now := j.now()
 	// Another goroutine may have fetched while this one waited.
@@ -168,16 +178,18 @@ func (j *JWKSKeyfunc) lookup(kid string) (jwksKey, error) {
 	if due {
 		var keys map[string]jwksKey
 		var expires time.Time
-		if keys, expires, fetchErr = j.fetch(now); fetchErr == nil {
-			j.mu.Lock()
+		keys, expires, fetchErr = j.fetch(now)
+		j.mu.Lock()
+		if fetchErr == nil {
 			j.keys, j.expires = keys, expires
-			j.mu.Unlock()
 		}
+		j.lastErr = fetchErr
+		j.mu.Unlock()
 	}
 	j.mu.Lock()
 	k, ok := j.keys[kid]
 	usable := now.Before(j.expires.Add(jwksMaxStale))
-	expires, nextFetch := j.expires, j.fetched.Add(j.minRefresh)
+	expires, nextFetch, lastErr := j.expires, j.fetched.Add(j.minRefresh), j.lastErr
 	j.mu.Unlock()
 	switch {
 	case ok && usable:
@@ -189,6 +201,11 @@ func (j *JWKSKeyfunc) lookup(kid string) (jwksKey, error) {
 			expires.Format(time.RFC3339), nextFetch.Format(time.RFC3339))
 	case fetchErr != nil:
 		return jwksKey{}, fmt.Errorf("kid %q: %w", kid, fetchErr)
+	case lastErr != nil:
+		// The set could not be fetched lately: the kid may be one it has gained since. An outage is
+		// not to pass for a token with a made-up kid.
+		return jwksKey{}, fmt.Errorf("kid %q: not in the keys cached, and the last fetch failed (next after %s): %w",
+			kid, nextFetch.Format(time.RFC3339), lastErr)
 	}
 	return jwksKey{}, fmt.Errorf("%w: kid %q at %s", ErrUnknownKid, kid, j.url)
 }
@@ -199,6 +216,14 @@ func (j *JWKSKeyfunc) cached(kid string, now time.Time) (jwksKey, bool) {
 	defer j.mu.Unlock()
 	k, ok := j.keys[kid]
 	return k, ok && now.Before(j.expires)
+}
+
+// usable returns the key with kid if the cached set has it and is within the stale window at now.
+func (j *JWKSKeyfunc) usable(kid string, now time.Time) (jwksKey, bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	k, ok := j.keys[kid]
+	return k, ok && now.Before(j.expires.Add(jwksMaxStale))
 }
 
 // fetch fetches the set, returning its usable keys and when they go stale.
@@ -225,7 +250,11 @@ func (j *JWKSKeyfunc) fetch(now time.Time) (map[string]jwksKey, time.Time, error
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("fetch JWKS: %w", err)
 	}
-	defer resp.Body.Close()
+	defer func() {
+		// Drained (a little) so that the connection can be used again.
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+		_ = resp.Body.Close()
+	}()
 	if resp.StatusCode != http.StatusOK {
 		return nil, time.Time{}, fmt.Errorf("fetch JWKS %s: HTTP status %s", u.Redacted(), resp.Status)
 	}
@@ -248,7 +277,7 @@ func (j *JWKSKeyfunc) fetch(now time.Time) (map[string]jwksKey, time.Time, error
 // that a CDN in front of the JWKS cannot double how long a revoked key stays trusted. An Age that is not
 // a number of seconds is ignored.
 func freshFor(h http.Header) time.Duration {
-	life := maxAge(h.Get("Cache-Control"))
+	life := maxAge(strings.Join(h.Values("Cache-Control"), ","))
 	age, err := strconv.ParseInt(strings.TrimSpace(h.Get("Age")), 10, 64)
 	switch {
 	case errors.Is(err, strconv.ErrRange) && age > 0, err == nil && age >= int64(life/time.Second):
@@ -267,6 +296,11 @@ func parseJWKS(body []byte) (map[string]jwksKey, error) {
 	var set jose.JWKS
 	if err := json.Unmarshal(body, &set); err != nil {
 		return nil, fmt.Errorf("decode JWKS: %w", err)
+	}
+	if set.Keys == nil {
+		// {}, null or {"keys": null} (a proxy's answer, say) is no set of keys: the keys cached are
+		// kept, as for any failed fetch, rather than all withdrawn. An empty list withdraws them all.
+		return nil, errors.New(`decode JWKS: not a JWK Set (no "keys" array)`)
 	}
 	kids := make(map[string]int, len(set.Keys))
 	for _, jwk := range set.Keys {

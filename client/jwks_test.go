@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -27,6 +28,7 @@ type jwksServer struct {
 	set          jose.JWKS
 	cacheControl string
 	status       int
+	raw          []byte // served in place of set when not nil
 }
 
 func newJWKSServer(t *testing.T) *jwksServer {
@@ -41,6 +43,10 @@ func newJWKSServer(t *testing.T) *jwksServer {
 		}
 		w.Header().Set("Content-Type", "application/jwk-set+json")
 		w.WriteHeader(s.status)
+		if s.raw != nil {
+			_, _ = w.Write(s.raw)
+			return
+		}
 		_ = json.NewEncoder(w).Encode(s.set)
 	}))
 	t.Cleanup(s.Close)
@@ -58,6 +64,13 @@ func (s *jwksServer) setCacheControl(cc string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.cacheControl = cc
+}
+
+// serveRaw serves body in place of the set.
+func (s *jwksServer) serveRaw(body string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.raw = []byte(body)
 }
 
 func (s *jwksServer) setStatus(code int) {
@@ -176,44 +189,72 @@ func TestJWKSKeyfuncCaching(t *testing.T) {
 	}
 }
 
-// TestJWKSKeyfuncFetchDoesNotBlockCachedKeys: while a fetch for an unknown kid hangs, tokens whose keys
-// are cached and fresh still verify at once.
-func TestJWKSKeyfuncFetchDoesNotBlockCachedKeys(t *testing.T) {
-	k := newTestKey(t, jose.ES256)
+// hangingJWKS serves a JWK Set of one key whose every fetch after the first hangs until the test ends.
+type hangingJWKS struct {
+	*httptest.Server
+	fetches atomic.Int32
+}
+
+func newHangingJWKS(t *testing.T, k testKey, cacheControl string) *hangingJWKS {
+	t.Helper()
 	release := make(chan struct{})
-	var fetches atomic.Int32
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if fetches.Add(1) > 1 {
-			select { // the second fetch hangs until the test lets it go
+	s := &hangingJWKS{}
+	s.Server = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.fetches.Add(1) > 1 {
+			select {
 			case <-release:
 			case <-r.Context().Done():
 			}
 		}
+		if cacheControl != "" {
+			w.Header().Set("Cache-Control", cacheControl)
+		}
 		_ = json.NewEncoder(w).Encode(jose.JWKS{Keys: []jose.JWK{k.jwk}})
 	}))
-	t.Cleanup(srv.Close)
-	defer close(release)
+	t.Cleanup(s.Close)
+	t.Cleanup(func() { close(release) }) // runs before Close, which waits for the handlers
+	return s
+}
+
+// waitHung waits until a second fetch has started, which hangs.
+func (s *hangingJWKS) waitHung(t *testing.T) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); s.fetches.Load() < 2; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the refetch did not start within 30s")
+		}
+	}
+}
+
+// parsesAtOnce checks that token, with the key of what, verifies without waiting for the fetch that
+// hangs.
+func parsesAtOnce(t *testing.T, kf *JWKSKeyfunc, token, what string) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- parse(kf, token) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("jwt.Parse(token of %s) during a fetch = %v", what, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("a token of %s waited for another token's fetch", what)
+	}
+}
+
+// TestJWKSKeyfuncFetchDoesNotBlockCachedKeys: while a fetch for an unknown kid hangs, tokens whose keys
+// are cached and fresh still verify at once.
+func TestJWKSKeyfuncFetchDoesNotBlockCachedKeys(t *testing.T) {
+	k := newTestKey(t, jose.ES256)
+	srv := newHangingJWKS(t, k, "")
 	kf := NewJWKSKeyfunc(srv.URL, srv.Client(), WithMinRefreshInterval(0))
 	if err := parse(kf, k.token(t, k.jwk.Kid)); err != nil {
 		t.Fatal(err)
 	}
 	hung := make(chan error, 1)
 	go func() { hung <- parse(kf, k.token(t, "made-up")) }()
-	for deadline := time.Now().Add(30 * time.Second); fetches.Load() < 2; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the refetch for an unknown kid did not start within 30s")
-		}
-	}
-	done := make(chan error, 1)
-	go func() { done <- parse(kf, k.token(t, k.jwk.Kid)) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("jwt.Parse(cached kid) during a fetch = %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("a token with a cached kid waited for another token's fetch")
-	}
+	srv.waitHung(t)
+	parsesAtOnce(t, kf, k.token(t, k.jwk.Kid), "a cached kid")
 	select {
 	case err := <-hung:
 		t.Fatalf("the made-up kid's fetch returned early: %v", err)
@@ -395,6 +436,9 @@ func TestFreshFor(t *testing.T) {
 		if got := freshFor(h); got != tt.want {
 			t.Errorf("freshFor(Cache-Control %q, Age %q) = %v, want %v", tt.cc, tt.age, got, tt.want)
 		}
+	} // Cache-Control on two lines is one list (RFC 9110 §5.3): no-cache on the second counts.
+	if got := freshFor(http.Header{"Cache-Control": {"max-age=300", "no-cache"}}); got != 0 {
+		t.Errorf("freshFor(Cache-Control max-age=300, then no-cache) = %v, want 0", got)
 	}
 }
 
@@ -425,4 +469,72 @@ func TestMaxAge(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestJWKSKeyfuncNotASet: a 200 answer that is JSON but no JWK Set ({}, null, {"keys": null}, as a
+// misrouted proxy may give) is a failed fetch: the keys cached keep working through the stale window. An
+// empty list of keys is a set, and withdraws them.
+func TestJWKSKeyfuncNotASet(t *testing.T) {
+	for _, body := range []string{`{}`, `null`, `{"keys":null}`} {
+		t.Run(body, func(t *testing.T) {
+			s := newJWKSServer(t)
+			k := newTestKey(t, jose.ES256)
+			s.publish(k.jwk)
+			s.setCacheControl("max-age=60")
+			kf, clock := newKeyfunc(s)
+			if err := parse(kf, k.token(t, k.jwk.Kid)); err != nil {
+				t.Fatal(err)
+			}
+			s.serveRaw(body)
+			clock.Advance(61 * time.Second)
+			if err := parse(kf, k.token(t, k.jwk.Kid)); err != nil || s.fetches.Load() != 2 {
+				t.Errorf("jwt.Parse(cached kid) after the server answered %s = %v (%d fetches), want nil after 2", body, err, s.fetches.Load())
+			}
+			s.serveRaw(`{"keys":[]}`)
+			clock.Advance(DefaultMinRefreshInterval)
+			if err := parse(kf, k.token(t, k.jwk.Kid)); !errors.Is(err, ErrUnknownKid) {
+				t.Errorf(`jwt.Parse(cached kid) after the server answered {"keys":[]} = %v, want %v`, err, ErrUnknownKid)
+			}
+		})
+	}
+}
+
+// TestJWKSKeyfuncOutageIsNotUnknownKid: while the JWKS cannot be fetched, a kid the keyfunc does not
+// know is reported with the fetch's failure, not as ErrUnknownKid (which a service may take for a forged
+// token), also between two fetches.
+func TestJWKSKeyfuncOutageIsNotUnknownKid(t *testing.T) {
+	s := newJWKSServer(t)
+	k := newTestKey(t, jose.ES256)
+	s.publish(k.jwk)
+	s.setStatus(http.StatusServiceUnavailable)
+	kf, clock := newKeyfunc(s)
+	for i, advance := range []time.Duration{0, time.Second} {
+		clock.Advance(advance)
+		err := parse(kf, k.token(t, k.jwk.Kid))
+		if err == nil || errors.Is(err, ErrUnknownKid) || !strings.Contains(err.Error(), "503") || s.fetches.Load() != 1 {
+			t.Errorf("jwt.Parse #%d during an outage = %v (%d fetches), want the fetch's failure (HTTP 503) after 1", i+1, err, s.fetches.Load())
+		}
+	}
+	s.setStatus(http.StatusOK)
+	clock.Advance(DefaultMinRefreshInterval)
+	if err := parse(kf, k.token(t, k.jwk.Kid)); err != nil {
+		t.Errorf("jwt.Parse once the JWKS is back = %v", err)
+	}
+}
+
+// TestJWKSKeyfuncStaleKeysDuringHungFetch: once the set is stale, a token whose key is still within the
+// stale window verifies at once while another token's refetch hangs, rather than after it.
+func TestJWKSKeyfuncStaleKeysDuringHungFetch(t *testing.T) {
+	k := newTestKey(t, jose.ES256)
+	srv := newHangingJWKS(t, k, "max-age=60")
+	clock := &fakeClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+	kf := NewJWKSKeyfunc(srv.URL, srv.Client())
+	kf.now = clock.Now
+	if err := parse(kf, k.token(t, k.jwk.Kid)); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(61 * time.Second)
+	go func() { _ = parse(kf, k.token(t, k.jwk.Kid)) }()
+	srv.waitHung(t)
+	parsesAtOnce(t, kf, k.token(t, k.jwk.Kid), "a stale but usable kid")
 }

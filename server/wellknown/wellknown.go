@@ -142,7 +142,7 @@ func (h *Handler) jwks(w http.ResponseWriter, r *http.Request) {
 	hdr := w.Header()
 	hdr.Set("Cache-Control", "public, max-age="+strconv.Itoa(int(h.cfg.MaxAge/time.Second)))
 	hdr.Set("ETag", doc.etag)
-	if etagMatches(r.Header.Get("If-None-Match"), doc.etag) {
+	if etagMatches(strings.Join(r.Header.Values("If-None-Match"), ","), doc.etag) {
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}

@@ -97,7 +97,16 @@ func TestJWKSHasExactlyPublishableVersions(t *testing.T) {
 			t.Errorf("If-None-Match %q: %d with %d bytes, want 304 and empty", inm, rec.Code, rec.Body.Len())
 		}
 	}
+	// The header given twice is one list (RFC 9110 §5.3).
 	req := httptest.NewRequest(http.MethodGet, wellknown.JWKSPath, nil)
+	req.Header.Add("If-None-Match", `"other"`)
+	req.Header.Add("If-None-Match", etag)
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusNotModified {
+		t.Errorf(`If-None-Match "other" and the ETag on two lines: %d, want 304`, rec.Code)
+	}
+	req = httptest.NewRequest(http.MethodGet, wellknown.JWKSPath, nil)
 	req.Header.Set("If-None-Match", `"stale"`)
 	rec = httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
