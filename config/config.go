@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -194,8 +195,9 @@ func (c *Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		add("listen", "%v", err)
 	}
-	for path, file := range map[string]string{"tls.cert_file": c.TLS.CertFile, "tls.key_file": c.TLS.KeyFile,
-		"tls.client_ca_file": c.TLS.ClientCAFile} {
+	for _, f := range []struct{ path, file string }{{"tls.cert_file", c.TLS.CertFile}, {"tls.key_file", c.TLS.KeyFile},
+		{"tls.client_ca_file", c.TLS.ClientCAFile}} {
+		path, file := f.path, f.file
 		if file == "" {
 			add(path, "required")
 		} else if _, err := os.Stat(file); err != nil {
@@ -299,20 +301,38 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
 			add("http.listen", "%v", err)
 		}
-		for path, file := range map[string]string{"http.cert_file": c.HTTP.CertFile, "http.key_file": c.HTTP.KeyFile} {
+		for _, f := range []struct{ path, file string }{{"http.cert_file", c.HTTP.CertFile}, {"http.key_file", c.HTTP.KeyFile}} {
+			path, file := f.path, f.file
 			if file == "" {
 				add(path, "required")
 			} else if _, err := os.Stat(file); err != nil {
 				add(path, "%v", err)
 			}
 		}
-		if c.HTTP.PublicURL != "" {
-			if u, err := url.Parse(c.HTTP.PublicURL); err != nil || u.Scheme != "https" || u.Host == "" {
-				add("http.public_url", "%q: want an https:// URL", c.HTTP.PublicURL)
-			}
+	}
+	if c.HTTP.PublicURL != "" {
+		if u, err := url.Parse(c.HTTP.PublicURL); err != nil || u.Scheme != "https" || u.Host == "" {
+			add("http.public_url", "%q: want an https:// URL", c.HTTP.PublicURL)
 		}
-		if c.HTTP.JWKSMaxAge < time.Second {
-			add("http.jwks_max_age", "%v, want at least 1s", c.HTTP.JWKSMaxAge)
+	}
+	// OpenID Connect Discovery 1.0 §3: the issuer is an https URL without query or fragment.
+	if c.HTTP.Issuer != "" {
+		if u, err := url.Parse(c.HTTP.Issuer); err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.ForceQuery || strings.ContainsRune(c.HTTP.Issuer, '#') {
+			add("http.issuer", "%q: want an https:// URL without query or fragment", c.HTTP.Issuer)
+		}
+	}
+	if c.HTTP.Listen != "" && c.HTTP.JWKSMaxAge < time.Second {
+		add("http.jwks_max_age", "%v, want at least 1s", c.HTTP.JWKSMaxAge)
+	}
+	if c.HTTP.Listen == "" {
+		for _, f := range []struct {
+			path string
+			set  bool
+		}{{"http.cert_file", c.HTTP.CertFile != ""}, {"http.key_file", c.HTTP.KeyFile != ""}, {"http.public_url", c.HTTP.PublicURL != ""},
+			{"http.issuer", c.HTTP.Issuer != ""}, {"http.jwks_max_age", c.HTTP.JWKSMaxAge != 0}} {
+			if f.set {
+				add(f.path, "set, but http.listen is not: the HTTPS listener is off and this would be unused")
+			}
 		}
 	}
 	if l := *c.JWT.Leeway; l < 0 || l > 5*time.Minute {
@@ -331,11 +351,11 @@ func (c *Config) Validate() error {
 	}
 	// Paths must not depend on the working directory: the daemon (cwd / under systemd) and an
 	// administrator's `signerd keys` must agree on them, the lock file above all.
-	for path, file := range map[string]string{"tls.cert_file": c.TLS.CertFile, "tls.key_file": c.TLS.KeyFile,
-		"tls.client_ca_file": c.TLS.ClientCAFile, "http.cert_file": c.HTTP.CertFile, "http.key_file": c.HTTP.KeyFile,
-		"hsm.module": c.HSM.Module, "hsm.lock_file": c.HSM.LockFile} {
-		if file != "" && !filepath.IsAbs(file) {
-			add(path, "%q: want an absolute path", file)
+	for _, f := range []struct{ path, file string }{{"tls.cert_file", c.TLS.CertFile}, {"tls.key_file", c.TLS.KeyFile},
+		{"tls.client_ca_file", c.TLS.ClientCAFile}, {"http.cert_file", c.HTTP.CertFile}, {"http.key_file", c.HTTP.KeyFile},
+		{"hsm.module", c.HSM.Module}, {"hsm.lock_file", c.HSM.LockFile}} {
+		if f.file != "" && !filepath.IsAbs(f.file) {
+			add(f.path, "%q: want an absolute path", f.file)
 		}
 	}
 	// The policy's shape is checked now; its key names once the token is open.

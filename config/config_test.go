@@ -67,6 +67,16 @@ func TestParseErrors(t *testing.T) {
 		{"pin source twice", func(s string) string {
 			return strings.Replace(s, "  token_label: signerd\n", "  uri: \"pkcs11:token=x?pin-source=file:/run/pin\"\n", 1)
 		}, []string{"hsm.uri: set pin-source in the uri or pin_file/pin_env"}},
+		{"issuer with a fragment", func(s string) string {
+			return s + "http:\n  listen: 127.0.0.1:8444\n  cert_file: " + configDir(s) + "/cert.pem\n  key_file: " + configDir(s) + "/key.pem\n  issuer: \"https://issuer.example/#x\"\n"
+		}, []string{`http.issuer: "https://issuer.example/#x": want an https:// URL without query or fragment`}},
+		{"issuer over http", func(s string) string {
+			return s + "http:\n  listen: 127.0.0.1:8444\n  cert_file: " + configDir(s) + "/cert.pem\n  key_file: " + configDir(s) + "/key.pem\n  issuer: \"http://issuer.example\"\n"
+		}, []string{`http.issuer: "http://issuer.example": want an https:// URL`}},
+		{"http settings without a listener", func(s string) string {
+			return s + "http:\n  public_url: http://plain\n  jwks_max_age: -5s\n"
+		}, []string{`http.public_url: "http://plain": want an https:// URL`, "http.public_url: set, but http.listen is not",
+			"http.jwks_max_age: set, but http.listen is not"}},
 		{"several problems at once", func(s string) string {
 			s = strings.Replace(s, "listen: 127.0.0.1:8443", "listen: nope", 1)
 			s = strings.Replace(s, "/ca.pem", "/missing.pem", 1)
@@ -214,6 +224,7 @@ func TestPINFileMode(t *testing.T) {
 		{0o644, true, false, "hsm.uri: pin-source: readable by group or others (mode 0644); want 0600 or 0400"},
 		{0o440, false, true, ""},
 		{0o440, true, true, ""},
+		{0o644, false, true, "hsm.pin_file: readable by group or others (mode 0644)"}, // out of it by ..
 	} {
 		s := validConfig(t)
 		dir := configDir(s)
@@ -225,6 +236,15 @@ func TestPINFileMode(t *testing.T) {
 		if tc.creds {
 			t.Setenv("CREDENTIALS_DIRECTORY", dir)
 			pinFile = "${CREDENTIALS_DIRECTORY}/pin"
+			if tc.mode == 0o644 {
+				// The same file, named from a credentials directory below it: no longer in it.
+				creds := filepath.Join(dir, "creds")
+				if err := os.Mkdir(creds, 0o700); err != nil {
+					t.Fatal(err)
+				}
+				t.Setenv("CREDENTIALS_DIRECTORY", creds)
+				pinFile = "${CREDENTIALS_DIRECTORY}/../pin"
+			}
 		}
 		s = strings.Replace(withoutPINFile(s), "  token_label: signerd\n", "", 1)
 		if tc.uri {
@@ -253,6 +273,7 @@ func TestHSMConfigPINErrors(t *testing.T) {
 		{HSM{TokenLabel: "signerd", PINSource: hsm.PINSource{Env: "SIGNERD_TEST_UNSET"}},
 			"hsm: no PIN: environment variable SIGNERD_TEST_UNSET is unset or empty", ""},
 		{HSM{TokenLabel: "signerd", PINSource: hsm.PINSource{Env: "82639174"}}, "not an environment variable name", "82639174"},
+		{HSM{TokenLabel: "signerd", PINSource: hsm.PINSource{Env: "Hunter2secret"}}, "the environment variable pin_env names is unset or empty", "Hunter2secret"},
 		{HSM{TokenLabel: "signerd", PINSource: hsm.PINSource{File: "82639174"}}, "no such file or directory", "82639174"},
 		{HSM{URI: "pkcs11:token=signerd?pin-source=918273645"}, "no such file or directory", "918273645"},
 		{HSM{URI: "pkcs11:token=signerd?pin-source=file:918273645"}, "no such file or directory", "918273645"},

@@ -133,6 +133,12 @@ func ValidEnvName(name string) bool {
 	return true
 }
 
+// conventionalEnvName reports whether name has the usual form of an environment variable's, upper case
+// ([A-Z_][A-Z0-9_]*), which a PIN written in its place is unlikely to have.
+func conventionalEnvName(name string) bool {
+	return ValidEnvName(name) && strings.ToUpper(name) == name
+}
+
 // credentialsVar is the variable systemd sets for units with LoadCredential=.
 const credentialsVar = "${CREDENTIALS_DIRECTORY}"
 
@@ -155,9 +161,7 @@ func (s PINSource) InCredentials() bool {
 	if s.File == "" || dir == "" {
 		return false
 	}
-	if strings.Contains(s.File, credentialsVar) {
-		return true
-	}
+	// Lexically, after expansion: ${CREDENTIALS_DIRECTORY}/../elsewhere is not in it.
 	rel, err := filepath.Rel(dir, s.Path())
 	return err == nil && filepath.IsLocal(rel)
 }
@@ -204,8 +208,12 @@ func (s PINSource) Read() (string, error) {
 			return "", errors.New("hsm: PIN source: not an environment variable name ([A-Za-z_][A-Za-z0-9_]*; not shown, in case it is the PIN)")
 		}
 		pin := strings.TrimSpace(os.Getenv(s.Env))
-		if pin == "" {
+		switch {
+		case pin == "" && conventionalEnvName(s.Env):
 			return "", fmt.Errorf("%w: environment variable %s is unset or empty", ErrNoPIN, s.Env)
+		case pin == "":
+			// Hunter2secret is a valid name too: only the usual upper-case names are quoted back.
+			return "", fmt.Errorf("%w: the environment variable pin_env names is unset or empty (its name not being upper case, it is not shown, in case it is the PIN)", ErrNoPIN)
 		}
 		return pin, nil
 	}
