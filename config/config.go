@@ -143,10 +143,17 @@ func Parse(b []byte) (*Config, error) {
 		}
 		return nil, err
 	}
-	// A second YAML document would otherwise go unread, unknown fields and all.
-	var more yaml.Node
-	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
-		return nil, errors.New("more than one YAML document: the configuration is one")
+	// A second YAML document would otherwise go unread, unknown fields and all. An empty one (a
+	// trailing "---") holds nothing to lose.
+	for {
+		var more yaml.Node
+		err := dec.Decode(&more)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil || !emptyDocument(&more) {
+			return nil, errors.Join(errors.New("more than one YAML document: the configuration is one"), err)
+		}
 	}
 	c.applyDefaults()
 	if err := c.Validate(); err != nil {
@@ -204,23 +211,29 @@ func (c *Config) Validate() error {
 			add(path, "%v", err)
 		}
 	}
-	var u hsm.URI // the hsm.uri, parsed once for every check below
+	var u hsm.URI   // the hsm.uri, parsed once for every check below
+	uriBad := false // then u is empty, and what it may hold is not reported missing
 	if c.HSM.URI != "" {
 		var err error
 		u, err = hsm.ParseURI(c.HSM.URI)
-		switch {
-		case err != nil:
+		if uriBad = err != nil; uriBad {
 			add("hsm.uri", "%v", err)
-		case c.HSM.TokenLabel != "" || c.HSM.TokenSerial != "" || c.HSM.Slot != nil:
-			add("hsm.uri", "set uri or token_label/token_serial/slot, not both")
-		case countSet(u.Token != "", u.Serial != "", u.Slot != nil) != 1:
-			add("hsm.uri", "must select the token with exactly one of token=, serial= or slot-id=")
-		case u.ModulePath != "" && c.HSM.Module != "":
-			add("hsm.uri", "set module-path in the uri or hsm.module, not both")
-		case u.ModulePath != "" && !filepath.IsAbs(u.ModulePath):
-			add("hsm.uri", "module-path %q: want an absolute path", u.ModulePath)
-		case u.PINSource != "" && (c.HSM.File != "" || c.HSM.Env != ""):
-			add("hsm.uri", "set pin-source in the uri or pin_file/pin_env, not both")
+		} else {
+			// Independent checks: each problem is reported, not only the first.
+			if c.HSM.TokenLabel != "" || c.HSM.TokenSerial != "" || c.HSM.Slot != nil {
+				add("hsm.uri", "set uri or token_label/token_serial/slot, not both")
+			} else if countSet(u.Token != "", u.Serial != "", u.Slot != nil) != 1 {
+				add("hsm.uri", "must select the token with exactly one of token=, serial= or slot-id=")
+			}
+			if u.ModulePath != "" && c.HSM.Module != "" {
+				add("hsm.uri", "set module-path in the uri or hsm.module, not both")
+			}
+			if u.ModulePath != "" && !filepath.IsAbs(u.ModulePath) {
+				add("hsm.uri", "module-path %q: want an absolute path", u.ModulePath)
+			}
+			if u.PINSource != "" && (c.HSM.File != "" || c.HSM.Env != "") {
+				add("hsm.uri", "set pin-source in the uri or pin_file/pin_env, not both")
+			}
 		}
 		if len(u.Token) > hsm.MaxTokenLabel {
 			// Not quoted: the uri's values never are (see hsm.ParseURI).
@@ -250,7 +263,7 @@ func (c *Config) Validate() error {
 		if err := unseal.ValidPath(c.HSM.UnsealSocket); err != nil {
 			add("hsm.unseal_socket", "%v", err)
 		}
-	case c.HSM.File == "" && c.HSM.Env == "" && u.PINSource == "":
+	case c.HSM.File == "" && c.HSM.Env == "" && u.PINSource == "" && !uriBad:
 		add("hsm", "pin_file or pin_env (or unseal_socket, for a sealed start) is required (the PIN itself never goes in the config)")
 	}
 	// The PIN file in effect, pin_file or the uri's pin-source, passes the same checks. A value that is
@@ -335,8 +348,8 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
-	if l := *c.JWT.Leeway; l < 0 || l > 5*time.Minute {
-		add("jwt.leeway", "%v, want 0 to 5m", l)
+	if l := c.JWT.Leeway; l != nil && (*l < 0 || *l > 5*time.Minute) {
+		add("jwt.leeway", "%v, want 0 to 5m", *l)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
@@ -380,6 +393,12 @@ func groupOthers(m os.FileMode) string {
 		return "readable"
 	}
 	return "writable or executable"
+}
+
+// emptyDocument reports whether n is a YAML document with nothing in it.
+func emptyDocument(n *yaml.Node) bool {
+	return n.Kind == yaml.DocumentNode && len(n.Content) == 1 && n.Content[0].Kind == yaml.ScalarNode &&
+		n.Content[0].Tag == "!!null" && n.Content[0].Value == ""
 }
 
 // countSet counts the true values.

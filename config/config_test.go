@@ -37,6 +37,15 @@ audit:
 `, "DIR", dir)
 }
 
+// A trailing "---" (an empty second document) is no second configuration.
+func TestParseTrailingDocumentMarker(t *testing.T) {
+	for _, tail := range []string{"---\n", "---\n# end\n", "...\n---\n"} {
+		if _, err := Parse([]byte(validConfig(t) + tail)); err != nil {
+			t.Errorf("Parse(config + %q) = %v, want nil", tail, err)
+		}
+	}
+}
+
 func TestParseDefaults(t *testing.T) {
 	c, err := Parse([]byte(validConfig(t)))
 	if err != nil {
@@ -77,6 +86,9 @@ func TestParseErrors(t *testing.T) {
 			return s + "http:\n  public_url: http://plain\n  jwks_max_age: -5s\n"
 		}, []string{`http.public_url: "http://plain": want an https:// URL`, "http.public_url: set, but http.listen is not",
 			"http.jwks_max_age: set, but http.listen is not"}},
+		{"uri problems all reported", func(s string) string {
+			return strings.Replace(s, "  token_label: signerd\n", "  module: /usr/lib/a.so\n  uri: \"pkcs11:token=x;serial=y?module-path=rel.so\"\n", 1)
+		}, []string{"exactly one of token=, serial= or slot-id=", "set module-path in the uri or hsm.module", `module-path "rel.so": want an absolute path`}},
 		{"several problems at once", func(s string) string {
 			s = strings.Replace(s, "listen: 127.0.0.1:8443", "listen: nope", 1)
 			s = strings.Replace(s, "/ca.pem", "/missing.pem", 1)
