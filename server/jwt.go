@@ -186,6 +186,12 @@ func (s *Server) verifyJWT(ctx context.Context, req *signerv1.VerifyJWTRequest, 
 		return nil, invalidArgument("token: %d bytes, limit is %d", len(tok), MaxTokenBytes)
 	}
 	ev.Input = audit.InputHash([]byte(tok))
+	// A caller that may verify no key's tokens gets nothing done for it: no signature check, and no
+	// re-read of the token for a kid this daemon does not know (which another caller's token could
+	// need a moment later).
+	if !s.policy.Load().AllowsSome(identity(ctx), authz.OpVerifyJWT) {
+		return nil, permissionDenied("identity %q may not verify tokens", identity(ctx))
+	}
 	vt := s.verified.get(tok)
 	cached := vt != nil
 	if !cached {

@@ -124,3 +124,29 @@ func TestSignJWTClaimsInput(t *testing.T) {
 		t.Errorf("VerifyJWT(the largest kind of token SignJWT makes) = %v", err)
 	}
 }
+
+// TestVerifyJWTNeedsAGrant: a caller that may verify no key's tokens is refused before the token is
+// read, so that its requests neither check signatures nor spend the re-read of the token that an
+// unknown kid may trigger, which a token of a version just made elsewhere needs.
+func TestVerifyJWTNeedsAGrant(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	r := newRotationServer(t, clk)
+	if _, err := r.ring.Create("k", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := r.token(t, time.Minute)
+	parts := strings.Split(tok, ".")
+	unknownKid := b64.EncodeToString([]byte(`{"alg":"ES256","kid":"nope","typ":"JWT"}`)) + "." + parts[1] + "." + parts[2]
+	for _, bad := range []string{tok, unknownKid} {
+		_, err := r.VerifyJWT(r.signer, &signerv1.VerifyJWTRequest{Token: bad})
+		if status.Code(err) != codes.PermissionDenied {
+			t.Errorf("VerifyJWT by an identity without verify_jwt = %v, want PermissionDenied", err)
+		}
+	}
+	if last := r.lastKidRefresh.Load(); last != 0 {
+		t.Errorf("a refused caller's unknown kid refreshed the keys (at %d)", last)
+	}
+	if _, err := r.VerifyJWT(r.svc, &signerv1.VerifyJWTRequest{Token: unknownKid}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("VerifyJWT(unknown kid) by svc = %v, want Unauthenticated", err)
+	}
+}

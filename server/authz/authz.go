@@ -124,6 +124,7 @@ type Authorizer struct {
 type identityGrants struct {
 	keys     map[string]*entry // by exact key name
 	wildcard *entry            // the grant for "*", or nil
+	ops      opSet             // every operation some grant allows
 }
 
 // entry is one grant, compiled.
@@ -156,6 +157,17 @@ func (a *Authorizer) Allow(identity, key string, op Op) (*Rules, bool) {
 		return w.rules, true
 	}
 	return nil, false
+}
+
+// AllowsSome reports whether identity may perform op on some key: a question to ask before work
+// that names no key yet (VerifyJWT before it reads the token's kid), so that a caller with no such
+// grant gets nothing done for it.
+func (a *Authorizer) AllowsSome(identity string, op Op) bool {
+	if a == nil || op.bit() == 0 {
+		return false
+	}
+	g := a.grants[identity]
+	return g != nil && g.ops&op.bit() != 0
 }
 
 // Visible returns, sorted and without duplicates, those of names (the keys

@@ -164,6 +164,30 @@ func TestIsAdmin(t *testing.T) {
 	}
 }
 
+// AllowsSome(identity, op) holds exactly when Allow(identity, key, op) does for some key: one the
+// policy names, or any other through a "*" grant.
+func TestAllowsSome(t *testing.T) {
+	a := compiled(t)
+	identities := []string{"spiffe://example.org/admin", "nobody"}
+	keys := []string{"some-other-key"}
+	for _, g := range validPolicy().Grants {
+		identities = append(identities, g.Identity)
+		keys = append(keys, g.Keys...)
+	}
+	for _, id := range identities {
+		for _, op := range append(Ops(), Op("bogus")) {
+			want := slices.ContainsFunc(keys, func(k string) bool { _, ok := a.Allow(id, k, op); return ok })
+			if got := a.AllowsSome(id, op); got != want {
+				t.Errorf("AllowsSome(%q, %q) = %v, want %v", id, op, got, want)
+			}
+		}
+	}
+	var none *Authorizer
+	if none.AllowsSome("signer", OpSign) {
+		t.Error("nil Authorizer AllowsSome = true, want false")
+	}
+}
+
 func TestAllowDoesNotAllocate(t *testing.T) {
 	a := compiled(t)
 	allocs := testing.AllocsPerRun(100, func() {

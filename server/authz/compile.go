@@ -93,6 +93,9 @@ func (c *compiler) grant(a *Authorizer, path string, g Grant) {
 	c.keys(path+".keys", g.Identity, g.Keys, ig, e)
 	e.ops = c.operations(path+".operations", g.Operations)
 	e.rules = c.jwt(path+".jwt", g.JWT, e.ops)
+	if ig != nil {
+		ig.ops |= e.ops
+	}
 }
 
 // keys validates a grant's keys (at path) and records e for each of them in
