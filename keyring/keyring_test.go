@@ -3,6 +3,7 @@ package keyring_test
 import (
 	"context"
 	"crypto"
+	"crypto/rand"
 	"errors"
 	"slices"
 	"strings"
@@ -507,17 +508,44 @@ func TestChangeUnderLapsedLock(t *testing.T) {
 	}
 }
 
-// failingWrites is a store whose record writes fail while fail is set.
+// failingWrites is a store whose record writes fail while fail is set; with landed set, they are
+// written and then reported failed (a network HSM timing out after the commit).
 type failingWrites struct {
 	*keyringtest.MemoryStore
-	fail bool
+	fail, landed bool
 }
 
 func (s *failingWrites) WriteRecord(name string, value []byte) error {
-	if s.fail {
+	switch {
+	case s.fail && s.landed:
+		_ = s.MemoryStore.WriteRecord(name, value)
+		return errors.New("timeout")
+	case s.fail:
 		return errors.New("token full")
 	}
 	return s.MemoryStore.WriteRecord(name, value)
+}
+
+// TestWriteReportedFailedButLanded: when a record write is reported failed but landed, the new version's
+// key pair is kept, since the record names it, and the change counts as made: the key still signs, and
+// a fresh ring loads it.
+func TestWriteReportedFailedButLanded(t *testing.T) {
+	store := &failingWrites{MemoryStore: keyringtest.NewMemoryStore()}
+	r := openRing(t, store, keyring.Options{})
+	mustCreate(t, r, "k", keyring.DefaultSettings())
+	store.fail, store.landed = true, true
+	k, _, err := r.Rotate("k", true)
+	store.fail = false
+	if err != nil || k.Active == nil || k.Active.Number != 2 {
+		t.Fatalf("emergency Rotate whose write landed but was reported failed = %+v, %v; want version 2 active", k, err)
+	}
+	if _, err := k.Active.Signer.Sign(rand.Reader, make([]byte, 32), crypto.SHA256); err != nil {
+		t.Errorf("version 2 signs = %v", err)
+	}
+	fresh := openRing(t, store, keyring.Options{})
+	if k, ok := fresh.Snapshot().Key("k"); !ok || k.Active == nil || k.Active.Number != 2 {
+		t.Errorf("a fresh ring sees k = %+v, want version 2 active", k)
+	}
 }
 
 // TestDestroyExpiredReportsWrittenOnly: a version past its grace is reported destroyed (and so audited)

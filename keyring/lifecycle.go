@@ -58,10 +58,21 @@ func (r *Ring) update(name string, fn func(cur *Meta, now time.Time) (*Meta, []b
 		return nil, fmt.Errorf("%w: %q changed while this change was being made (its lock had lapsed); nothing written, retry", ErrLocked, name)
 	}
 	if err := r.write(next); err != nil {
-		if generated != nil {
-			_ = r.store.Destroy(generated)
+		// A write reported failed may have landed all the same (a network HSM that timed out after
+		// committing it): the new key pair goes only once the record is known not to name it, for a
+		// record naming a key pair that is gone would stop every daemon from loading the key.
+		again, rerr := r.readMeta(name)
+		switch {
+		case rerr == nil && revision(again) == next.Revision:
+			// Written after all: the change is made.
+		case rerr == nil && revision(again) == read:
+			if generated != nil {
+				_ = r.store.Destroy(generated)
+			}
+			return nil, err
+		default:
+			return nil, fmt.Errorf("%w; whether the record was written is unknown, so the new key pair (if any) is kept", err)
 		}
-		return nil, err
 	}
 	// The change is made once the record is written. A refresh problem after it, even in loading this
 	// key's new version, must not be reported as the change failing: callers would retry a change that
