@@ -104,6 +104,9 @@ type Log struct {
 
 	stop chan struct{}
 	done chan struct{}
+
+	closeOnce sync.Once
+	closeErr  error // the first Close's
 }
 
 // FlushInterval bounds how long an event stays in the buffer.
@@ -306,23 +309,27 @@ func (l *Log) Flush() error {
 	return l.writeOut(seq)
 }
 
-// Close flushes and stops the Log. It is idempotent.
+// Close flushes and stops the Log. It is idempotent and safe to call concurrently: a call after the
+// first (or during it, once it is done) only flushes.
 func (l *Log) Close() error {
-	select {
-	case <-l.stop:
-		return l.Flush()
-	default:
-	}
-	close(l.stop)
-	<-l.done
-	err := l.Flush()
-	if l.c != nil {
-		if cerr := l.c.Close(); err == nil {
-			err = cerr
+	first := false
+	l.closeOnce.Do(func() {
+		first = true
+		close(l.stop)
+		<-l.done
+		err := l.Flush()
+		if l.c != nil {
+			if cerr := l.c.Close(); err == nil {
+				err = cerr
+			}
+			l.c = nil
 		}
-		l.c = nil
+		l.closeErr = err
+	})
+	if !first {
+		return l.Flush()
 	}
-	return err
+	return l.closeErr
 }
 
 // Verify reads an audit trail and checks every line's hash and its link to the previous line. It returns

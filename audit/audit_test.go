@@ -329,3 +329,15 @@ func FuzzAppendJSON(f *testing.F) {
 		checkAppendJSON(t, e)
 	})
 }
+
+// Close may be called from several goroutines at once (a stop and a failed start, say).
+func TestConcurrentClose(t *testing.T) {
+	for range 1000 {
+		l := New(io.Discard)
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() { _ = l.Close() })
+		}
+		wg.Wait()
+	}
+}
