@@ -22,7 +22,8 @@ const (
 )
 
 // refresh re-reads the keys from the token, rotates those due (with auto_rotate), destroys versions
-// past their grace (unless their key keeps them), and schedules the next transition.
+// past their grace (unless their key keeps them, or the audit trail is failing), and schedules the next
+// transition.
 func (d *daemon) refresh(transition *time.Timer) {
 	// A rotation round holds the ring for as long as a key pair takes to generate, and publishes a
 	// fresh view after each key itself: the loop does not wait for it, and leaves destroying expired
@@ -38,7 +39,9 @@ func (d *daemon) refresh(transition *time.Timer) {
 	if d.started.AutoRotate {
 		d.startRotation()
 	}
-	if rotating {
+	// Destroying key material is audited, as rotating is: while the trail cannot be written (a full
+	// disk), expired versions wait, harmless, for a refresh that can record it.
+	if rotating || d.audit.Err() != nil {
 		d.scheduleTransition(transition)
 		return
 	}
