@@ -64,7 +64,7 @@ func (s *Server) signJWT(ctx context.Context, req *signerv1.SignJWTRequest, ev *
 		return nil, err
 	}
 	ev.Claims = summarize(claims)
-	if req.GetTtlSeconds() < 0 || req.GetTtlSeconds() > int64(365*24*time.Hour/time.Second) {
+	if req.GetTtlSeconds() < 0 || req.GetTtlSeconds() > int64(authz.MaxTokenTTL/time.Second) {
 		return nil, invalidArgument("ttl_seconds: %d out of range", req.GetTtlSeconds())
 	}
 	ttl, err := rules.CheckClaims(claims, time.Duration(req.GetTtlSeconds())*time.Second)

@@ -98,7 +98,7 @@ type JWTRules struct {
 	// Subject is an RE2 regular expression the whole sub must match (it is
 	// anchored as ^(?:Subject)$). Empty means any sub, or none.
 	Subject string `yaml:"subject"`
-	// MaxTTL is the longest lifetime a caller may request; at least 1s.
+	// MaxTTL is the longest lifetime a caller may request; at least 1s, at most a year (MaxTokenTTL).
 	MaxTTL time.Duration `yaml:"max_ttl"`
 	// DefaultTTL is the lifetime used when the caller requests none; 0
 	// means MaxTTL.

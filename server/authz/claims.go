@@ -17,6 +17,9 @@ var ErrClaimPolicy = errors.New("authz: claims refused by policy")
 // grant that has no jwt section (a nil *Rules).
 const DefaultMaxTTL = 5 * time.Minute
 
+// MaxTokenTTL bounds every token lifetime: a grant's max_ttl, and what a caller may request at all.
+const MaxTokenTTL = 365 * 24 * time.Hour
+
 // Rules are compiled [JWTRules]: the subject pattern compiled and anchored,
 // DefaultTTL filled in from MaxTTL when it was 0, lists copied.
 //

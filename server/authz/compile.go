@@ -177,6 +177,8 @@ func (c *compiler) jwt(path string, j *JWTRules, ops opSet) *Rules {
 		c.fail(path+".max_ttl", "must be > 0 (a duration such as \"5m\")")
 	case j.MaxTTL < minTTL:
 		c.fail(path+".max_ttl", "%v is less than %v (write a duration such as \"5m\", not a bare number)", j.MaxTTL, minTTL)
+	case j.MaxTTL > MaxTokenTTL:
+		c.fail(path+".max_ttl", "%v is more than a year (%v), the longest lifetime signerd issues", j.MaxTTL, MaxTokenTTL)
 	}
 	switch {
 	case j.DefaultTTL < 0:

@@ -239,6 +239,11 @@ func TestCompileErrors(t *testing.T) {
 			want: []string{`policy.grants[0].jwt.max_ttl: 300ns is less than 1s`},
 		},
 		{
+			name: "max_ttl over a year",
+			p:    Policy{Grants: []Grant{jwtGrant(JWTRules{MaxTTL: 400 * 24 * time.Hour, DefaultTTL: 399 * 24 * time.Hour})}},
+			want: []string{`policy.grants[0].jwt.max_ttl: 9600h0m0s is more than a year (8760h0m0s)`},
+		},
+		{
 			name: "default_ttl above max_ttl",
 			p:    Policy{Grants: []Grant{jwtGrant(JWTRules{MaxTTL: time.Minute, DefaultTTL: time.Hour})}},
 			want: []string{`policy.grants[0].jwt.default_ttl: 1h0m0s exceeds max_ttl 1m0s`},
