@@ -76,6 +76,9 @@ func (s *Server) SignStream(stream signerv1.Signer_SignStreamServer) error {
 		select {
 		case work <- r:
 		case <-ctx.Done():
+			// The request was read, so it is audited, refused as any Sign whose caller has gone; no
+			// one is left to read the answer.
+			_ = s.streamSign(ctx, c, r)
 			return status.FromContextError(ctx.Err()).Err()
 		}
 	}

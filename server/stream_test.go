@@ -190,13 +190,14 @@ func TestSignStreamOpenRefusalAudited(t *testing.T) {
 	}
 }
 
-// TestSignStreamRequestTimeout: a request's own timeout, counted from when it is read, bounds its wait
-// for a worker and a signing slot as a unary call's deadline does (DEADLINE_EXCEEDED, never signed), while
-// the stream and requests without one go on; a negative or malformed timeout is INVALID_ARGUMENT, audited.
-func TestSignStreamRequestTimeout(t *testing.T) {
-	r := newRotationServer(t, &clock{t: time.Now()})
-	var out syncBuffer
-	r.audit = audit.New(&out)
+// stalledStream starts a SignStream of caller "signer" on a server with key "r" (ES256) whose one
+// signing slot is taken, so that its requests wait; the server's audit trail goes to the buffer
+// returned. done receives SignStream's result.
+func stalledStream(t *testing.T) (r *rotationServer, trail *syncBuffer, fs *fakeSignStream, cancel context.CancelFunc, done <-chan error) {
+	t.Helper()
+	r = newRotationServer(t, &clock{t: time.Now()})
+	trail = &syncBuffer{}
+	r.audit = audit.New(trail)
 	if _, err := r.ring.Create("r", jose.ES256, 0, keyring.DefaultSettings()); err != nil {
 		t.Fatal(err)
 	}
@@ -204,10 +205,18 @@ func TestSignStreamRequestTimeout(t *testing.T) {
 	r.sem <- struct{}{} // every slot taken
 	pctx, _ := peerContext(t, "signer", 0)
 	ctx, cancel := context.WithCancel(pctx)
-	defer cancel()
-	fs := &fakeSignStream{ctx: ctx, in: make(chan *signerv1.SignStreamRequest), out: make(chan *signerv1.SignStreamResponse, 2*streamInFlight)}
-	done := make(chan error, 1)
-	go func() { done <- r.SignStream(fs) }()
+	t.Cleanup(cancel)
+	fs = &fakeSignStream{ctx: ctx, in: make(chan *signerv1.SignStreamRequest), out: make(chan *signerv1.SignStreamResponse, 2*streamInFlight)}
+	result := make(chan error, 1)
+	go func() { result <- r.SignStream(fs) }()
+	return r, trail, fs, cancel, result
+}
+
+// TestSignStreamRequestTimeout: a request's own timeout, counted from when it is read, bounds its wait
+// for a worker and a signing slot as a unary call's deadline does (DEADLINE_EXCEEDED, never signed), while
+// the stream and requests without one go on; a negative or malformed timeout is INVALID_ARGUMENT, audited.
+func TestSignStreamRequestTimeout(t *testing.T) {
+	r, out, fs, _, done := stalledStream(t)
 	req := &signerv1.SignRequest{Key: "r", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}
 	answer := func() *signerv1.SignStreamResponse {
 		t.Helper()
@@ -261,5 +270,26 @@ func TestSignStreamRequestTimeout(t *testing.T) {
 	}
 	if n := strings.Count(out.String(), "is negative or malformed"); n != 3 {
 		t.Errorf("%d refusals of a bad timeout in the audit trail, want 3", n)
+	}
+}
+
+// TestSignStreamEndAuditsWaitingRequest: a request read while every worker is busy, when the stream
+// then ends, is audited (refused, unsigned) like those the workers hold.
+func TestSignStreamEndAuditsWaitingRequest(t *testing.T) {
+	r, out, fs, cancel, done := stalledStream(t) // the workers wait with their requests
+	req := &signerv1.SignRequest{Key: "r", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}
+	for i := range streamInFlight + 1 {
+		fs.in <- &signerv1.SignStreamRequest{Id: uint64(i), Request: req}
+	}
+	time.Sleep(100 * time.Millisecond) // the last one read, waiting for a worker
+	cancel()
+	if err := <-done; status.Code(err) != codes.Canceled {
+		t.Errorf("SignStream after the caller cancelled = %v, want Canceled", err)
+	}
+	if err := r.audit.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(out.String(), `"op":"sign"`); n != 2*(streamInFlight+1) {
+		t.Errorf("%d sign events in the audit trail, want %d: the attempt and the outcome of every request read", n, 2*(streamInFlight+1))
 	}
 }
