@@ -122,11 +122,17 @@ func Open(store Store, opts Options) (*Ring, error) {
 // errRead marks a refresh that could not read the records at all.
 var errRead = errors.New("keyring: read records")
 
+// maxClockHold is how far behind its latest reading the ring's clock may fall and still be held there.
+const maxClockHold = time.Minute
+
 // clock returns the ring's time: its clock's, but never earlier than a time it returned before, so
-// that a clock stepping back cannot show a version written a moment ago in an earlier state (a key
-// just created without its active version, say). The caller holds mu.
+// that a clock stepping back a little cannot show a version written a moment ago in an earlier state
+// (a key just created without its active version, say). A clock that steps back further than
+// maxClockHold is followed: that is a wrong clock corrected (a jump ahead of days, say), and holding
+// the ring at the wrong time would go on timing its changes by it, pending versions activating days
+// early in every other daemon's view. The caller holds mu.
 func (r *Ring) clock() time.Time {
-	if now := r.now(); now.After(r.latest) {
+	if now := r.now(); now.After(r.latest) || r.latest.Sub(now) > maxClockHold {
 		r.latest = now
 	}
 	return r.latest

@@ -611,3 +611,24 @@ func TestRotationPrepublishFloor(t *testing.T) {
 		t.Errorf("RotateDue = %+v, %v; want short's new version activating at %v", rotated, err, now.Add(5*time.Minute))
 	}
 }
+
+// TestClockCorrected: a clock that jumped ahead and is then put right is followed, not held at the
+// wrong time: a rotation after the correction is timed by the right clock.
+func TestClockCorrected(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	now := t0
+	r := openRing(t, keyringtest.NewMemoryStore(), keyring.Options{Now: func() time.Time { return now }})
+	mustCreate(t, r, "k", keyring.DefaultSettings())
+	now = t0.Add(72 * time.Hour) // a wrong clock
+	if err := r.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	now = t0.Add(time.Hour) // put right
+	_, v, err := r.Rotate("k", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := now.Add(keyring.DefaultSettings().Prepublish.D()); !v.ActivateAt.Equal(want) {
+		t.Errorf("version 2 activates at %v, want %v (prepublish from the corrected clock)", v.ActivateAt, want)
+	}
+}
