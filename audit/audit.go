@@ -95,6 +95,7 @@ type Log struct {
 	seq     uint64
 	written uint64 // seq of the last line written out
 	err     error
+	closed  bool // Close has stopped the writer: a later event sets err to ErrClosed
 	now     func() time.Time
 
 	// wmu serialises writes to w; it is taken before mu.
@@ -213,6 +214,9 @@ func (l *Log) Record(e Event) {
 // record appends e to the pending lines; the caller holds mu. Once a write failed, nothing more is
 // recorded: the trail has a gap, and signerd stops signing.
 func (l *Log) record(e Event) {
+	if l.closed && l.err == nil {
+		l.err = ErrClosed
+	}
 	if l.err != nil {
 		return
 	}
@@ -309,6 +313,9 @@ func (l *Log) Flush() error {
 	return l.writeOut(seq)
 }
 
+// ErrClosed is the error of an event recorded after Close: it is not written, and Err reports it.
+var ErrClosed = errors.New("audit: event recorded after the trail was closed")
+
 // Close flushes and stops the Log. It is idempotent and safe to call concurrently: a call after the
 // first (or during it, once it is done) only flushes.
 func (l *Log) Close() error {
@@ -318,6 +325,9 @@ func (l *Log) Close() error {
 		close(l.stop)
 		<-l.done
 		err := l.Flush()
+		l.mu.Lock()
+		l.closed = true
+		l.mu.Unlock()
 		if l.c != nil {
 			if cerr := l.c.Close(); err == nil {
 				err = cerr
@@ -337,6 +347,7 @@ func (l *Log) Close() error {
 func Verify(r io.Reader) (int, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
+	sc.Split(scanLines)
 	prev, n := "", 0
 	for sc.Scan() {
 		n++
@@ -360,8 +371,26 @@ func Verify(r io.Reader) (int, error) {
 		}
 		prev = want
 	}
-	if err := sc.Err(); err != nil {
+	switch err := sc.Err(); {
+	case errors.Is(err, errUnterminated):
+		return n, fmt.Errorf("audit: line %d: no newline at its end: the file was cut short", n+1)
+	case err != nil:
 		return n, errors.Join(errors.New("audit: read"), err)
 	}
 	return n, nil
+}
+
+// errUnterminated is scanLines' error for a last line without its newline.
+var errUnterminated = errors.New("last line unterminated")
+
+// scanLines splits lines as Record writes them, each ending in "\n": unlike bufio.ScanLines it keeps a
+// "\r" (a line with one is not what Record wrote) and refuses a last line without its newline.
+func scanLines(data []byte, atEOF bool) (int, []byte, error) {
+	if i := bytes.IndexByte(data, '\n'); i >= 0 {
+		return i + 1, data[:i], nil
+	}
+	if atEOF && len(data) > 0 {
+		return 0, nil, errUnterminated
+	}
+	return 0, nil, nil
 }

@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -39,6 +40,8 @@ func TestChainVerifies(t *testing.T) {
 		{"lines swapped", lines[1] + lines[0] + lines[2]},
 		{"line edited", lines[0] + strings.Replace(lines[1], `"identity":"svc"`, `"identity":"evil"`, 1) + lines[2]},
 		{"garbage", lines[0] + "{not json\n"},
+		{"CRLF line ends", strings.ReplaceAll(buf.String(), "\n", "\r\n")},
+		{"last newline cut off", strings.TrimSuffix(buf.String(), "\n")},
 	}
 	for _, tc := range tests {
 		if _, err := Verify(strings.NewReader(tc.trail)); err == nil {
@@ -339,5 +342,20 @@ func TestConcurrentClose(t *testing.T) {
 			wg.Go(func() { _ = l.Close() })
 		}
 		wg.Wait()
+	}
+}
+
+// An event recorded after Close is not lost in silence: Err and RecordNow report it.
+func TestRecordAfterClose(t *testing.T) {
+	l := New(io.Discard)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l.Record(Event{Op: "late"})
+	if err := l.Err(); !errors.Is(err, ErrClosed) {
+		t.Errorf("Err after a Record after Close = %v, want %v", err, ErrClosed)
+	}
+	if err := l.RecordNow(Event{Op: "late"}); !errors.Is(err, ErrClosed) {
+		t.Errorf("RecordNow after Close = %v, want %v", err, ErrClosed)
 	}
 }
