@@ -594,24 +594,28 @@ func checkPublic(spec KeySpec, pub crypto.PublicKey) error {
 	return nil
 }
 
-// Destroy deletes every object (private key, public key) with CKA_ID id. A missing key is not an error,
-// so an interrupted destroy can be repeated.
+// Destroy deletes the key pair with CKA_ID id: its private and public key objects, and nothing else
+// (another application's certificate or data object with that ID stays). A missing key is not an
+// error, so an interrupted destroy can be repeated.
 func (t *Token) Destroy(id []byte) error {
-	if len(id) == 0 {
-		return invalidInput("destroy", "empty CKA_ID")
+	if len(id) != IDLen {
+		// signerd's IDs are all IDLen random bytes: a record naming another is corrupt or planted.
+		return invalidInput("destroy", "CKA_ID of %d bytes, want %d", len(id), IDLen)
 	}
 	return t.local.write(func() error { return t.destroy(id) })
 }
 
 func (t *Token) destroy(id []byte) error {
 	return t.with(fmt.Sprintf("destroy key %x", id), func(s pkcs11.SessionHandle) error {
-		handles, err := t.findObjects(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)})
-		if err != nil {
-			return err
-		}
-		for _, h := range handles {
-			if err := t.p11.DestroyObject(s, h); err != nil {
-				return fmt.Errorf("destroy object: %w", err)
+		for _, class := range []uint{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY} {
+			handles, err := t.findObjects(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_ID, id)})
+			if err != nil {
+				return err
+			}
+			for _, h := range handles {
+				if err := t.p11.DestroyObject(s, h); err != nil {
+					return fmt.Errorf("destroy object: %w", err)
+				}
 			}
 		}
 		return nil

@@ -130,7 +130,7 @@ func (l *tokenLock) acquire(s pkcs11.SessionHandle) error {
 // long (an RSA key generation on a slow HSM) keeps it, and other machines' clocks may be off by up to
 // 2/3 ttl. Tokens keep a data object's CKA_VALUE read-only, so a new object is made before the older ones
 // go: the lock never looks free meanwhile. A holder whose lock is no longer its own (its object removed
-// as expired, another holder's live one there) does not take it back: it stops and reports
+// as expired by another process taking the lock) does not take it back: it stops and reports
 // ErrLockLost. It returns the last renewal error, and stops early once the token is closed.
 func (l *tokenLock) renewUntil(stop <-chan struct{}) error {
 	tick := time.NewTicker(l.ttl / 3)
@@ -152,7 +152,7 @@ func (l *tokenLock) renewUntil(stop <-chan struct{}) error {
 				return l.destroyOwn(s, h)
 			})
 			if err != nil {
-				last = fmt.Errorf("renew lock %s: %w", l.name, err)
+				last = err // named by write: "renew lock NAME: ..."
 			}
 			if errors.Is(err, ErrClosed) || errors.Is(err, ErrLockLost) {
 				return last
@@ -161,14 +161,16 @@ func (l *tokenLock) renewUntil(stop <-chan struct{}) error {
 	}
 }
 
-// stillMine checks that the lock is the holder's: one of its objects is there, and no other holder's
-// live one.
+// stillMine checks that the lock is the holder's: one of its objects is there. Only that tells: the
+// lock is taken from a holder by removing its object as expired (acquire). Another process's live
+// object beside it is a contender's attempt between its create and its withdrawal, which sees the
+// holder's object and withdraws; taking it for a takeover would stop the renewals of a lock still held,
+// let it lapse and give it to a third process while this one works.
 func (l *tokenLock) stillMine(s pkcs11.SessionHandle) error {
 	handles, err := l.t.findObjects(s, l.tmpl)
 	if err != nil {
 		return err
 	}
-	now, mine := time.Now().UnixNano(), false
 	for _, h := range handles {
 		v, err := l.value(s, h)
 		switch {
@@ -176,15 +178,10 @@ func (l *tokenLock) stillMine(s pkcs11.SessionHandle) error {
 		case err != nil:
 			return err
 		case v.Owner == l.owner:
-			mine = true
-		case v.Expires > now:
-			return ErrLockLost
+			return nil
 		}
 	}
-	if !mine {
-		return ErrLockLost
-	}
-	return nil
+	return ErrLockLost
 }
 
 // create makes a lock object of the holder's that expires ttl from now.

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"testing"
 	"time"
@@ -253,6 +254,43 @@ func TestLockLostNotRetaken(t *testing.T) {
 	}
 	if n := len(objects()); n != 1 {
 		t.Errorf("%d lock objects after A's release, want 1 (B's)", n)
+	}
+}
+
+// TestLockKeptThroughContenderAttempt: another process's attempt at a held lock (its object, live, there
+// for a moment before it withdraws it) is no takeover: the holder keeps renewing, nobody else gets the
+// lock once the attempt is gone, and the release reports nothing lost.
+func TestLockKeptThroughContenderAttempt(t *testing.T) {
+	tk := newTestToken(t, "lock-contender")
+	unlock, err := tk.TryLock("k", 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	val, _ := json.Marshal(lockValue{Owner: "contender", Expires: time.Now().Add(time.Hour).UnixNano()})
+	var attempt pkcs11.ObjectHandle
+	if err := tk.local.write(func() error {
+		return tk.with("contender's attempt", func(s pkcs11.SessionHandle) error {
+			attempt, err = tk.createData(s, dataTemplate(lockApplication, "k"), val)
+			return err
+		})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond) // a renewal (every ttl/3) sees the attempt
+	if err := tk.local.write(func() error {
+		return tk.with("contender withdraws", func(s pkcs11.SessionHandle) error { return tk.p11.DestroyObject(s, attempt) })
+	}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2500 * time.Millisecond) // past the ttl: kept only if the holder still renews
+	if other, err := tk.TryLock("k", time.Minute); !errors.Is(err, ErrLocked) {
+		if other != nil {
+			_ = other()
+		}
+		t.Errorf("TryLock after a contender's attempt came and went = %v, want ErrLocked (still held, renewed)", err)
+	}
+	if err := unlock(); err != nil {
+		t.Errorf("release after a contender's attempt = %v, want nil", err)
 	}
 }
 

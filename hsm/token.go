@@ -61,6 +61,13 @@ type Token struct {
 	gen atomic.Uint64
 }
 
+// String describes the token for logs with its configuration, PIN left out: fmt cannot call
+// Config.String on the unexported field, and would print the PIN for %v or %+v of a Token.
+func (t *Token) String() string { return "hsm.Token{" + t.cfg.String() + "}" }
+
+// GoString is String, for %#v.
+func (t *Token) GoString() string { return t.String() }
+
 // Open loads the module, selects the token and logs in. The error names what failed (module, token,
 // login) and never contains the PIN.
 func Open(cfg Config) (*Token, error) {
