@@ -90,7 +90,17 @@ type Server struct {
 	// newLimiters counts the limiters made, so that every sweepEvery-th one sweeps the idle ones out.
 	newLimiters atomic.Int64
 	refusals    refusalSampler
+
+	// draining is closed by Drain: SignStreams stop reading requests.
+	draining  chan struct{}
+	drainOnce sync.Once
 }
+
+// Drain prepares a stop: every SignStream stops reading requests, answers those it has read, and ends
+// with UNAVAILABLE, so that its caller opens a new stream (to another instance); a stream never ends
+// by itself, and grpc.Server.GracefulStop would otherwise wait for each until its timeout and then cut
+// it, requests in flight and all. Unary calls are not affected. Drain is idempotent.
+func (s *Server) Drain() { s.drainOnce.Do(func() { close(s.draining) }) }
 
 // New validates cfg and builds a Server.
 func New(cfg Config) (*Server, error) {
@@ -117,7 +127,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{keys: cfg.Keys, manager: cfg.Manager, minPrepublish: cfg.MinPrepublish, sem: make(chan struct{}, cfg.MaxInFlight), audit: cfg.Audit, log: cfg.Log, verified: newVerifiedCache(),
-		now: cfg.Now, leeway: cfg.Leeway, rate: rate.Limit(cfg.RatePerSecond), burst: cfg.Burst}
+		now: cfg.Now, leeway: cfg.Leeway, rate: rate.Limit(cfg.RatePerSecond), burst: cfg.Burst, draining: make(chan struct{})}
 	if s.log == nil {
 		s.log = slog.Default()
 	}

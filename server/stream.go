@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/signerd/signerd/audit"
@@ -52,15 +53,42 @@ func (s *Server) SignStream(stream signerv1.Signer_SignStreamServer) error {
 			sendMu.Unlock()
 		}
 	}
+	// Requests are read apart, so that a drain (Drain) ends the stream while Recv waits. A request read
+	// but not taken once the handler has returned is refused and audited, with left (done by then).
+	left, leave := context.WithCancel(ctx)
+	defer leave() // after the workers are done (deferred calls run last first)
+	requests, recvErr := make(chan streamRequest), make(chan error, 1)
+	go func() {
+		for {
+			in, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			r := streamRequest{in: in, read: time.Now()}
+			select {
+			case requests <- r:
+			case <-left.Done():
+				_ = s.streamSign(left, c, r)
+				return
+			}
+		}
+	}()
 	for {
-		in, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
+		var r streamRequest
+		select {
+		case r = <-requests:
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
 			return err // the stream is gone (canceled, deadline, connection): gRPC's status already
+		case <-s.draining:
+			// The requests read so far are answered (the deferred wait) before the status goes.
+			return status.Error(codes.Unavailable, "signerd is stopping: open a new stream")
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
 		}
-		r := streamRequest{in: in, read: time.Now()}
 		// An idle worker takes the request at once; if none is idle, one more is started while the
 		// bound allows, and otherwise the request waits for the first worker to be free.
 		select {

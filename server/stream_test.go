@@ -293,3 +293,53 @@ func TestSignStreamEndAuditsWaitingRequest(t *testing.T) {
 		t.Errorf("%d sign events in the audit trail, want %d: the attempt and the outcome of every request read", n, 2*(streamInFlight+1))
 	}
 }
+
+// TestSignStreamDrain: on Drain a stream stops reading, answers the requests it has read (signed once
+// a slot frees), and ends with UNAVAILABLE; a request read after that is refused and audited, unsigned.
+func TestSignStreamDrain(t *testing.T) {
+	r, out, fs, _, done := stalledStream(t)
+	req := &signerv1.SignRequest{Key: "r", Input: &signerv1.SignRequest_Message{Message: []byte("m")}}
+	fs.in <- &signerv1.SignStreamRequest{Id: 1, Request: req}
+	fs.in <- &signerv1.SignStreamRequest{Id: 2, Request: req}
+	time.Sleep(100 * time.Millisecond) // both with workers, waiting for the slot
+	r.Drain()
+	r.Drain() // idempotent
+	select {
+	case err := <-done:
+		t.Fatalf("SignStream ended with requests in flight: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	<-r.sem // the slot frees
+	for range 2 {
+		select {
+		case resp := <-fs.out:
+			if resp.GetResponse() == nil {
+				t.Errorf("request %d read before the drain = %v, want a signature", resp.GetId(), resp)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no response after 10s")
+		}
+	}
+	select {
+	case err := <-done:
+		if status.Code(err) != codes.Unavailable {
+			t.Errorf("SignStream after Drain = %v, want Unavailable", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("SignStream still running 10s after Drain")
+	}
+	fs.in <- &signerv1.SignStreamRequest{Id: 3, Request: req} // read by the reader, left behind
+	time.Sleep(100 * time.Millisecond)
+	if err := r.audit.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(out.String(), `"outcome":"ok"`); n != 2 {
+		t.Errorf("%d signatures audited, want 2", n)
+	}
+	if n := strings.Count(out.String(), `"op":"sign"`); n != 6 {
+		t.Errorf("%d sign events, want 6: the attempt and the outcome of each of the three requests read", n)
+	}
+	if len(fs.out) != 0 {
+		t.Errorf("a response after the stream ended: %v", <-fs.out)
+	}
+}

@@ -356,6 +356,8 @@ func (d *daemon) stop(maintained <-chan struct{}) {
 	d.cancelRotation() // no new key after the one being generated, if any
 	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
+	// SignStreams end once they have answered what they read; GracefulStop would wait for them.
+	d.srv.Drain()
 	done := make(chan struct{})
 	go func() {
 		d.grpc.GracefulStop()

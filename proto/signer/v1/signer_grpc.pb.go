@@ -68,8 +68,10 @@ type SignerClient interface {
 	// input), bounded, signed and audited as a Sign call is, and a refused request fails alone: the
 	// stream goes on. At most 64 requests of a stream are signed at once; further ones wait to be read.
 	// A message gRPC cannot take (over 68 KiB, or not valid protobuf) ends the whole stream, as it would
-	// end a call; so does signerd's periodic request to reconnect (every 30 minutes). The stream's
-	// deadline bounds every request on it, and a request's own timeout bounds it alone.
+	// end a call; so does signerd's periodic request to reconnect (every 30 minutes). When signerd
+	// stops, it stops reading, answers every request it has read and ends the stream with UNAVAILABLE:
+	// a request without an answer was not signed, and may be sent again to another instance. The
+	// stream's deadline bounds every request on it, and a request's own timeout bounds it alone.
 	SignStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse], error)
 }
 
@@ -186,8 +188,10 @@ type SignerServer interface {
 	// input), bounded, signed and audited as a Sign call is, and a refused request fails alone: the
 	// stream goes on. At most 64 requests of a stream are signed at once; further ones wait to be read.
 	// A message gRPC cannot take (over 68 KiB, or not valid protobuf) ends the whole stream, as it would
-	// end a call; so does signerd's periodic request to reconnect (every 30 minutes). The stream's
-	// deadline bounds every request on it, and a request's own timeout bounds it alone.
+	// end a call; so does signerd's periodic request to reconnect (every 30 minutes). When signerd
+	// stops, it stops reading, answers every request it has read and ends the stream with UNAVAILABLE:
+	// a request without an answer was not signed, and may be sent again to another instance. The
+	// stream's deadline bounds every request on it, and a request's own timeout bounds it alone.
 	SignStream(grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]) error
 	mustEmbedUnimplementedSignerServer()
 }
