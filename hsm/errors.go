@@ -15,9 +15,10 @@ var (
 	// ErrInvalidInput means the request could never be signed with this key (wrong digest length,
 	// hash not allowed, wrong options). It is detected before the token is called.
 	ErrInvalidInput = errors.New("hsm: invalid input")
-	// ErrBusy means no session became free within the pool wait timeout, or the token is out of
-	// sessions or memory for now.
-	ErrBusy = errors.New("hsm: no free session")
+	// ErrBusy means no session became free within the pool wait timeout, the token is out of
+	// sessions or memory for now, or another process on this machine held the token's local lock too
+	// long for a read (a key change under way).
+	ErrBusy = errors.New("hsm: token busy")
 	// ErrUnavailable means the token, its sessions or its login are gone.
 	ErrUnavailable = errors.New("hsm: token unavailable")
 	// ErrNotFound means no object with the given ID exists.

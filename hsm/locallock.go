@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/signerd/signerd/internal/safedir"
 )
@@ -113,6 +114,31 @@ func openLocalLock(path string) (*localLock, error) {
 	return l, nil
 }
 
+// flockWait takes the lock as how says (LOCK_SH or LOCK_EX), waiting at most wait for another process
+// to release it; the caller holds rw. Like flock, it does nothing once the file is closed.
+func (l *localLock) flockWait(how int, wait time.Duration) error {
+	if l.closed {
+		return nil
+	}
+	deadline, pause := time.Now().Add(wait), time.Millisecond
+	for {
+		err := syscall.Flock(int(l.f.Fd()), how|syscall.LOCK_NB)
+		switch {
+		case err == nil:
+			return nil
+		case err == syscall.EINTR:
+			continue
+		case err != syscall.EWOULDBLOCK:
+			return &Error{Op: "local lock", Kind: ErrUnavailable, Err: err}
+		case time.Now().After(deadline):
+			return &Error{Op: "local lock", Kind: ErrBusy,
+				Err: fmt.Errorf("another process on this machine has held the token's lock for over %v (a key change under way?)", wait)}
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, 50*time.Millisecond)
+	}
+}
+
 // flock applies how to the lock file; the caller holds rw. Once the file is closed (the token was
 // closed) it does nothing: calls after Close fail on the token anyway.
 func (l *localLock) flock(how int) {
@@ -126,7 +152,13 @@ func (l *localLock) flock(how int) {
 	}
 }
 
-// read runs f holding the lock shared. A nil lock (the process holds an ExclusiveLock) just runs f.
+// readWait bounds how long a read waits for the lock another local process holds: a key change there
+// (an administrator's `signerd keys rotate --due` generating RSA keys, say) can hold it for minutes,
+// and a key refresh waiting that long would pass for a token that does not answer.
+var readWait = 5 * time.Second
+
+// read runs f holding the lock shared, or gives up with ErrBusy after readWait. A nil lock (the process
+// holds an ExclusiveLock) just runs f.
 func (l *localLock) read(f func() error) error {
 	if l == nil {
 		return f()
@@ -139,7 +171,10 @@ func (l *localLock) read(f func() error) error {
 	defer l.rw.RUnlock()
 	l.mu.Lock()
 	if l.readers == 0 {
-		l.flock(syscall.LOCK_SH)
+		if err := l.flockWait(syscall.LOCK_SH, readWait); err != nil {
+			l.mu.Unlock()
+			return err
+		}
 	}
 	l.readers++
 	l.mu.Unlock()

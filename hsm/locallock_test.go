@@ -1,6 +1,7 @@
 package hsm
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -141,5 +142,33 @@ func TestCallDuringChangeKeepsLock(t *testing.T) {
 	<-released
 	if err := syscall.Flock(int(other.f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		t.Errorf("after the read and the change ended, another process cannot take the lock: %v", err)
+	}
+}
+
+// TestReadGivesUpOnHeldLock: a read waits for another local process's hold on the lock at most
+// readWait, then fails with ErrBusy (a key refresh then fails fast instead of looking like a token that
+// does not answer), and reads again once the hold ends.
+func TestReadGivesUpOnHeldLock(t *testing.T) {
+	tk := newTestToken(t, "held-elsewhere")
+	defer func(w time.Duration) { readWait = w }(readWait)
+	readWait = 300 * time.Millisecond
+	other, err := os.OpenFile(tk.local.f.Name(), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if err := syscall.Flock(int(other.Fd()), syscall.LOCK_EX); err != nil { // another process's change
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = tk.local.read(func() error { return nil })
+	if took := time.Since(start); !errors.Is(err, ErrBusy) || took < readWait || took > 5*time.Second {
+		t.Errorf("read while another holds the lock = %v after %v, want ErrBusy after about %v", err, took, readWait)
+	}
+	if err := syscall.Flock(int(other.Fd()), syscall.LOCK_UN); err != nil {
+		t.Fatal(err)
+	}
+	if err := tk.local.read(func() error { return nil }); err != nil {
+		t.Errorf("read once the hold ended = %v", err)
 	}
 }
