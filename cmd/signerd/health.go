@@ -19,6 +19,11 @@ const maxBusyChecks = 3
 // setHealth tells the health service, /readyz and the signerd_token_up metric whether the daemon can
 // sign.
 func (d *daemon) setHealth(ok bool) {
+	d.healthMu.Lock()
+	defer d.healthMu.Unlock()
+	if ok && d.stopped {
+		return // a health check that ran on into the stop does not undo it
+	}
 	d.healthy.Store(ok)
 	st := healthpb.HealthCheckResponse_SERVING
 	if !ok {
@@ -26,6 +31,14 @@ func (d *daemon) setHealth(ok bool) {
 	}
 	d.health.SetServingStatus("", st)
 	d.health.SetServingStatus("signer.v1.Signer", st)
+}
+
+// stopHealth says NOT_SERVING for good: the daemon is stopping.
+func (d *daemon) stopHealth() {
+	d.healthMu.Lock()
+	d.stopped = true
+	d.healthMu.Unlock()
+	d.setHealth(false)
 }
 
 // checkToken pings the token; if it is unusable (reset, removed, logged out) it reports NOT_SERVING and

@@ -83,6 +83,10 @@ type daemon struct {
 	rotation    *rotationRound
 	rotateAfter time.Time
 	stopping    bool
+	// stopped is set by a stop: health stays NOT_SERVING from then on. healthMu orders it with
+	// setHealth.
+	healthMu sync.Mutex
+	stopped  bool
 	// taskSince is when the maintenance task under way started (Unix nanoseconds), 0 between tasks.
 	taskSince atomic.Int64
 }
@@ -352,7 +356,7 @@ func (d *daemon) watchMaintenance() {
 // for the auto_rotate round and the maintenance goroutine (closed maintained when it ends) to end; one
 // that does not is inside the token, which is then left unclosed, as with requests stuck in it.
 func (d *daemon) stop(maintained <-chan struct{}) {
-	d.setHealth(false)
+	d.stopHealth()
 	d.cancelRotation() // no new key after the one being generated, if any
 	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()

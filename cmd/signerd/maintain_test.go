@@ -1,11 +1,15 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/signerd/signerd/audit"
 	"github.com/signerd/signerd/config"
@@ -54,5 +58,17 @@ func TestRefreshDestroysOnlyWhenAudited(t *testing.T) {
 	d.refresh(timer)
 	if k, _ := ring.Snapshot().Key("k"); k.Versions[0].State != keyring.Destroyed {
 		t.Errorf("version 1 is %s once the trail works, want destroyed", k.Versions[0].State)
+	}
+}
+
+// A health check that finishes after the stop began does not put health back to SERVING.
+func TestHealthStaysDownOnceStopping(t *testing.T) {
+	d := &daemon{health: health.NewServer()}
+	d.setHealth(true)
+	d.stopHealth()
+	d.setHealth(true) // a token check that ran on into the stop
+	resp, err := d.health.Check(context.Background(), &healthpb.HealthCheckRequest{Service: "signer.v1.Signer"})
+	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING || d.healthy.Load() {
+		t.Errorf("health after the stop = %v, %v, ready %v; want NOT_SERVING, not ready", resp.GetStatus(), err, d.healthy.Load())
 	}
 }
