@@ -235,8 +235,19 @@ func peerUID(c *net.UnixConn) (uint32, error) {
 	return cred.Uid, nil
 }
 
-// Close stops listening and removes the socket.
+// Close stops listening and removes the socket. Clients already connected and waiting to be taken (a
+// second administrator unsealing at the same time) are answered that signerd no longer waits for a
+// PIN, rather than reset without a word.
 func (l *Listener) Close() error {
+	// A deadline already past would fail Accept before it looks at the backlog.
+	_ = l.l.SetDeadline(time.Now().Add(20 * time.Millisecond))
+	for {
+		c, err := l.l.AcceptUnix()
+		if err != nil {
+			break
+		}
+		(&Request{conn: c}).Reply("", errors.New("signerd no longer waits for a PIN: unsealed by another request, or stopping"))
+	}
 	return l.l.Close() // a listening Unix socket removes its file on Close
 }
 

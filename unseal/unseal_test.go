@@ -359,3 +359,29 @@ func TestNextEndsWithContext(t *testing.T) {
 		}
 	}
 }
+
+// Clients still waiting to be taken when the daemon stops listening (a second administrator unsealing
+// at the same time as the first) are told so, not reset.
+func TestCloseAnswersWaitingClients(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "unseal.sock")
+	l, err := Listen(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := Send(ctxT(t), path, "1234")
+			errs <- err
+		}()
+	}
+	time.Sleep(300 * time.Millisecond) // both connected, waiting in the backlog
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := <-errs; !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "no longer waits for a PIN") {
+			t.Errorf("Send to a daemon that stopped listening = %v, want ErrRefused saying it no longer waits", err)
+		}
+	}
+}
