@@ -321,6 +321,30 @@ func (t *Token) find(spec KeySpec, id []byte) (*signer, error) {
 	return s, nil
 }
 
+// checkAllowedMechanisms checks that a private key that names the mechanisms it may be used with
+// (CKA_ALLOWED_MECHANISMS) names only the one signerd signs with for spec, as Generate pins it: one that
+// also allows raw RSA (CKM_RSA_X_509), say, was not made by signerd. A token without the attribute, or
+// a key without a list (made where the token refused it in a template), passes: the list is a
+// restriction where there is one, and the key's other attributes are checked anyway.
+func checkAllowedMechanisms(p11 *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle, spec KeySpec) error {
+	attrs, err := p11.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ALLOWED_MECHANISMS, nil)})
+	if err != nil || len(attrs) != 1 {
+		return nil // not an attribute this token has
+	}
+	const size = 8 // a CK_MECHANISM_TYPE, a CK_ULONG on 64-bit Linux
+	v := attrs[0].Value
+	if len(v)%size != 0 {
+		return fmt.Errorf("CKA_ALLOWED_MECHANISMS of %d bytes: not a list of mechanisms", len(v))
+	}
+	_, want := spec.mechanisms()
+	for i := 0; i < len(v); i += size {
+		if m := ulong(v[i : i+size]); m != want {
+			return fmt.Errorf("CKA_ALLOWED_MECHANISMS allows %#x, want only %#x", m, want)
+		}
+	}
+	return nil
+}
+
 // checkPrivateObject finds the one private key token object with CKA_ID id and checks its attributes. It
 // returns its handle and the connection generation the handle belongs to.
 func (t *Token) checkPrivateObject(op string, spec KeySpec, id []byte) (pkcs11.ObjectHandle, uint64, error) {
@@ -391,6 +415,9 @@ func (t *Token) checkPrivateObject(op string, spec KeySpec, id []byte) (pkcs11.O
 			if got := boolAttr(c.attr); got != c.want {
 				problems = append(problems, fmt.Errorf("%s is %v, want %v", c.name, got, c.want))
 			}
+		}
+		if err := checkAllowedMechanisms(t.p11, s, handle, spec); err != nil {
+			problems = append(problems, err)
 		}
 		if len(problems) > 0 {
 			return &Error{Op: op, Kind: ErrKeyCheck, Err: errors.Join(problems...)}
