@@ -161,23 +161,26 @@ func (l *tokenLock) renewUntil(stop <-chan struct{}) error {
 	}
 }
 
-// stillMine checks that the lock is the holder's: one of its objects is there. Only that tells: the
-// lock is taken from a holder by removing its object as expired (acquire). Another process's live
-// object beside it is a contender's attempt between its create and its withdrawal, which sees the
-// holder's object and withdraws; taking it for a takeover would stop the renewals of a lock still held,
-// let it lapse and give it to a third process while this one works.
+// stillMine checks that the lock is the holder's: one of its objects is there and has not expired.
+// That alone tells. A contender takes the lock by finding the holder's object expired (acquire), so an
+// expired one may already count as free for another process, which then holds the lock as soon as it
+// removes it: the holder must give up. Another process's live object beside a live one of the holder's
+// is a contender's attempt between its create and its withdrawal, which sees the holder's object and
+// withdraws; taking that for a takeover would stop the renewals of a lock still held, let it lapse and
+// give it to a third process while this one works.
 func (l *tokenLock) stillMine(s pkcs11.SessionHandle) error {
 	handles, err := l.t.findObjects(s, l.tmpl)
 	if err != nil {
 		return err
 	}
+	now := time.Now().UnixNano()
 	for _, h := range handles {
 		v, err := l.value(s, h)
 		switch {
 		case errors.Is(err, errLockGone):
 		case err != nil:
 			return err
-		case v.Owner == l.owner:
+		case v.Owner == l.owner && v.Expires > now:
 			return nil
 		}
 	}

@@ -294,6 +294,72 @@ func TestLockKeptThroughContenderAttempt(t *testing.T) {
 	}
 }
 
+// TestLockExpiredHolderGivesUp: a holder whose renewal comes after its object expired gives the lock
+// up, even if its object is still there: a contender that listed the token meanwhile saw it expired and
+// takes the lock by removing it. Here the two interleave on one session, as two machines would.
+func TestLockExpiredHolderGivesUp(t *testing.T) {
+	tk := newTestToken(t, "lock-expired-holder")
+	tmpl := dataTemplate(lockApplication, "k")
+	A := &tokenLock{t: tk, name: "k", owner: "aaaa", ttl: time.Minute, tmpl: tmpl}
+	B := &tokenLock{t: tk, name: "k", owner: "bbbb", ttl: time.Minute, tmpl: tmpl}
+	err := tk.with("interleave", func(s pkcs11.SessionHandle) error {
+		// A's object, expired: its renewal ran late.
+		val, _ := json.Marshal(lockValue{Owner: "aaaa", Expires: time.Now().Add(-time.Second).UnixNano()})
+		if _, err := tk.createData(s, tmpl, val); err != nil {
+			return err
+		}
+		// B: acquire, first half.
+		mine, err := B.create(s)
+		if err != nil {
+			return err
+		}
+		handles, err := tk.findObjects(s, tmpl)
+		if err != nil {
+			return err
+		}
+		// A's late renewal (renewUntil's body).
+		if err := A.stillMine(s); err != nil {
+			t.Logf("A's renewal: %v (lost, as it should be)", err)
+		} else {
+			a2, err := A.create(s)
+			if err != nil {
+				return err
+			}
+			if err := A.destroyOwn(s, a2); err != nil {
+				return err
+			}
+			t.Log("A's renewal: still mine, renewed")
+		}
+		// B: acquire, second half (same loop as acquire).
+		now := time.Now().UnixNano()
+		for _, h := range handles {
+			if h == mine {
+				continue
+			}
+			other, err := B.value(s, h)
+			switch {
+			case errors.Is(err, errLockGone):
+				continue
+			case err == nil && other.Owner != B.owner && other.Expires <= now:
+				_ = tk.p11.DestroyObject(s, h)
+				continue
+			}
+			t.Log("B: locked out")
+			return nil
+		}
+		t.Log("B: acquired")
+		// Next renewal check of each.
+		ea, eb := A.stillMine(s), B.stillMine(s)
+		if ea == nil && eb == nil {
+			t.Errorf("both A and B hold lock k (stillMine nil for both)")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestCorruptLockObjectIgnored: a lock object whose value is not a lock value (not JSON, or JSON of
 // another shape: its writer died creating it) never expires, so it is taken for a dead holder's and
 // removed rather than for a live one's: the lock can be had.
